@@ -1,0 +1,1 @@
+"""The signer's actors, one module each (see docs/actors.md for the map)."""

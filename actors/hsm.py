@@ -1,0 +1,71 @@
+"""Hsm: the one actor per token that holds a logged-in PyKCS11 session.
+
+Every signature of the signer is made here, one at a time: PyKCS11 holds the GIL during
+each call and a session must never be shared, so serialising in one actor costs nothing
+and rules out CKR_OPERATION_ACTIVE. Recovery (re-open, log in, find the key, retry once)
+lives in core.hsm.HsmSession.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from actors.base import SignerActor, error_dict
+from core.config import read_pin
+from core.hsm import HsmError, HsmSession, mechanism_for
+from messages import HsmHealthReply, HsmHealthRequest, HsmSignReply, HsmSignRequest
+
+
+class Hsm(SignerActor):
+    actor_name = "hsm"
+
+    def configure(self, config: Any) -> None:
+        self.session = HsmSession(config.hsm.module, config.hsm.token_label, read_pin(config.hsm))
+        self.health_key = config.hsm.health_key or config.issuers[0].key_label
+        self.sign_errors = 0
+        self.sign_time_s = 0.0
+        self.session.open()
+        self.health_mechanism = mechanism_for(self.session.key_info(self.health_key), "sha256")
+
+    def receiveMsg_HsmSignRequest(self, message: HsmSignRequest, sender: Any) -> None:
+        started = time.perf_counter()
+        try:
+            signature = self.session.sign(message.key_label, message.mechanism, message.data)
+        except HsmError as exc:
+            self.sign_errors += 1
+            self.record_error(exc)
+            self.send(sender, HsmSignReply(message.tag, error=error_dict(exc)))
+            return
+        finally:
+            self.sign_time_s += time.perf_counter() - started
+        self.send(sender, HsmSignReply(message.tag, signature=signature))
+
+    def receiveMsg_HsmHealthRequest(self, message: HsmHealthRequest, sender: Any) -> None:
+        try:
+            health = self.session.health(self.health_key, self.health_mechanism)
+        except HsmError as exc:
+            self.record_error(exc)
+            self.send(sender, HsmHealthReply(message.tag, {"token": self.config.hsm.token_label,
+                                                           "logged_in": False},
+                                             error=error_dict(exc)))
+            return
+        self.send(sender, HsmHealthReply(message.tag, health))
+
+    def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:
+        if isinstance(message, HsmSignRequest):
+            self.send(sender, HsmSignReply(message.tag, error=error_dict(exc)))
+        elif isinstance(message, HsmHealthRequest):
+            self.send(sender, HsmHealthReply(message.tag, {}, error=error_dict(exc)))
+
+    def shutdown(self) -> None:
+        if getattr(self, "session", None) is not None:
+            self.session.close()
+
+    def figures(self) -> dict[str, Any]:
+        session = getattr(self, "session", None)
+        if session is None:
+            return {"open": False}
+        return {"token": self.config.hsm.token_label, "open": session.is_open,
+                "signatures": session.signatures, "recoveries": session.recoveries,
+                "sign_errors": self.sign_errors, "sign_time_s": round(self.sign_time_s, 3),
+                "last_hsm_error": session.last_error}

@@ -1,0 +1,126 @@
+"""SerialLink: owns the serial port (pyserial), reads it without blocking the actor, writes
+frames to it, and re-opens it with backoff when it fails.
+
+Reading uses ThespianWatch on the port's file descriptor, which Thespian only honours when
+it is returned from *every* receiveMessage call, so `after_message` always returns it.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+import serial
+from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
+
+from actors.base import SignerActor
+from messages import SerialBytesReceived, SerialBytesToSend
+
+READ_CHUNK = 65536
+FIRST_BACKOFF_S = 0.1
+
+
+class SerialLink(SignerActor):
+    actor_name = "serial_link"
+
+    def configure(self, config: Any) -> None:
+        self.device = config.serial.device
+        self.baudrate = config.serial.baudrate
+        self.max_backoff = config.serial.reopen_max_backoff_s
+        self.port: serial.Serial | None = None
+        self.backoff = FIRST_BACKOFF_S
+        self.reopen_scheduled = False
+        self.bytes_in = self.bytes_out = 0
+        self.read_errors = self.write_errors = self.opens = 0
+        self.dropped_bytes = 0
+        self.last_port_error: str | None = None
+        self.open_port()
+
+    def open_port(self) -> None:
+        try:
+            port = serial.Serial(self.device, self.baudrate, timeout=0, write_timeout=10,
+                                 exclusive=True)
+            # Bytes left in the port from before (a previous client, a previous run) are
+            # not requests to this instance.
+            port.reset_input_buffer()
+        except (serial.SerialException, OSError) as exc:
+            self.last_port_error = str(exc)
+            self.log.warning("cannot open %s: %s; retrying in %.1f s", self.device, exc, self.backoff)
+            self.schedule_reopen()
+            return
+        self.port = port
+        self.opens += 1
+        self.backoff = FIRST_BACKOFF_S
+        self.log.info("serial port %s open", self.device)
+
+    def schedule_reopen(self) -> None:
+        if not self.reopen_scheduled:
+            self.reopen_scheduled = True
+            self.wakeupAfter(self.backoff)
+            self.backoff = min(self.backoff * 2, self.max_backoff)
+
+    def port_failed(self, exc: BaseException) -> None:
+        self.record_error(exc)
+        self.last_port_error = str(exc)
+        self.log.warning("serial port %s failed: %s", self.device, exc)
+        if self.port is not None:
+            try:
+                self.port.close()
+            except (serial.SerialException, OSError):
+                pass
+        self.port = None
+        self.schedule_reopen()
+
+    def receiveMsg_WatchMessage(self, message: WatchMessage, sender: Any) -> Any:
+        if self.port is None:
+            return self.after_message()
+        try:
+            data = os.read(self.port.fileno(), READ_CHUNK)
+        except BlockingIOError:
+            return self.after_message()
+        except OSError as exc:
+            self.read_errors += 1
+            self.port_failed(exc)
+            return self.after_message()
+        if not data:  # end of file: the device went away
+            self.read_errors += 1
+            self.port_failed(OSError(errno.EIO, "end of file on serial port"))
+            return self.after_message()
+        self.bytes_in += len(data)
+        self.send(self.peer("framing"), SerialBytesReceived(data))
+        return self.after_message()
+
+    def receiveMsg_SerialBytesToSend(self, message: SerialBytesToSend, sender: Any) -> Any:
+        if self.port is None:
+            # The client retries by request id, and the handlers answer a retry from the
+            # repository, so dropping an answer here loses nothing.
+            self.dropped_bytes += len(message.data)
+            return self.after_message()
+        try:
+            self.port.write(message.data)
+            self.bytes_out += len(message.data)
+        except (serial.SerialException, OSError) as exc:
+            self.write_errors += 1
+            self.dropped_bytes += len(message.data)
+            self.port_failed(exc)
+        return self.after_message()
+
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> Any:
+        self.reopen_scheduled = False
+        if self.port is None:
+            self.open_port()
+        return self.after_message()
+
+    def after_message(self) -> Any:
+        port = getattr(self, "port", None)
+        return ThespianWatch([port.fileno()]) if port is not None else None
+
+    def shutdown(self) -> None:
+        if getattr(self, "port", None) is not None:
+            self.port.close()
+
+    def figures(self) -> dict[str, Any]:
+        return {"device": self.device, "open": self.port is not None, "bytes_in": self.bytes_in,
+                "bytes_out": self.bytes_out, "read_errors": self.read_errors,
+                "write_errors": self.write_errors, "opens": self.opens,
+                "dropped_bytes": self.dropped_bytes, "last_port_error": self.last_port_error}

@@ -1,0 +1,159 @@
+"""Supervisor: creates every actor, wires their addresses, restarts a crashed child with
+backoff, and answers `signer-admin status` with one record per actor.
+
+It is the only actor with a global name (SUPERVISOR_NAME), so an admin process that joins
+the running actor system can find it.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
+
+from actors.base import SignerActor
+from actors.ca_info import CaInfo
+from actors.dispatcher import Dispatcher
+from actors.framing import Framing
+from actors.health import Health
+from actors.hsm import Hsm
+from actors.repository import Repository
+from actors.serial_link import SerialLink
+from messages import (ActorStatusReply, ActorStatusRequest, Configure, Configured, SignerStarted,
+                      StartSigner, SystemStatusReply, SystemStatusRequest)
+
+SUPERVISOR_NAME = "cacert-signer-supervisor"
+STARTUP_TIMEOUT_S = 60.0
+STATUS_TIMEOUT_S = 3.0
+MAX_RESTART_BACKOFF_S = 10.0
+
+# Creation order: what others depend on comes first. Later issues add handlers here.
+CHILDREN: dict[str, type] = {
+    "repository": Repository,
+    "hsm": Hsm,
+    "health": Health,
+    "ca_info": CaInfo,
+    "dispatcher": Dispatcher,
+    "framing": Framing,
+    "serial_link": SerialLink,
+}
+
+
+@dataclass
+class StatusQuery:
+    requester: Any
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class Supervisor(SignerActor):
+    actor_name = "supervisor"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.children: dict[str, Any] = {}
+        self.restarts: dict[str, int] = {}
+        self.last_exit: dict[str, float] = {}
+        self.starter: Any = None
+        self.awaiting: set[str] = set()
+        self.startup_errors: list[str] = []
+        self.stopping = False
+        self.status_queries: dict[int, StatusQuery] = {}
+
+    # -- start-up ---------------------------------------------------------------------
+    def receiveMsg_StartSigner(self, message: StartSigner, sender: Any) -> None:
+        self.config = message.config
+        self.starter = sender
+        for name, cls in CHILDREN.items():
+            self.children[name] = self.createActor(cls)
+            self.restarts[name] = 0
+        self.awaiting = set(CHILDREN)
+        for name in CHILDREN:
+            self.configure_child(name)
+        self.wakeupAfter(STARTUP_TIMEOUT_S, payload=("startup",))
+
+    def configure_child(self, name: str, first: bool = True) -> None:
+        self.send(self.children[name], Configure(name, self.config, dict(self.children), first))
+
+    def receiveMsg_Configured(self, message: Configured, sender: Any) -> None:
+        if not message.ok:
+            self.log.error("start-up of %s failed: %s", message.name, message.error)
+            self.startup_errors.append(message.error or message.name)
+        if message.name in self.awaiting:
+            self.awaiting.discard(message.name)
+            if not self.awaiting:
+                self.report_startup()
+
+    def report_startup(self) -> None:
+        if self.starter is not None:
+            self.send(self.starter, SignerStarted(not self.startup_errors, self.startup_errors))
+            self.starter = None
+
+    # -- restarts ---------------------------------------------------------------------
+    def receiveMsg_ChildActorExited(self, message: ChildActorExited, sender: Any) -> None:
+        name = next((n for n, a in self.children.items() if a == message.childAddress), None)
+        if name is None or self.stopping:
+            return
+        self.restarts[name] += 1
+        self.log.error("actor %s exited; restart %d", name, self.restarts[name])
+        # Back off when a child keeps dying, so a broken one cannot spin the machine.
+        recent = time.monotonic() - self.last_exit.get(name, 0) < 30
+        self.last_exit[name] = time.monotonic()
+        delay = min(0.1 * 2 ** min(self.restarts[name], 8), MAX_RESTART_BACKOFF_S) if recent else 0.05
+        self.wakeupAfter(delay, payload=("restart", name))
+
+    def restart(self, name: str) -> None:
+        self.children[name] = self.createActor(CHILDREN[name])
+        self.configure_child(name)
+        for other in self.children:
+            if other != name:
+                self.configure_child(other, first=False)
+
+    def receiveMsg_ActorExitRequest(self, message: ActorExitRequest, sender: Any) -> None:
+        self.stopping = True
+
+    # -- status -----------------------------------------------------------------------
+    def receiveMsg_SystemStatusRequest(self, message: SystemStatusRequest, sender: Any) -> None:
+        tag = self.new_tag()
+        self.status_queries[tag] = StatusQuery(sender)
+        for address in self.children.values():
+            self.send(address, ActorStatusRequest(tag))
+        self.wakeupAfter(STATUS_TIMEOUT_S, payload=("status", tag))
+
+    def receiveMsg_ActorStatusReply(self, message: ActorStatusReply, sender: Any) -> None:
+        query = self.status_queries.get(message.tag)
+        name = next((n for n, a in self.children.items() if a == sender), None)
+        if query is None or name is None:
+            return
+        query.records[name] = dict(message.record, name=name)
+        if len(query.records) == len(self.children):
+            self.finish_status(message.tag)
+
+    def finish_status(self, tag: int) -> None:
+        query = self.status_queries.pop(tag, None)
+        if query is None:
+            return
+        records = [{"name": self.actor_name, "pid": os.getpid(), "alive": True, "restarts": 0,
+                    "messages": self.handled, "errors": self.errors, "last_error": self.last_error}]
+        for name in self.children:
+            record = query.records.get(name) or {
+                "name": name, "alive": False,
+                "last_error": f"no status reply within {STATUS_TIMEOUT_S:g} s (busy or hung)"}
+            record["restarts"] = self.restarts.get(name, 0)
+            records.append(record)
+        self.send(query.requester, SystemStatusReply(records))
+
+    # -- timers -----------------------------------------------------------------------
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
+        kind, *args = message.payload
+        if kind == "restart":
+            self.restart(args[0])
+        elif kind == "status":
+            self.finish_status(args[0])
+        elif kind == "startup" and self.starter is not None:
+            self.startup_errors.append(f"no answer from {sorted(self.awaiting)} within {STARTUP_TIMEOUT_S:g} s")
+            self.report_startup()
+
+    def figures(self) -> dict[str, Any]:
+        return {"children": len(self.children), "restarts": dict(self.restarts)}

@@ -1,0 +1,212 @@
+"""The signer's configuration: one YAML file loaded into typed, validated dataclasses.
+
+Every mistake (unknown key, missing key, wrong type, bad value) raises ConfigError with a
+message naming the dotted key and what was expected, so start-up stops with a useful line.
+The HSM PIN never lives in the YAML: it comes from an environment variable or a file the
+YAML names (see docs/configuration.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration mistake; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SerialConfig:
+    mode: str  # "dev-pty": the signer creates a pty pair; "device": a real serial port
+    device: str | None = None
+    baudrate: int = 115200
+    link_path: str | None = None  # dev-pty: a symlink to the client end is kept here
+    reopen_max_backoff_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class HsmConfig:
+    module: str
+    token_label: str
+    pin_env: str | None = None
+    pin_file: str | None = None
+    softhsm_conf: str | None = None  # sets SOFTHSM2_CONF for the signer's processes
+    health_key: str | None = None  # key label for the health test signature
+
+
+@dataclass(frozen=True)
+class IssuerConfig:
+    id: str
+    certificate: str
+    key_label: str
+
+
+@dataclass(frozen=True)
+class OpenPgpConfig:
+    key_label: str
+    public_key: str  # armoured public key block made by dev-init
+    created: int  # key creation time: part of the fingerprint, so it is stored
+
+
+@dataclass(frozen=True)
+class RepositoryConfig:
+    path: str
+
+
+@dataclass(frozen=True)
+class ActorSystemConfig:
+    admin_port: int
+    log_file: str | None = None
+
+
+@dataclass(frozen=True)
+class ProtocolConfig:
+    max_payload_bytes: int = 4 * 1024 * 1024
+    handler_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    ca_expiry_warning_days: int = 30
+
+
+@dataclass(frozen=True)
+class SignerConfig:
+    node_id: str
+    serial: SerialConfig
+    hsm: HsmConfig
+    repository: RepositoryConfig
+    actor_system: ActorSystemConfig
+    issuers: list[IssuerConfig]
+    openpgp: OpenPgpConfig | None = None
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    source: str = ""  # the file it was loaded from (set by the loader, not the YAML)
+
+    def issuer(self, issuer_id: str) -> IssuerConfig | None:
+        return next((i for i in self.issuers if i.id == issuer_id), None)
+
+
+# Keys whose values are paths: relative ones resolve against the config file's folder.
+PATH_KEYS = {"device", "link_path", "module", "pin_file", "softhsm_conf", "certificate",
+             "public_key", "path", "log_file"}
+
+
+def load_config(path: str | os.PathLike) -> SignerConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    config = build(SignerConfig, data, "", path.resolve().parent)
+    config = dataclasses.replace(config, source=str(path.resolve()))
+    validate(config)
+    return config
+
+
+def build(cls: type, data: Any, where: str, base: Path) -> Any:
+    """Build dataclass `cls` from a mapping, checking every key against its type hints."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'the config'}: expected a mapping, got {_kind(data)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != "source"}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{_join(where, str(unknown[0]))}: unknown key "
+                          f"(expected one of: {', '.join(sorted(fields))})")
+    values = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: missing required key ({_describe(hints[name])})")
+            continue
+        values[name] = _convert(hints[name], data[name], key, base)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _convert(inner[0], value, key, base)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {_kind(value)}")
+        (item,) = typing.get_args(hint)
+        return [_convert(item, v, f"{key}[{i}]", base) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key, base)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {_describe(hint)}, got {_kind(value)} {value!r}")
+    if hint is str and key.rsplit(".", 1)[-1] in PATH_KEYS:
+        return str((base / value).resolve()) if not os.path.isabs(value) else value
+    return value
+
+
+def validate(config: SignerConfig) -> None:
+    """Checks that span fields (the type checks happened while building)."""
+    if config.serial.mode not in ("dev-pty", "device"):
+        raise ConfigError(f"serial.mode: expected 'dev-pty' or 'device', got {config.serial.mode!r}")
+    if config.serial.mode == "device" and not config.serial.device:
+        raise ConfigError("serial.device: required when serial.mode is 'device'")
+    if not config.hsm.pin_env and not config.hsm.pin_file:
+        raise ConfigError("hsm.pin_env or hsm.pin_file: one is required (the PIN is never in the YAML)")
+    if not 1024 <= config.actor_system.admin_port <= 65535:
+        raise ConfigError("actor_system.admin_port: expected a port number from 1024 to 65535")
+    if not config.issuers:
+        raise ConfigError("issuers: at least one issuer is required")
+    ids = [i.id for i in config.issuers]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"issuers: duplicate issuer id in {ids}")
+    for i, issuer in enumerate(config.issuers):
+        if not os.path.isfile(issuer.certificate):
+            raise ConfigError(f"issuers[{i}].certificate: file {issuer.certificate} does not exist")
+    if config.protocol.max_payload_bytes < 1024:
+        raise ConfigError("protocol.max_payload_bytes: expected at least 1024")
+
+
+def read_pin(hsm: HsmConfig) -> str:
+    """The user PIN, from the environment variable or else the file. Never logged."""
+    if hsm.pin_env and os.environ.get(hsm.pin_env):
+        return os.environ[hsm.pin_env]
+    if hsm.pin_file:
+        try:
+            return Path(hsm.pin_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"hsm.pin_file: cannot read {hsm.pin_file}: {exc.strerror}") from None
+    raise ConfigError(f"hsm.pin_env: environment variable {hsm.pin_env} is not set")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else type(value).__name__
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if dataclasses.is_dataclass(hint):
+        return "a mapping"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
+        hint, getattr(hint, "__name__", str(hint)))

@@ -1,0 +1,148 @@
+"""The message layer of the wire protocol (see docs/protocol.md).
+
+A frame's payload is one msgpack map. Requests: ``{"v": 1, "id": ID, "cmd": NAME,
+"body": {...}}``. Responses carry the request's id and either ``"body"`` (success) or
+``"error": {"code", "message"}``. Requests are independent: a client may have many in
+flight, and responses come back in any order, matched by id.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_ID_LENGTH = 128
+
+# Every error code the signer sends, with its meaning. docs/protocol.md documents the
+# same table; tests/test_protocol.py checks that the two stay in step.
+ERROR_CODES: dict[str, str] = {
+    "bad_cobs": "the frame's COBS encoding is invalid",
+    "bad_crc": "the frame's CRC32 does not match its payload",
+    "frame_too_short": "the decoded frame is shorter than its 4-byte CRC32",
+    "frame_too_large": "the frame exceeds the payload size limit; its bytes were dropped",
+    "bad_msgpack": "the payload is not one complete msgpack object",
+    "bad_envelope": "the payload is not a map with valid v, id, cmd and body fields",
+    "unsupported_version": "the protocol version is not one the signer speaks",
+    "unknown_command": "no handler exists for the command name",
+    "bad_request": "a body field is missing, has the wrong type or an invalid value",
+    "duplicate_request": "a request with this id is still being processed",
+    "request_id_conflict": "the id was used before for a different request",
+    "handler_unavailable": "the handler crashed or did not answer; the request may be retried",
+    "internal_error": "an unexpected failure inside the signer; the request may be retried",
+    "hsm_unavailable": "the HSM could not sign (session, token or device failure)",
+    "hsm_login_failed": "the HSM rejected the PIN",
+    "hsm_token_not_found": "no token with the configured label is present",
+    "hsm_key_not_found": "the configured key is not on the token",
+    "repository_error": "the repository could not complete the operation",
+}
+
+
+class SignerError(Exception):
+    """An error that is answered to the client as a typed error response."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def to_wire(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+@dataclass(frozen=True)
+class Request:
+    request_id: str | int
+    command: str
+    body: dict[str, Any]
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(payload: bytes) -> Any:
+    """Decode exactly one msgpack object; raise SignerError("bad_msgpack") otherwise."""
+    try:
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError,
+            TypeError) as exc:
+        raise SignerError("bad_msgpack", f"payload is not valid msgpack: {exc}") from None
+
+
+def valid_request_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return 0 <= value < 2**63
+    return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
+
+
+def decode_request(payload: bytes, known_commands: frozenset[str] | set[str]) -> Request:
+    """Validate a request payload. Errors carry the id when one could be read."""
+    obj = unpack(payload)
+    if not isinstance(obj, dict):
+        raise SignerError("bad_envelope", f"payload is a {type(obj).__name__}, not a map")
+    request_id = obj.get("id")
+    if not valid_request_id(request_id):
+        raise SignerError("bad_envelope",
+                          f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} "
+                          "characters or a non-negative integer")
+    try:
+        return _validate_fields(obj, request_id, known_commands)
+    except SignerError as exc:
+        raise RequestError(request_id, exc.code, exc.message) from None
+
+
+class RequestError(SignerError):
+    """A SignerError that belongs to a request whose id is known."""
+
+    def __init__(self, request_id: str | int, code: str, message: str) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
+
+
+def _validate_fields(obj: dict, request_id: str | int, known_commands) -> Request:
+    version = obj.get("v")
+    if version != PROTOCOL_VERSION:
+        raise SignerError("unsupported_version",
+                          f"version {version!r} is not supported; this signer speaks {PROTOCOL_VERSION}")
+    command = obj.get("cmd")
+    if not isinstance(command, str):
+        raise SignerError("bad_envelope", "'cmd' must be a string")
+    body = obj.get("body", {})
+    if not isinstance(body, dict):
+        raise SignerError("bad_envelope", "'body' must be a map")
+    unknown = set(obj) - {"v", "id", "cmd", "body"}
+    if unknown:
+        raise SignerError("bad_envelope", f"unknown envelope fields: {sorted(map(str, unknown))}")
+    if command not in known_commands:
+        raise SignerError("unknown_command", f"unknown command {command!r}")
+    return Request(request_id, command, body)
+
+
+def encode_request(request_id: str | int, command: str, body: dict[str, Any] | None = None) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "id": request_id, "cmd": command, "body": body or {}})
+
+
+def encode_response(request_id: str | int | None, body: dict[str, Any]) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "id": request_id, "body": body})
+
+
+def encode_error(request_id: str | int | None, code: str, message: str) -> bytes:
+    return pack({"v": PROTOCOL_VERSION, "id": request_id, "error": {"code": code, "message": message}})
+
+
+def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], required: bool = True,
+          default: Any = None) -> Any:
+    """Read one body field, raising a bad_request error that names the field."""
+    if name not in body or body[name] is None:
+        if required:
+            raise SignerError("bad_request", f"field '{name}' is required")
+        return default
+    value = body[name]
+    if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise SignerError("bad_request", f"field '{name}' must be {expected}, got {type(value).__name__}")
+    return value

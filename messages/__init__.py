@@ -1,0 +1,22 @@
+"""Typed messages exchanged by the signer's actors (see docs/actors.md).
+
+Every request that expects an answer carries a `tag` chosen by its sender, and the answer
+repeats it: an actor never blocks waiting for a reply, it keeps the pending work keyed by tag
+and finishes it when the reply arrives. Errors travel as `{"code", "message"}` dicts so they
+can be answered to the client unchanged.
+"""
+from messages.commands import CommandReply, CommandRequest
+from messages.hsm import HsmHealthReply, HsmHealthRequest, HsmSignReply, HsmSignRequest
+from messages.link import FrameReceived, FrameToSend, SerialBytesReceived, SerialBytesToSend
+from messages.repository import RepoHealthReply, RepoHealthRequest
+from messages.system import (ActorStatusReply, ActorStatusRequest, Configure, Configured,
+                             StartSigner, SignerStarted, SystemStatusReply,
+                             SystemStatusRequest)
+
+__all__ = [
+    "CommandReply", "CommandRequest", "HsmHealthReply", "HsmHealthRequest", "HsmSignReply",
+    "HsmSignRequest", "FrameReceived", "FrameToSend", "SerialBytesReceived",
+    "SerialBytesToSend", "RepoHealthReply", "RepoHealthRequest", "ActorStatusReply",
+    "ActorStatusRequest", "Configure", "Configured", "StartSigner", "SignerStarted",
+    "SystemStatusReply", "SystemStatusRequest",
+]

@@ -1,0 +1,32 @@
+"""Messages to the Hsm actor, the only holder of a PKCS#11 session for its token."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class HsmSignRequest:
+    tag: int
+    key_label: str
+    mechanism: str  # e.g. "sha256-rsa-pkcs1", "sha256-ecdsa" (see core.hsm)
+    data: bytes  # the whole to-be-signed bytes; the token hashes them
+
+
+@dataclass
+class HsmSignReply:
+    tag: int
+    signature: bytes | None = None
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class HsmHealthRequest:
+    tag: int
+
+
+@dataclass
+class HsmHealthReply:
+    tag: int
+    health: dict[str, Any]
+    error: dict[str, str] | None = None

@@ -1,0 +1,145 @@
+"""The `signer` command: `signer dev-init --data DIR` and `signer run --config FILE`.
+
+`run` starts the Thespian actor system (multiprocTCPBase, loopback only), asks the
+Supervisor to create and configure every actor, prints the client end of the serial link
+when it is a development pty, and shuts everything down on SIGTERM/SIGINT.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from core.config import ConfigError, SignerConfig, load_config, read_pin
+
+SYSTEM_BASE = "multiprocTCPBase"
+START_TIMEOUT_S = 90
+
+
+class StartupError(Exception):
+    """The signer cannot start; the message says why."""
+
+
+def log_definitions(log_file: str | None) -> dict:
+    handler = ({"class": "logging.FileHandler", "filename": log_file, "formatter": "plain"}
+               if log_file else {"class": "logging.StreamHandler", "formatter": "plain"})
+    return {"version": 1,
+            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+            "handlers": {"main": {**handler, "level": logging.INFO}},
+            "root": {"handlers": ["main"], "level": logging.INFO},
+            "disable_existing_loggers": False}
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def preflight(config: SignerConfig) -> None:
+    """Checks that give a clear message before any process is forked."""
+    read_pin(config.hsm)  # ConfigError when neither the variable nor the file gives one
+    if not os.path.exists(config.hsm.module):
+        raise StartupError(f"hsm.module: PKCS#11 library {config.hsm.module} does not exist")
+    repo_dir = Path(config.repository.path).parent
+    if not repo_dir.is_dir():
+        raise StartupError(f"repository.path: folder {repo_dir} does not exist")
+    if port_in_use(config.actor_system.admin_port):
+        raise StartupError(f"actor_system.admin_port: port {config.actor_system.admin_port} is "
+                           "in use (is a signer already running?)")
+
+
+class RunningSigner:
+    """The actor system, the dev pty relay (if any) and the Supervisor's address."""
+
+    def __init__(self, config: SignerConfig) -> None:
+        from thespian.actors import ActorSystem
+
+        from actors.supervisor import SUPERVISOR_NAME, Supervisor
+        from core.loopback import restrict_thespian_to_loopback
+        from messages import SignerStarted, StartSigner
+        from tools.ptyrelay import PtyRelay
+
+        if config.hsm.softhsm_conf:
+            os.environ["SOFTHSM2_CONF"] = config.hsm.softhsm_conf
+        restrict_thespian_to_loopback()
+        self.relay = None
+        self.asys = ActorSystem(SYSTEM_BASE, {"Admin Port": config.actor_system.admin_port},
+                                logDefs=log_definitions(config.actor_system.log_file))
+        try:
+            if config.serial.mode == "dev-pty":
+                # Created after the actor system so its processes do not inherit the ptys.
+                self.relay = PtyRelay(link_b=config.serial.link_path).start()
+                config = dataclasses.replace(
+                    config, serial=dataclasses.replace(config.serial, device=self.relay.path_a))
+            self.supervisor = self.asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+            reply = self.asys.ask(self.supervisor, StartSigner(config), START_TIMEOUT_S)
+            if not isinstance(reply, SignerStarted):
+                raise StartupError(f"the supervisor did not answer within {START_TIMEOUT_S} s")
+            if not reply.ok:
+                raise StartupError("; ".join(reply.errors))
+        except BaseException:
+            self.stop()
+            raise
+        self.client_end = self.relay.path_b if self.relay else config.serial.device
+
+    def stop(self) -> None:
+        self.asys.shutdown()
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_config(args.config)
+        preflight(config)
+        signer = RunningSigner(config)
+    except (ConfigError, StartupError) as exc:
+        print(f"signer: cannot start: {exc}", file=sys.stderr)
+        return 2
+    print(f"signer: running, node {config.node_id}, admin port {config.actor_system.admin_port}",
+          file=sys.stderr)
+    if config.serial.mode == "dev-pty":
+        print(f"client-pty: {signer.client_end}", flush=True)
+        if config.serial.link_path:
+            print(f"client-link: {config.serial.link_path}", flush=True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        received = signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        print(f"signer: {signal.Signals(received).name}, shutting down", file=sys.stderr)
+    finally:
+        signer.stop()
+    return 0
+
+
+def dev_init(args: argparse.Namespace) -> int:
+    from core.devca import DevCaOptions, initialise_dev_ca
+
+    options = DevCaOptions(data_dir=Path(args.data).resolve(), admin_port=args.admin_port,
+                           openpgp_key=args.openpgp_key)
+    config_path = initialise_dev_ca(options, log=lambda line: print(f"dev-init: {line}", file=sys.stderr))
+    print(config_path)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="signer", description="The CAcert signer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_init = sub.add_parser("dev-init", help="create a SoftHSM dev token, dev CA and config")
+    p_init.add_argument("--data", required=True, help="data folder (created if missing)")
+    p_init.add_argument("--admin-port", type=int, default=19190)
+    p_init.add_argument("--openpgp-key", default="rsa-4096",
+                        choices=["rsa-4096", "ecdsa-p256", "ecdsa-p384"])
+    p_run = sub.add_parser("run", help="run the signer in the foreground")
+    p_run.add_argument("--config", required=True)
+    args = parser.parse_args(argv)
+    return {"dev-init": dev_init, "run": run}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command-line tools: signer-client (what WebDB uses), signer-admin, and the pty relay."""

@@ -1,0 +1,109 @@
+"""The client library that speaks the signer's protocol over a serial port (what WebDB uses).
+
+    with SignerClient("/dev/ttyUSB0") as client:
+        health = client.call("health")
+
+Requests may be pipelined: `send` several, then `receive` answers in any order; `call`
+waits for one id and keeps the others for later `receive`/`wait_for` calls.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+
+from core.framing import FrameDecoder, FrameError, encode_frame
+from core.protocol import encode_request, unpack
+
+
+class SignerTimeout(Exception):
+    """No answer within the timeout: the signer is down, or the link is broken."""
+
+
+@dataclass
+class Response:
+    request_id: str | int | None
+    body: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class SignerClient:
+    def __init__(self, port: str, baudrate: int = 115200, timeout: float = 10.0) -> None:
+        self.port_path = port
+        self.timeout = timeout
+        self.serial = serial.Serial(port, baudrate, timeout=0.05)
+        self.serial.reset_input_buffer()  # stale answers of an earlier client are not ours
+        self.decoder = FrameDecoder(64 * 1024 * 1024)
+        self.waiting: dict[Any, Response] = {}
+        self.unmatched: list[Response] = []  # answers with id nil (frame errors)
+        self._ids = itertools.count(1)
+        self._prefix = f"c{os.getpid()}-{int(time.time() * 1000) % 10**8}-"
+
+    def __enter__(self) -> "SignerClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.serial.close()
+
+    def new_id(self) -> str:
+        return f"{self._prefix}{next(self._ids)}"
+
+    def write_raw(self, data: bytes) -> None:
+        self.serial.write(data)
+        self.serial.flush()
+
+    def send(self, command: str, body: dict[str, Any] | None = None,
+             request_id: str | int | None = None) -> str | int:
+        request_id = self.new_id() if request_id is None else request_id
+        self.write_raw(encode_frame(encode_request(request_id, command, body)))
+        return request_id
+
+    def receive(self, timeout: float | None = None) -> Response:
+        """The next answer, whatever its id."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            if self.waiting:
+                return self.waiting.pop(next(iter(self.waiting)))
+            if self.unmatched:
+                return self.unmatched.pop(0)
+            self._read_some(deadline)
+
+    def wait_for(self, request_id: str | int, timeout: float | None = None) -> Response:
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while request_id not in self.waiting:
+            self._read_some(deadline)
+        return self.waiting.pop(request_id)
+
+    def call(self, command: str, body: dict[str, Any] | None = None,
+             request_id: str | int | None = None, timeout: float | None = None) -> Response:
+        return self.wait_for(self.send(command, body, request_id), timeout)
+
+    def _read_some(self, deadline: float) -> None:
+        if time.monotonic() > deadline:
+            raise SignerTimeout(f"no answer from the signer on {self.port_path} in time")
+        data = self.serial.read(self.serial.in_waiting or 1)
+        for result in self.decoder.feed(data):
+            response = (Response(None, error={"code": result.code, "message": result.message})
+                        if isinstance(result, FrameError) else parse_response(result))
+            if response.request_id is None:
+                self.unmatched.append(response)
+            else:
+                self.waiting[response.request_id] = response
+
+
+def parse_response(payload: bytes) -> Response:
+    obj = unpack(payload)
+    if not isinstance(obj, dict):
+        return Response(None, error={"code": "bad_envelope", "message": "answer is not a map"})
+    return Response(obj.get("id"), body=obj.get("body"), error=obj.get("error"))

@@ -1,0 +1,126 @@
+"""`signer-client`: the command line over tools.client.SignerClient.
+
+Exit codes: 0 the command succeeded (health: healthy); 1 the signer refused the request
+(its error code and message are printed) or health is unhealthy; 2 usage or local error;
+3 no answer from the signer within the timeout.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import serial
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tools.client import Response, SignerClient, SignerTimeout
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+
+
+def to_json(value: Any) -> Any:
+    """msgpack bytes (DER and the like) become base64 strings in JSON output."""
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    return value
+
+
+def print_refusal(response: Response) -> int:
+    error = response.error or {}
+    print(f"error: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    return EXIT_REFUSED
+
+
+def cmd_health(client: SignerClient, args: argparse.Namespace) -> int:
+    response = client.call("health")
+    if not response.ok:
+        return print_refusal(response)
+    body = response.body or {}
+    if args.json:
+        print(json.dumps(to_json(body), indent=2))
+    else:
+        print(f"healthy: {'yes' if body.get('healthy') else 'NO'}")
+        print(f"version: {body.get('version')}  node: {body.get('node_id')}  time: {body.get('time')}")
+        for ca in body.get("ca_certificates", []):
+            print(f"ca {ca['id']}: {ca['subject']} expires {ca['not_after']} "
+                  f"({ca['days_to_expiry']:.0f} days)")
+        hsm = body.get("hsm", {})
+        print(f"hsm: token {hsm.get('token')} logged in {hsm.get('logged_in')} "
+              f"test signature {hsm.get('test_signature_ms')} ms")
+        repo = body.get("repository", {})
+        print(f"repository: quick_check {repo.get('quick_check')} counts {repo.get('counts')} "
+              f"last event {repo.get('last_event_seq')}")
+        for problem in body.get("problems", []):
+            print(f"problem: {problem}")
+    return EXIT_OK if body.get("healthy") else EXIT_REFUSED
+
+
+def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
+    response = client.call("ca_info")
+    if not response.ok:
+        return print_refusal(response)
+    body = response.body or {}
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for issuer in body.get("issuers", []):
+            cert = x509.load_der_x509_certificate(issuer["certificate"])
+            (out / f"{issuer['id']}.pem").write_bytes(cert.public_bytes(Encoding.PEM))
+        if body.get("openpgp"):
+            (out / "openpgp-ca.asc").write_text(body["openpgp"]["public_key"])
+    if args.json:
+        print(json.dumps(to_json(body), indent=2))
+    else:
+        for issuer in body.get("issuers", []):
+            print(f"issuer {issuer['id']}: {issuer['subject']} (until {issuer['not_after']})")
+        print(f"openpgp CA key: {'present' if body.get('openpgp') else 'none'}")
+    return EXIT_OK
+
+
+COMMANDS: dict[str, Callable[[SignerClient, argparse.Namespace], int]] = {
+    "health": cmd_health,
+    "ca-info": cmd_ca_info,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="signer-client", description="Talk to the signer")
+    parser.add_argument("--port", default=os.environ.get("SIGNER_PORT"),
+                        help="serial port or pty of the signer (default: $SIGNER_PORT)")
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    parser.add_argument("--json", action="store_true", help="print the answer body as JSON")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("health", help="the signer's health; exit 0 only when healthy")
+    p_info = sub.add_parser("ca-info", help="issuer certificates and the OpenPGP CA key")
+    p_info.add_argument("--out-dir", help="write <issuer>.pem and openpgp-ca.asc here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not args.port:
+        print("signer-client: --port is required (or set SIGNER_PORT)", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        with SignerClient(args.port, args.baud, args.timeout) as client:
+            return COMMANDS[args.command](client, args)
+    except SignerTimeout as exc:
+        print(f"signer-client: {exc}", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    except serial.SerialException as exc:
+        print(f"signer-client: cannot open {args.port}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
