@@ -108,7 +108,7 @@ def _ensure_openpgp(session: HsmSession, ca_dir: Path, log: Callable[[str], None
         return int(json.loads(meta_path.read_text())["created"])
     created = int(time.time())
     user_id = "CAcert Signing Authority (development) <gpg@cacert.invalid>"
-    block = build_public_key_block(session.public_key("openpgp-key"), created, user_id,
+    block = build_public_key_block(session.public_key("openpgp-key"), created, user_id.encode(),
                                    lambda data, mechanism: session.sign("openpgp-key", mechanism, data))
     (ca_dir / "openpgp-ca.asc").write_text(armor(block))
     meta_path.write_text(json.dumps({"created": created, "user_id": user_id}))
