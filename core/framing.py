@@ -40,7 +40,7 @@ def encode_frame(payload: bytes) -> bytes:
     return cobs.encode(payload + crc) + DELIMITER
 
 
-def decode_frame(encoded: bytes) -> bytes | FrameError:
+def decode_frame(encoded: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> bytes | FrameError:
     """Decode the bytes between two delimiters into the payload, or a FrameError."""
     try:
         raw = cobs.decode(encoded)
@@ -49,6 +49,8 @@ def decode_frame(encoded: bytes) -> bytes | FrameError:
     if len(raw) < CRC_BYTES:
         return FrameError("frame_too_short", f"frame has {len(raw)} bytes, fewer than its CRC32")
     payload, crc = raw[:-CRC_BYTES], raw[-CRC_BYTES:]
+    if len(payload) > max_payload:  # COBS overhead lets a frame just under the byte cap through
+        return FrameError("frame_too_large", f"frame exceeds the limit of {max_payload} payload bytes")
     expected = zlib.crc32(payload).to_bytes(CRC_BYTES, "big")
     if crc != expected:
         return FrameError("bad_crc", f"CRC32 mismatch: frame says {crc.hex()}, payload gives {expected.hex()}")
@@ -101,5 +103,5 @@ class FrameDecoder:
             self._discarding = False
             return
         if self._buffer:
-            results.append(decode_frame(bytes(self._buffer)))
+            results.append(decode_frame(bytes(self._buffer), self.max_payload))
             self._buffer.clear()

@@ -99,3 +99,10 @@ def test_zero_flood_and_noise_between_frames():
 def test_direct_decode_of_vectors():
     for vector in VECTORS:
         assert decode_frame(bytes.fromhex(vector["frame"])[:-1]) == bytes.fromhex(vector["payload"])
+
+
+def test_payload_over_the_limit_inside_the_byte_cap():
+    decoder = FrameDecoder(max_payload=1024)
+    [error] = decoder.feed(encode_frame(b"\x00" * 1025))  # 1025 zeros encode to 1030 bytes
+    assert error.code == "frame_too_large"
+    good_after(decoder)

@@ -26,22 +26,10 @@ from core.hsm import (MECHANISMS, HsmError, HsmKeyNotFound, HsmLoginFailed,
 from core.hsm_keys import HsmEcPrivateKey, HsmRsaPrivateKey
 from core.softhsm import SOFTHSM_MODULE, init_softhsm_token, softhsm_env, token_labels
 
-TOKEN = "cacert-test"
-SO_PIN = "so-5730914862"
-PIN = "user-8146297035"  # distinctive, so a leak into a message is found by `in`
+from tests.helpers import PIN, SO_PIN, TOKEN  # one token for the whole test process
 WRONG_PIN = "wrong-3961570248"
 
 RSA_KEY, P256_KEY, P384_KEY = "rsa-2048", "ec-p256", "ec-p384"
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    base = tmp_path_factory.mktemp("softhsm")
-    conf = str(base / "softhsm2.conf")
-    init_softhsm_token(str(base / "tokens"), conf, TOKEN, SO_PIN, PIN)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("SOFTHSM2_CONF", conf)  # read by the library at C_Initialize
-        yield {"conf": conf, "token_dir": str(base / "tokens")}
 
 
 @pytest.fixture(scope="module")

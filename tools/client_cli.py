@@ -99,9 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
     parser.add_argument("--json", action="store_true", help="print the answer body as JSON")
+    # --json is accepted before or after the command name.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the answer body as JSON")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("health", help="the signer's health; exit 0 only when healthy")
-    p_info = sub.add_parser("ca-info", help="issuer certificates and the OpenPGP CA key")
+    sub.add_parser("health", parents=[common], help="the signer's health; exit 0 only when healthy")
+    p_info = sub.add_parser("ca-info", parents=[common], help="issuer certificates and the OpenPGP CA key")
     p_info.add_argument("--out-dir", help="write <issuer>.pem and openpgp-ca.asc here")
     return parser
 

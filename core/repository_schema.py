@@ -1,0 +1,142 @@
+"""The repository's SQLite schema: the ordered migrations, and how values are stored.
+
+PRAGMA user_version counts the migrations a database has had. The list is append-only:
+a released migration is never edited and a schema change is a new entry, so every
+database reaches the same schema whatever version it started from. core/repository.py
+applies each pending migration in its own transaction when it opens the file.
+
+Times are ISO 8601 UTC text ("2024-05-01T12:00:00Z"): fixed width, so comparing the
+text compares the instants. Serials are lowercase hex without leading zeros, so (same
+length, then text) is numeric order. to_db_time/from_db_time/normalise_serial below are
+the one place those representations are made.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+DB_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+Migration = tuple[str, ...]  # statements run in one transaction
+
+_INITIAL_SCHEMA: Migration = (
+    # `der` is the last column on purpose: queries reading the small columns then stop
+    # before the blob's bytes and overflow pages.
+    """
+    CREATE TABLE certificates (
+        issuer      TEXT NOT NULL,
+        serial      TEXT NOT NULL,
+        request_id  TEXT NOT NULL,
+        profile     TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('reserved', 'issued')),
+        subject     TEXT NOT NULL,
+        not_before  TEXT NOT NULL,
+        not_after   TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        origin_node TEXT NOT NULL,
+        der         BLOB,
+        PRIMARY KEY (issuer, serial)
+    )
+    """,
+    "CREATE INDEX certificates_by_issuer_not_after ON certificates (issuer, not_after)",
+    "CREATE INDEX certificates_by_request ON certificates (request_id)",
+    # Covers the CRL query's probe (issuer, serial) -> not_after, so the probe never
+    # reads a table row with its DER.
+    "CREATE INDEX certificates_expiry_by_serial ON certificates (issuer, serial, not_after)",
+    # Reservations are few (only while a signature is in flight); this partial index
+    # lets health() count them without scanning a million issued rows.
+    "CREATE INDEX certificates_reserved ON certificates (issuer, serial)"
+    " WHERE status = 'reserved'",
+    # WITHOUT ROWID clusters revocations on (issuer, serial): the CRL query's range scan
+    # "all revocations of an issuer" is the table itself, no separate index needed.
+    """
+    CREATE TABLE revocations (
+        issuer      TEXT NOT NULL,
+        serial      TEXT NOT NULL,
+        reason      INTEGER CHECK (reason IS NULL OR reason IN (0, 1, 2, 3, 4, 5, 6, 8, 9, 10)),
+        revoked_at  TEXT NOT NULL,
+        request_id  TEXT,
+        origin_node TEXT NOT NULL,
+        recorded_at TEXT NOT NULL,
+        PRIMARY KEY (issuer, serial),
+        FOREIGN KEY (issuer, serial) REFERENCES certificates (issuer, serial)
+    ) WITHOUT ROWID
+    """,
+    """
+    CREATE TABLE crls (
+        issuer            TEXT NOT NULL,
+        number            INTEGER NOT NULL,
+        this_update       TEXT NOT NULL,
+        next_update       TEXT NOT NULL,
+        revocation_digest TEXT NOT NULL,
+        created_at        TEXT NOT NULL,
+        der               BLOB NOT NULL,
+        PRIMARY KEY (issuer, number)
+    )
+    """,
+    """
+    CREATE TABLE openpgp_signatures (
+        request_id  TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        signed_key  BLOB NOT NULL,
+        uids        TEXT NOT NULL,
+        expires_at  TEXT,
+        created_at  TEXT NOT NULL,
+        origin_node TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE requests (
+        request_id     TEXT PRIMARY KEY,
+        command        TEXT NOT NULL,
+        request_digest TEXT NOT NULL,
+        result         BLOB NOT NULL,
+        created_at     TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE events (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        event_id    TEXT NOT NULL UNIQUE,
+        origin_node TEXT NOT NULL,
+        type        TEXT NOT NULL,
+        body        BLOB NOT NULL,
+        created_at  TEXT NOT NULL
+    )
+    """,
+    # The event log is what other nodes replay; a row changed after publication would
+    # make them diverge silently, so the database itself refuses it.
+    """
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+    """
+    CREATE TRIGGER events_no_delete BEFORE DELETE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+)
+
+MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def to_db_time(moment: datetime) -> str:
+    # A naive datetime could be local time; guessing would shift validity periods.
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise ValueError(f"naive datetime {moment!r}: the repository needs timezone-aware times")
+    return moment.astimezone(timezone.utc).strftime(DB_TIME_FORMAT)
+
+
+def from_db_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)  # 3.11 reads the trailing 'Z' as UTC: aware result
+
+
+def normalise_serial(serial_hex: str) -> str:
+    """Lowercase hex without leading zeros, so one serial has exactly one spelling."""
+    value = int(serial_hex, 16)
+    if value < 0:
+        raise ValueError(f"negative serial {serial_hex!r}")
+    return format(value, "x")
+
+
+# RFC 5280 section 5.3.1 CRLReason codes (7 is unassigned); the CHECK above agrees.
+CRL_REASON_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})

@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from core.softhsm import init_softhsm_token
+from tests.helpers import PIN, SO_PIN, TOKEN, SignerProcess, dev_init, signer_config
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory):
+    """The one SoftHSM token of the test process (see tests/helpers.py)."""
+    base = tmp_path_factory.mktemp("softhsm")
+    conf = str(base / "softhsm2.conf")
+    init_softhsm_token(str(base / "tokens"), conf, TOKEN, SO_PIN, PIN)
+    os.environ["SOFTHSM2_CONF"] = conf
+    yield {"conf": conf, "token_dir": str(base / "tokens")}
+
+
+@pytest.fixture(scope="session")
+def dev_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A development CA made by `signer dev-init`, shared by the end-to-end tests."""
+    return dev_init(tmp_path_factory.mktemp("signer-data"))
+
+
+@pytest.fixture(scope="module")
+def signer(dev_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A running signer (its own process tree) for one test module."""
+    target = tmp_path_factory.mktemp("signer-run")
+    process = SignerProcess(signer_config(dev_data, target), log_dir=target)
+    yield process
+    process.stop()

@@ -1,0 +1,109 @@
+"""Shared test helpers: the process-wide SoftHSM token, free ports, and a signer run as
+its own process on a pty pair (the real thing, as an operator starts it)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+# PyKCS11 loads SoftHSM once per process and SoftHSM reads SOFTHSM2_CONF then, so every
+# in-process HSM test shares this one token (tests/conftest.py creates it).
+TOKEN = "cacert-test"
+SO_PIN = "so-5730914862"
+PIN = "user-8146297035"  # distinctive, so a leak into a message is found by `in`
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    return str(BIN / name)
+
+
+def run_tool(name: str, *args: str, timeout: float = 60, env: dict | None = None,
+             check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([tool(name), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, check=check)
+
+
+class SignerProcess:
+    """`signer run --config FILE` as a child process; `stop()` sends SIGTERM."""
+
+    def __init__(self, config: Path, env: dict | None = None, log_dir: Path | None = None) -> None:
+        self.config = config
+        env = dict(os.environ if env is None else env)
+        if log_dir is not None:
+            env["THESPLOG_FILE"] = str(log_dir / "thespian.log")
+        self.process = subprocess.Popen([tool("signer"), "run", "--config", str(config)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env=env, start_new_session=True)
+        self.client_path = self._read_client_path()
+
+    def _read_client_path(self) -> str:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if line.startswith("client-pty: "):
+                return line.split(": ", 1)[1].strip()
+            if not line and self.process.poll() is not None:
+                raise RuntimeError(f"signer exited {self.process.returncode}: {self.process.stderr.read()}")
+        raise RuntimeError("signer printed no client-pty line within 90 s")
+
+    def status(self) -> list[dict]:
+        result = run_tool("signer-admin", "--config", str(self.config), "status", "--json")
+        return json.loads(result.stdout) if result.stdout else []
+
+    def pids(self) -> list[int]:
+        return [self.process.pid] + [r["pid"] for r in self.status() if r.get("pid")]
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        return self.process.returncode
+
+
+def signer_config(dev_data: Path, target: Path, **changes) -> Path:
+    """A copy of the dev config with a fresh admin port, repository and pty link."""
+    config = yaml.safe_load((dev_data / "signer.yaml").read_text())
+    config["actor_system"] = {"admin_port": free_port(), "log_file": str(target / "signer.log")}
+    config["repository"] = {"path": str(target / "repository.sqlite")}
+    config["serial"]["link_path"] = str(target / "client-tty")
+    for dotted, value in changes.items():
+        section, _, key = dotted.partition("__")
+        config[section][key] = value
+    # Paths in the dev config are relative to its folder.
+    for name in ("softhsm_conf", "pin_file"):
+        config["hsm"][name] = str(dev_data / config["hsm"][name])
+    for issuer in config["issuers"]:
+        issuer["certificate"] = str(dev_data / issuer["certificate"])
+    config["openpgp"]["public_key"] = str(dev_data / config["openpgp"]["public_key"])
+    path = target / "signer.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def dev_init(data: Path, *extra: str) -> Path:
+    """Run `signer dev-init` into data (idempotent) and return the folder."""
+    result = run_tool("signer", "dev-init", "--data", str(data), "--admin-port", str(free_port()),
+                      *extra, timeout=300)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return data

@@ -1,0 +1,88 @@
+"""The Hsm and Repository actors in-process with mock peers, on a real SoftHSM token and a
+real SQLite file. The HSM faults are made from under the actor, in its own process."""
+from types import SimpleNamespace
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
+
+from actors.hsm import Hsm
+from actors.repository import Repository
+from core.hsm import HsmSession
+from core.softhsm import SOFTHSM_MODULE
+from messages import (HsmHealthReply, HsmHealthRequest, HsmSignReply, HsmSignRequest,
+                      RepoHealthReply, RepoHealthRequest)
+from tests.actor_harness import ActorHarness
+from tests.helpers import PIN, TOKEN
+
+KEY = "actor-test-rsa"
+
+
+@pytest.fixture(scope="module")
+def token_key(softhsm):
+    with HsmSession(SOFTHSM_MODULE, TOKEN, PIN) as session:
+        if not session.has_key(KEY):
+            session.generate_rsa_key(KEY, 2048)
+        yield session.public_key(KEY)
+
+
+@pytest.fixture
+def hsm_actor(token_key, monkeypatch):
+    monkeypatch.setenv("TEST_HSM_PIN", PIN)
+    config = SimpleNamespace(
+        hsm=SimpleNamespace(module=SOFTHSM_MODULE, token_label=TOKEN, pin_env="TEST_HSM_PIN",
+                            pin_file=None, health_key=KEY),
+        issuers=[SimpleNamespace(id="x", key_label=KEY)])
+    harness = ActorHarness(Hsm, config, {})
+    yield harness
+    harness.actor.shutdown()
+
+
+def sign(h, data=b"to be signed"):
+    h.deliver(HsmSignRequest(1, KEY, "sha256-rsa-pkcs1", data), "handler")
+    (address, reply), = h.take(HsmSignReply)
+    return reply
+
+
+def health(h):
+    h.deliver(HsmHealthRequest(2), "health")
+    (_, reply), = h.take(HsmHealthReply)
+    return reply
+
+
+def test_hsm_actor_signs(hsm_actor, token_key):
+    reply = sign(hsm_actor)
+    assert reply.error is None
+    token_key.verify(reply.signature, b"to be signed", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_hsm_actor_recovers_after_all_sessions_closed(hsm_actor):
+    session = hsm_actor.actor.session
+    session._lib.closeAllSessions(session._slot)
+    reply = health(hsm_actor)
+    assert reply.error is None and reply.health["ok"] and reply.health["test_signature_ms"] > 0
+    assert session.recoveries >= 1
+
+
+def test_hsm_actor_recovers_after_logout(hsm_actor, token_key):
+    session = hsm_actor.actor.session
+    session._session.logout()
+    reply = sign(hsm_actor, b"after logout")
+    assert reply.error is None
+    token_key.verify(reply.signature, b"after logout", padding.PKCS1v15(), hashes.SHA256())
+    assert hsm_actor.actor.figures()["recoveries"] >= 1
+
+
+def test_hsm_actor_unknown_key_is_a_typed_error(hsm_actor):
+    hsm_actor.deliver(HsmSignRequest(3, "no-such-key", "sha256-rsa-pkcs1", b"x"), "handler")
+    (_, reply), = hsm_actor.take(HsmSignReply)
+    assert reply.signature is None and reply.error["code"] == "hsm_key_not_found"
+
+
+def test_repository_actor_health(tmp_path):
+    config = SimpleNamespace(node_id="n1", repository=SimpleNamespace(path=str(tmp_path / "r.sqlite")))
+    h = ActorHarness(Repository, config, {})
+    h.deliver(RepoHealthRequest(5), "health")
+    (_, reply), = h.take(RepoHealthReply)
+    assert reply.tag == 5 and reply.health["quick_check"] == "ok" and reply.health["last_event_seq"] == 0
+    h.actor.shutdown()
