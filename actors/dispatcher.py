@@ -21,6 +21,9 @@ from messages import CommandReply, CommandRequest, FrameReceived, FrameToSend
 ROUTES: dict[str, str] = {
     "health": "health",
     "ca_info": "ca_info",
+    "sign_x509": "x509_signer",
+    "revoke_x509": "revoker",
+    "fetch_crl": "crl_issuer",
 }
 
 SWEEP_INTERVAL_S = 1.0

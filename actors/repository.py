@@ -1,14 +1,17 @@
 """Repository: the single owner of the SQLite database. All state lives here; handlers keep
-none that the repository should have. The storage logic is core.repository.Repository."""
+none that the repository should have. The storage logic is core.repository.Repository;
+each RepoRequest message names the store operation it runs."""
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
 
 from actors.base import SignerActor, error_dict
+from core.crl import needs_rebuild
 from core.repository import Repository as RepositoryStore
 from messages import RepoHealthReply, RepoHealthRequest
-
+from messages.repository import RepoReply, RepoRequest
 
 # PRAGMA quick_check reads every page (seconds at 1M certificates) and blocks this actor
 # meanwhile, so a health poll reuses a recent result instead of running it every time.
@@ -21,6 +24,7 @@ class Repository(SignerActor):
     def configure(self, config: Any) -> None:
         self.store = RepositoryStore(config.repository.path, config.node_id)
         self.quick_check: tuple[float, str] | None = None  # (monotonic time, result)
+        self.operations: dict[str, int] = {}
 
     def receiveMsg_RepoHealthRequest(self, message: RepoHealthRequest, sender: Any) -> None:
         now = time.monotonic()
@@ -33,9 +37,35 @@ class Repository(SignerActor):
         health["quick_check_age_s"] = round(now - self.quick_check[0], 1)
         self.send(sender, RepoHealthReply(message.tag, health))
 
+    def receiveMsg_RepoRequest(self, message: RepoRequest, sender: Any) -> None:
+        self.operations[message.operation] = self.operations.get(message.operation, 0) + 1
+        local = getattr(self, f"op_{message.operation}", None)
+        run = local or getattr(self.store, message.operation)
+        try:
+            value = run(**message.arguments())
+        except Exception as exc:  # noqa: BLE001 - every failure is answered, typed
+            self.record_error(exc)
+            self.send(sender, RepoReply(message.tag, error=error_dict(exc)))
+            return
+        self.send(sender, RepoReply(message.tag, value))
+
+    def op_crl_state(self, issuer: str, now: Any, grace_s: float, max_age_s: float,
+                     base_number: int | None) -> dict[str, Any]:
+        """The latest CRL, whether it must be rebuilt, the entries for a rebuild (only
+        then: 100k entries are megabytes to pass between processes) and the client's base."""
+        entries, digest = self.store.revoked_with_digest(issuer, now, timedelta(seconds=grace_s))
+        latest = self.store.latest_crl(issuer)
+        rebuild = needs_rebuild(latest, digest, now, max_age_s)
+        base = (self.store.get_crl(issuer, base_number)
+                if base_number is not None and latest and base_number != latest["number"] else None)
+        return {"latest": latest, "rebuild": rebuild, "digest": digest,
+                "entries": entries if rebuild else None, "base": base}
+
     def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:
         if isinstance(message, RepoHealthRequest):
             self.send(sender, RepoHealthReply(message.tag, {}, error=error_dict(exc)))
+        elif isinstance(message, RepoRequest):
+            self.send(sender, RepoReply(message.tag, error=error_dict(exc)))
 
     def shutdown(self) -> None:
         if getattr(self, "store", None) is not None:
@@ -44,4 +74,5 @@ class Repository(SignerActor):
     def figures(self) -> dict[str, Any]:
         store = getattr(self, "store", None)
         return {"path": self.config.repository.path if self.config else None,
-                "last_event_seq": store.last_event_seq() if store else None}
+                "last_event_seq": store.last_event_seq() if store else None,
+                "operations": dict(getattr(self, "operations", {}))}

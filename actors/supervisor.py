@@ -15,12 +15,15 @@ from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.base import SignerActor
 from actors.ca_info import CaInfo
+from actors.crl_issuer import CrlIssuer
 from actors.dispatcher import Dispatcher
 from actors.framing import Framing
 from actors.health import Health
 from actors.hsm import Hsm
 from actors.repository import Repository
+from actors.revoker import Revoker
 from actors.serial_link import SerialLink
+from actors.x509_signer import X509Signer
 from messages import (ActorStatusReply, ActorStatusRequest, Configure, Configured, SignerStarted,
                       StartSigner, SystemStatusReply, SystemStatusRequest)
 
@@ -35,6 +38,9 @@ CHILDREN: dict[str, type] = {
     "hsm": Hsm,
     "health": Health,
     "ca_info": CaInfo,
+    "x509_signer": X509Signer,
+    "revoker": Revoker,
+    "crl_issuer": CrlIssuer,
     "dispatcher": Dispatcher,
     "framing": Framing,
     "serial_link": SerialLink,

@@ -77,6 +77,28 @@ class HealthConfig:
     ca_expiry_warning_days: int = 30
 
 
+SHIPPED_PROFILES = str(Path(__file__).resolve().parent.parent / "config" / "profiles")
+
+
+@dataclass(frozen=True)
+class X509Config:
+    profiles: str = SHIPPED_PROFILES  # folder of profile YAML files (docs/profiles.md)
+    lint: bool = True  # pkilint RFC 5280 lints on every certificate before it is signed
+
+
+@dataclass(frozen=True)
+class CrlConfig:
+    lifetime_days: float = 7.0  # nextUpdate - thisUpdate
+    grace_days: float | None = None  # expired revoked certificates stay listed this long; default 2 x lifetime
+    rebuild_after_fraction: float = 0.5  # rebuild an unchanged CRL once this much of its lifetime passed
+    keep: int = 10  # CRLs kept per issuer to diff against
+    hash: str = "sha256"
+
+    @property
+    def grace(self) -> float:
+        return self.grace_days if self.grace_days is not None else 2 * self.lifetime_days
+
+
 @dataclass(frozen=True)
 class SignerConfig:
     node_id: str
@@ -88,6 +110,8 @@ class SignerConfig:
     openpgp: OpenPgpConfig | None = None
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
+    x509: X509Config = field(default_factory=X509Config)
+    crl: CrlConfig = field(default_factory=CrlConfig)
     source: str = ""  # the file it was loaded from (set by the loader, not the YAML)
 
     def issuer(self, issuer_id: str) -> IssuerConfig | None:
@@ -95,7 +119,7 @@ class SignerConfig:
 
 
 # Keys whose values are paths: relative ones resolve against the config file's folder.
-PATH_KEYS = {"device", "link_path", "module", "pin_file", "softhsm_conf", "certificate",
+PATH_KEYS = {"profiles", "device", "link_path", "module", "pin_file", "softhsm_conf", "certificate",
              "public_key", "path", "log_file"}
 
 
@@ -176,6 +200,14 @@ def validate(config: SignerConfig) -> None:
     for i, issuer in enumerate(config.issuers):
         if not os.path.isfile(issuer.certificate):
             raise ConfigError(f"issuers[{i}].certificate: file {issuer.certificate} does not exist")
+    if not os.path.isdir(config.x509.profiles):
+        raise ConfigError(f"x509.profiles: folder {config.x509.profiles} does not exist")
+    if not 0 < config.crl.rebuild_after_fraction <= 1:
+        raise ConfigError("crl.rebuild_after_fraction: expected a number in (0, 1]")
+    if config.crl.lifetime_days <= 0 or config.crl.grace < 0 or config.crl.keep < 1:
+        raise ConfigError("crl: lifetime_days must be > 0, grace_days >= 0 and keep >= 1")
+    if config.crl.hash not in ("sha256", "sha384", "sha512"):
+        raise ConfigError(f"crl.hash: expected sha256, sha384 or sha512, got {config.crl.hash!r}")
     if config.protocol.max_payload_bytes < 1024:
         raise ConfigError("protocol.max_payload_bytes: expected at least 1024")
 

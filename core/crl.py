@@ -154,3 +154,12 @@ def verify_crl(crl_der: bytes, issuer_cert: x509.Certificate) -> x509.Certificat
     if not valid:
         raise SignatureMismatch("the CRL's issuer or signature does not match the issuer certificate")
     return crl
+
+
+def needs_rebuild(latest: dict[str, Any] | None, revocation_digest: str,
+                  now: datetime.datetime, max_age_s: float) -> bool:
+    """A CRL is rebuilt only when there is none, its revocation set changed, or it is older
+    than max_age_s (a configured fraction of its lifetime); otherwise no signature is made."""
+    if latest is None or latest["revocation_digest"] != revocation_digest:
+        return True
+    return (now - latest["this_update"]).total_seconds() >= max_age_s or latest["next_update"] <= now

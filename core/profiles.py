@@ -325,3 +325,28 @@ def load_profiles(folder: str | Path) -> dict[str, Profile]:
     if not paths:
         raise ProfileError("<none>", "<file>", f"no *.yaml profiles in {folder}")
     return {profile.name: profile for profile in map(load_profile, paths)}
+
+
+def check_issuers(profiles: dict[str, Profile], issuer_ids: set[str]) -> dict[str, Profile]:
+    """Every profile names a configured issuer; returns the profiles unchanged."""
+    for profile in profiles.values():
+        if profile.issuer not in issuer_ids:
+            raise ProfileError(profile.name, "issuer",
+                               f"unknown issuer {profile.issuer!r} (configured: {sorted(issuer_ids)})")
+    return profiles
+
+
+def crl_urls_by_issuer(profiles: dict[str, Profile]) -> dict[str, str]:
+    """The one CRL distribution point of each issuer. One CRL per issuer covers all its
+    profiles (docs/CRLS.md), so profiles of one issuer must agree on the URL: the CRL's
+    issuing distribution point has to match the certificates' distribution point."""
+    urls: dict[str, tuple[str, str]] = {}
+    for profile in sorted(profiles.values(), key=lambda p: p.name):
+        url = profile.extensions.crl_distribution_point
+        if url is None:
+            continue
+        seen = urls.setdefault(profile.issuer, (url, profile.name))
+        if seen[0] != url:
+            raise ProfileError(profile.name, "extensions.crl_distribution_point",
+                               f"{url!r} differs from {seen[0]!r} in profile {seen[1]!r} of the same issuer")
+    return {issuer: url for issuer, (url, _) in urls.items()}

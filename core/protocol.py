@@ -36,6 +36,21 @@ ERROR_CODES: dict[str, str] = {
     "hsm_token_not_found": "no token with the configured label is present",
     "hsm_key_not_found": "the configured key is not on the token",
     "repository_error": "the repository could not complete the operation",
+    "unknown_issuer": "the issuer id is not configured, or the profile belongs to another issuer",
+    "unknown_profile": "no certificate profile has this name",
+    "malformed_csr": "the CSR is not a DER PKCS#10 request",
+    "bad_csr_signature": "the CSR's signature does not verify (no proof of possession)",
+    "key_too_weak": "the key is smaller than the profile allows",
+    "key_type_not_allowed": "the key type or curve is not allowed by the profile",
+    "attribute_not_allowed": "a subject attribute is not allowed by the profile",
+    "san_type_not_allowed": "a subjectAltName type is not allowed by the profile",
+    "validity_too_long": "the validity exceeds the profile's maximum or the issuer's lifetime",
+    "hash_not_allowed": "the signature hash is not allowed by the profile",
+    "lint_failed": "pkilint found ERROR or FATAL findings in the certificate; nothing was signed",
+    "signature_invalid": "the HSM's signature did not verify with the issuer's key; nothing was issued",
+    "invalid_reason": "not an RFC 5280 CRLReason name or code usable in a CRL",
+    "unknown_serial": "no issued certificate has this serial for this issuer",
+    "duplicate_serial": "a serial collided with an existing one (retry)",
 }
 
 

@@ -308,9 +308,15 @@ class Repository:
 
     def revocation_digest(self, issuer: str, now: datetime, grace: timedelta) -> str:
         """sha256 of revoked_for_crl's set: equal digests mean the CRL need not change."""
-        lines = "".join(f"{serial} {revoked_at} {'' if reason is None else reason}\n"
-                        for serial, revoked_at, reason in self._revoked_rows(issuer, now, grace))
-        return hashlib.sha256(lines.encode()).hexdigest()
+        return _digest_rows(self._revoked_rows(issuer, now, grace))
+
+    def revoked_with_digest(self, issuer: str, now: datetime, grace: timedelta
+                            ) -> tuple[list[CrlEntry], str]:
+        """revoked_for_crl and revocation_digest from one query."""
+        rows = self._revoked_rows(issuer, now, grace)
+        entries = [(int(serial, 16), from_db_time(revoked_at), reason)
+                   for serial, revoked_at, reason in rows]
+        return entries, _digest_rows(rows)
 
     def store_crl(self, issuer: str, number: int, der: bytes, this_update: datetime,
                   next_update: datetime, revocation_digest: str,
@@ -471,3 +477,9 @@ def _capped(problems: Iterable[str]) -> list[str]:
     if len(kept) > MAX_PROBLEMS_PER_CHECK:
         kept[-1] = f"... more of the same kind (only the first {MAX_PROBLEMS_PER_CHECK} shown)"
     return kept
+
+
+def _digest_rows(rows: list[tuple]) -> str:
+    lines = "".join(f"{serial} {revoked_at} {'' if reason is None else reason}\n"
+                    for serial, revoked_at, reason in rows)
+    return hashlib.sha256(lines.encode()).hexdigest()

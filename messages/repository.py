@@ -1,8 +1,15 @@
-"""Messages to the Repository actor, the one owner of the SQLite database."""
+"""Messages to the Repository actor, the one owner of the SQLite database.
+
+Each operation is its own dataclass (a subclass of RepoRequest) naming the repository
+operation it runs; every one is answered with RepoReply(tag, value | error). The fields
+are the operation's arguments, so the actor needs no code per message.
+"""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, ClassVar
 
 
 @dataclass
@@ -15,3 +22,92 @@ class RepoHealthReply:
     tag: int
     health: dict[str, Any]
     error: dict[str, str] | None = None
+
+
+@dataclass
+class RepoRequest:
+    tag: int
+    operation: ClassVar[str] = ""
+
+    def arguments(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tag"}
+
+
+@dataclass
+class RepoReply:
+    tag: int
+    value: Any = None
+    error: dict[str, str] | None = None
+
+
+@dataclass
+class LookupRequest(RepoRequest):
+    """The stored outcome of a client request id, or None."""
+    request_id: str
+    operation: ClassVar[str] = "lookup_request"
+
+
+@dataclass
+class ReserveSerial(RepoRequest):
+    """Record a serial before its certificate is signed, so it can never be issued twice."""
+    issuer: str
+    serial_hex: str
+    request_id: str
+    profile: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    operation: ClassVar[str] = "reserve_serial"
+
+
+@dataclass
+class CompleteCertificate(RepoRequest):
+    """Store the signed certificate, the request's result and an x509_issued event."""
+    issuer: str
+    serial_hex: str
+    der: bytes
+    request_id: str
+    command: str
+    request_digest: str
+    result: dict[str, Any]
+    operation: ClassVar[str] = "complete_certificate"
+
+
+@dataclass
+class DiscardReservation(RepoRequest):
+    issuer: str
+    serial_hex: str
+    operation: ClassVar[str] = "discard_reservation"
+
+
+@dataclass
+class RevokeCertificate(RepoRequest):
+    issuer: str
+    serial_hex: str
+    reason: int | None
+    revoked_at: datetime
+    request_id: str | None
+    operation: ClassVar[str] = "revoke"
+
+
+@dataclass
+class CrlState(RepoRequest):
+    """What the CRL handler needs to decide on a rebuild (see actors/repository.py)."""
+    issuer: str
+    now: datetime
+    grace_s: float
+    max_age_s: float
+    base_number: int | None
+    operation: ClassVar[str] = "crl_state"
+
+
+@dataclass
+class StoreCrl(RepoRequest):
+    issuer: str
+    number: int
+    der: bytes
+    this_update: datetime
+    next_update: datetime
+    revocation_digest: str
+    keep: int
+    operation: ClassVar[str] = "store_crl"

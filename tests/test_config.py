@@ -18,6 +18,7 @@ def base(tmp_path):
         cert = tmp_path / f"{issuer['id']}.pem"
         cert.write_text("placeholder")
         issuer["certificate"] = str(cert)
+    data["x509"]["profiles"] = str(EXAMPLE.parent / "profiles")
     return data
 
 

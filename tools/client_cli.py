@@ -86,9 +86,78 @@ def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def print_body(args: argparse.Namespace, body: dict[str, Any], lines: list[str]) -> None:
+    if args.json:
+        print(json.dumps(to_json(body), indent=2))
+    else:
+        print("\n".join(lines))
+
+
+def cmd_sign_x509(client: SignerClient, args: argparse.Namespace) -> int:
+    csr_data = Path(args.csr).read_bytes()
+    csr = (x509.load_pem_x509_csr(csr_data) if csr_data.lstrip().startswith(b"-----")
+           else x509.load_der_x509_csr(csr_data))
+    body: dict[str, Any] = {"issuer": args.issuer, "profile": args.profile,
+                            "csr": csr.public_bytes(Encoding.DER), "hash": args.hash,
+                            "subject": [pair.split("=", 1) for pair in args.subject],
+                            "sans": [san.split(":", 1) for san in args.san]}
+    if args.days is not None:
+        body["days"] = args.days
+    response = client.call("sign_x509", body, request_id=args.request_id)
+    if not response.ok:
+        return print_refusal(response)
+    result = response.body
+    cert = x509.load_der_x509_certificate(result["certificate"])
+    out = Path(args.out)
+    write_atomically(out, cert.public_bytes(Encoding.DER if out.suffix in (".der", ".cer", ".crt")
+                                            else Encoding.PEM))
+    print_body(args, result, [f"serial {result['serial']} valid {result['not_before']} .. "
+                              f"{result['not_after']} -> {out}"])
+    return EXIT_OK
+
+
+def cmd_revoke_x509(client: SignerClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"issuer": args.issuer, "serial": args.serial}
+    if args.reason is not None:
+        body["reason"] = int(args.reason) if args.reason.isdigit() else args.reason
+    if args.time is not None:
+        body["time"] = args.time
+    response = client.call("revoke_x509", body, request_id=args.request_id)
+    if not response.ok:
+        return print_refusal(response)
+    result = response.body
+    print_body(args, result, [f"revoked {result['serial']} at {result['revoked_at']} reason "
+                              f"{result['reason']}{' (already revoked)' if result['already_revoked'] else ''}"])
+    return EXIT_OK
+
+
+def cmd_fetch_crl(client: SignerClient, args: argparse.Namespace) -> int:
+    from tools.crl_fetch import fetch_crl_into
+    try:
+        outcome = fetch_crl_into(client, args.issuer, Path(args.out))
+    except ValueError as exc:
+        print(f"signer-client: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    if outcome.error is not None:
+        return print_refusal(outcome.error)
+    print_body(args, outcome.summary, [f"CRL {args.issuer} number {outcome.summary['number']}: "
+                                       f"{outcome.summary['status']}, {outcome.summary['bytes_moved']} "
+                                       f"bytes moved -> {args.out}"])
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[SignerClient, argparse.Namespace], int]] = {
     "health": cmd_health,
     "ca-info": cmd_ca_info,
+    "sign-x509": cmd_sign_x509,
+    "revoke-x509": cmd_revoke_x509,
+    "fetch-crl": cmd_fetch_crl,
 }
 
 
@@ -107,6 +176,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("health", parents=[common], help="the signer's health; exit 0 only when healthy")
     p_info = sub.add_parser("ca-info", parents=[common], help="issuer certificates and the OpenPGP CA key")
     p_info.add_argument("--out-dir", help="write <issuer>.pem and openpgp-ca.asc here")
+    p_sign = sub.add_parser("sign-x509", parents=[common], help="sign a CSR with a profile")
+    p_sign.add_argument("--issuer", required=True)
+    p_sign.add_argument("--profile", required=True)
+    p_sign.add_argument("--csr", required=True, help="CSR file, PEM or DER")
+    p_sign.add_argument("--subject", action="append", default=[], metavar="ATTR=VALUE",
+                        help="verified subject attribute, e.g. CN=www.example.org (repeatable)")
+    p_sign.add_argument("--san", action="append", default=[], metavar="TYPE:VALUE",
+                        help="verified SAN: dns:NAME, email:ADDR or xmpp:JID (repeatable)")
+    p_sign.add_argument("--days", type=int)
+    p_sign.add_argument("--hash", default="sha256", choices=["sha256", "sha384", "sha512"])
+    p_sign.add_argument("--request-id", help="idempotency key: a retry returns the same certificate")
+    p_sign.add_argument("--out", required=True, help="certificate file (.der/.cer/.crt: DER, else PEM)")
+    p_revoke = sub.add_parser("revoke-x509", parents=[common], help="revoke a certificate")
+    p_revoke.add_argument("--issuer", required=True)
+    p_revoke.add_argument("--serial", required=True, help="serial in hex")
+    p_revoke.add_argument("--reason", help="RFC 5280 reason name (keyCompromise, ...) or code")
+    p_revoke.add_argument("--time", help="revocation time, ISO 8601 with zone (default: now)")
+    p_revoke.add_argument("--request-id")
+    p_crl = sub.add_parser("fetch-crl", parents=[common],
+                           help="fetch an issuer's CRL into FILE (a diff when FILE holds an older one)")
+    p_crl.add_argument("--issuer", required=True)
+    p_crl.add_argument("--out", required=True, help="CRL file (.pem: PEM, else DER)")
     return parser
 
 

@@ -1,0 +1,134 @@
+"""X509Signer handler: `sign_x509`. The order of the checks and steps is the issuance flow
+in docs/ISSUANCE-CYCLE.md:
+
+  1. body fields, profile and issuer (typed errors name the field)
+  2. request id known? same content -> the stored result; other content -> request_id_conflict
+  3. CSR parsed, its signature (proof of possession) and key policy checked
+  4. subject and SANs from the web side's verified values, checked against the profile;
+     the CSR's own subject and extensions are ignored: the profile is the only source of
+     extensions
+  5. TBS built with a throwaway key of the issuer's type, linted (pkilint RFC 5280)
+  6. serial reserved in the repository (before any real signature)
+  7. TBS signed by the Hsm actor; certificate assembled and verified against the issuer
+  8. certificate, request result and event stored in one transaction; answered
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from actors.handler import HandlerActor, Job, request_digest
+from core.issuers import load_issuers, utc_now
+from core.profiles import check_issuers, load_profiles
+from core.protocol import SignerError, field
+from core.x509build import (PkixLinter, assemble_certificate, build_sans, build_subject,
+                            build_tbs_certificate, check_csr, key_info_of, new_serial,
+                            validity_window, verify_issued)
+from messages import HsmSignRequest
+from messages.repository import CompleteCertificate, DiscardReservation, LookupRequest, ReserveSerial
+
+COMMAND = "sign_x509"
+
+
+def parse_pairs(value: Any, name: str) -> list[tuple[str, str]]:
+    """[[k, v], ...], {k: v} or ["k:v", ...] -> [(k, v), ...]."""
+    if isinstance(value, dict):
+        value = list(value.items())
+    pairs = []
+    for item in value:
+        if isinstance(item, str) and ":" in item:
+            item = item.split(":", 1)
+        if not (isinstance(item, (list, tuple)) and len(item) == 2
+                and all(isinstance(part, str) for part in item)):
+            raise SignerError("bad_request", f"field '{name}': each entry must be a [type, value] pair of strings")
+        pairs.append((item[0], item[1]))
+    return pairs
+
+
+class X509Signer(HandlerActor):
+    actor_name = "x509_signer"
+    body_fields = frozenset({"issuer", "profile", "csr", "subject", "sans", "hash", "days"})
+
+    def configure(self, config: Any) -> None:
+        super().configure(config)
+        self.profiles = check_issuers(load_profiles(config.x509.profiles), {i.id for i in config.issuers})
+        self.issuers = load_issuers(config)
+        self.key_infos = {i: key_info_of(issuer.certificate.public_key()) for i, issuer in self.issuers.items()}
+        self.linter = PkixLinter() if config.x509.lint else None
+
+    def start(self, job: Job) -> None:
+        body = job.body
+        profile_name = field(body, "profile", str)
+        profile = self.profiles.get(profile_name)
+        if profile is None:
+            raise SignerError("unknown_profile", f"no profile {profile_name!r} (known: {sorted(self.profiles)})")
+        issuer_id = field(body, "issuer", str)
+        if issuer_id not in self.issuers:
+            raise SignerError("unknown_issuer", f"no issuer {issuer_id!r} (known: {sorted(self.issuers)})")
+        if profile.issuer != issuer_id:
+            raise SignerError("unknown_issuer", f"profile {profile_name!r} is issued by {profile.issuer!r}, not {issuer_id!r}")
+        job.state.update(profile=profile, issuer=self.issuers[issuer_id],
+                         csr_der=field(body, "csr", bytes),
+                         subject=parse_pairs(field(body, "subject", (dict, list), required=False, default={}), "subject"),
+                         sans=parse_pairs(field(body, "sans", list, required=False, default=[]), "sans"),
+                         hash=field(body, "hash", str, required=False, default="sha256"),
+                         days=field(body, "days", int, required=False),
+                         digest=request_digest(COMMAND, body))
+        if job.state["days"] is not None and job.state["days"] <= 0:
+            raise SignerError("bad_request", "field 'days' must be positive")
+        self.ask(job, "repository", lambda tag: LookupRequest(tag, str(job.request_id)), self.after_lookup)
+
+    def after_lookup(self, job: Job, stored: dict[str, Any] | None) -> None:
+        if stored is not None:
+            if stored["command"] == COMMAND and stored["request_digest"] == job.state["digest"]:
+                self.finish(job, dict(stored["result"], replayed=True))
+                return
+            raise SignerError("request_id_conflict",
+                              f"request id {job.request_id!r} was used for a different request")
+        state = job.state
+        profile, issuer = state["profile"], state["issuer"]
+        csr = check_csr(state["csr_der"], profile)
+        subject = build_subject(state["subject"], profile)
+        sans = build_sans(state["sans"], profile)
+        not_before, not_after = validity_window(profile, utc_now(), state["days"])
+        serial = new_serial()
+        prepared = build_tbs_certificate(profile, issuer.certificate, self.key_infos[issuer.id], csr,
+                                         subject, sans, serial, not_before, not_after, state["hash"])
+        if self.linter is not None:
+            self.linter.check(prepared.throwaway_certificate.public_bytes(Encoding.DER))
+        state.update(prepared=prepared, serial_hex=format(serial, "x"), subject_text=subject.rfc4514_string(),
+                     not_before=not_before, not_after=not_after)
+        self.ask(job, "repository",
+                 lambda tag: ReserveSerial(tag, issuer.id, state["serial_hex"], str(job.request_id),
+                                           profile.name, state["subject_text"], not_before, not_after),
+                 self.after_reserve)
+
+    def after_reserve(self, job: Job, _: Any) -> None:
+        self.ask(job, "hsm", lambda tag: HsmSignRequest(tag, job.state["issuer"].key_label,
+                                                        job.state["prepared"].mechanism,
+                                                        job.state["prepared"].tbs_der),
+                 self.after_signature, on_error=self.discard)
+
+    def after_signature(self, job: Job, signature: bytes) -> None:
+        state = job.state
+        try:
+            der = assemble_certificate(state["prepared"], signature)
+            verify_issued(der, state["issuer"].certificate)
+        except SignerError:
+            self.discard(job, None)
+            raise
+        result = {"certificate": der, "serial": state["serial_hex"], "issuer": state["issuer"].id,
+                  "profile": state["profile"].name, "not_before": state["not_before"].isoformat(),
+                  "not_after": state["not_after"].isoformat()}
+        state["result"] = result
+        self.ask(job, "repository",
+                 lambda tag: CompleteCertificate(tag, state["issuer"].id, state["serial_hex"], der,
+                                                 str(job.request_id), COMMAND, state["digest"], result),
+                 lambda job, _: self.finish(job, result))
+
+    def discard(self, job: Job, error: Any) -> None:
+        """The serial was reserved but no certificate exists: free the reservation."""
+        self.send(self.peer("repository"),
+                  DiscardReservation(0, job.state["issuer"].id, job.state["serial_hex"]))
+

@@ -1,0 +1,87 @@
+"""Keep a local CRL file current with the least traffic on the link: send the number of the
+CRL held, apply the diff the signer answers, check the result byte for byte (sha256) and
+its signature against the issuer certificate, then replace the file atomically."""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from core.crldiff import DiffError, apply_diff
+from tools.client import Response, SignerClient
+
+PEM_SUFFIXES = (".pem", ".crl.pem")
+
+
+@dataclass
+class FetchOutcome:
+    summary: dict[str, Any]
+    error: Response | None = None
+
+
+def read_crl(path: Path) -> bytes | None:
+    """The DER of the CRL in path, or None when there is none usable."""
+    try:
+        data = path.read_bytes()
+        crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
+               else x509.load_der_x509_crl(data))
+    except (OSError, ValueError):
+        return None
+    return crl.public_bytes(Encoding.DER)
+
+
+def crl_number(der: bytes) -> int | None:
+    try:
+        return x509.load_der_x509_crl(der).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+
+
+def issuer_certificate(client: SignerClient, issuer: str) -> x509.Certificate:
+    response = client.call("ca_info")
+    for entry in (response.body or {}).get("issuers", []):
+        if entry["id"] == issuer:
+            return x509.load_der_x509_certificate(entry["certificate"])
+    raise ValueError(f"the signer does not list issuer {issuer!r}")
+
+
+def fetch_crl_into(client: SignerClient, issuer: str, out: Path) -> FetchOutcome:
+    held = read_crl(out)
+    body: dict[str, Any] = {"issuer": issuer}
+    if held is not None and crl_number(held) is not None:
+        body["have_number"] = crl_number(held)
+    response = client.call("fetch_crl", body)
+    if not response.ok:
+        return FetchOutcome({}, response)
+    answer = response.body
+    if answer["status"] == "unchanged":
+        return FetchOutcome(summary(answer, 0))
+    if answer["status"] == "diff":
+        try:
+            der = apply_diff(held, answer["diff"], answer["sha256"])
+        except DiffError as exc:
+            raise ValueError(str(exc)) from None
+        moved = len(answer["diff"])
+    else:
+        der = answer["crl"]
+        moved = len(der)
+        if hashlib.sha256(der).hexdigest() != answer["sha256"]:
+            raise ValueError("the CRL does not match the signer's sha256")
+    crl = x509.load_der_x509_crl(der)
+    if not crl.is_signature_valid(issuer_certificate(client, issuer).public_key()):
+        raise ValueError("the CRL's signature does not verify with the issuer certificate")
+    data = crl.public_bytes(Encoding.PEM) if out.name.endswith(PEM_SUFFIXES) else der
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, out)
+    return FetchOutcome(summary(answer, moved))
+
+
+def summary(answer: dict[str, Any], moved: int) -> dict[str, Any]:
+    return {"status": answer["status"], "number": answer["number"], "bytes_moved": moved,
+            "this_update": answer["this_update"], "next_update": answer["next_update"]}
