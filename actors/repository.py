@@ -56,8 +56,8 @@ class Repository(SignerActor):
         entries, digest = self.store.revoked_with_digest(issuer, now, timedelta(seconds=grace_s))
         latest = self.store.latest_crl(issuer)
         rebuild = needs_rebuild(latest, digest, now, max_age_s)
-        base = (self.store.get_crl(issuer, base_number)
-                if base_number is not None and latest and base_number != latest["number"] else None)
+        # The client's CRL is the diff base, also when it is the latest (a rebuild follows).
+        base = self.store.get_crl(issuer, base_number) if base_number is not None else None
         return {"latest": latest, "rebuild": rebuild, "digest": digest,
                 "entries": entries if rebuild else None, "base": base}
 

@@ -42,11 +42,16 @@ class InvalidReason(X509RequestError):
 
 def parse_reason(value: Any) -> int:
     """A reason code from its RFC 5280 name ("keyCompromise") or its number."""
+    code = None
     if isinstance(value, str) and value in REASON_CODES:
-        return REASON_CODES[value]
+        code = REASON_CODES[value]
     # bool is an int: True must not pass as keyCompromise.
-    if isinstance(value, int) and not isinstance(value, bool) and value in REASON_NAMES:
-        return value
+    elif isinstance(value, int) and not isinstance(value, bool) and value in REASON_NAMES:
+        code = value
+    if code in _DELTA_ONLY_REASONS:
+        raise InvalidReason("removeFromCRL (8) belongs in delta CRLs only; revocations cannot use it")
+    if code is not None:
+        return code
     raise InvalidReason(f"not a CRL reason: {value!r}; use one of {', '.join(REASON_CODES)} "
                         "or their codes")
 

@@ -27,9 +27,9 @@ def _dictionary(base: bytes) -> zstandard.ZstdCompressionDict:
 
 def make_diff(base: bytes, target: bytes) -> bytes:
     params = zstandard.ZstdCompressionParameters.from_level(
-        LEVEL, window_log=WINDOW_LOG, source_size=len(target), dict_size=len(base))
-    return zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=params,
-                                    write_content_size=True).compress(target)
+        LEVEL, window_log=WINDOW_LOG, source_size=len(target), dict_size=len(base),
+        write_content_size=True)
+    return zstandard.ZstdCompressor(dict_data=_dictionary(base), compression_params=params).compress(target)
 
 
 def apply_diff(base: bytes, diff: bytes, expected_sha256: str | None = None) -> bytes:

@@ -140,7 +140,8 @@ def cmd_revoke_x509(client: SignerClient, args: argparse.Namespace) -> int:
 def cmd_fetch_crl(client: SignerClient, args: argparse.Namespace) -> int:
     from tools.crl_fetch import fetch_crl_into
     try:
-        outcome = fetch_crl_into(client, args.issuer, Path(args.out))
+        ca_cert = x509.load_pem_x509_certificate(Path(args.ca_cert).read_bytes()) if args.ca_cert else None
+        outcome = fetch_crl_into(client, args.issuer, Path(args.out), ca_cert)
     except ValueError as exc:
         print(f"signer-client: {exc}", file=sys.stderr)
         return EXIT_REFUSED
@@ -198,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="fetch an issuer's CRL into FILE (a diff when FILE holds an older one)")
     p_crl.add_argument("--issuer", required=True)
     p_crl.add_argument("--out", required=True, help="CRL file (.pem: PEM, else DER)")
+    p_crl.add_argument("--ca-cert", help="the issuer's certificate (PEM) to verify the CRL with; "
+                                         "default: ask the signer (ca_info)")
     return parser
 
 

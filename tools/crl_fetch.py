@@ -50,7 +50,10 @@ def issuer_certificate(client: SignerClient, issuer: str) -> x509.Certificate:
     raise ValueError(f"the signer does not list issuer {issuer!r}")
 
 
-def fetch_crl_into(client: SignerClient, issuer: str, out: Path) -> FetchOutcome:
+def fetch_crl_into(client: SignerClient, issuer: str, out: Path,
+                   issuer_cert: x509.Certificate | None = None) -> FetchOutcome:
+    """Bring `out` up to date. Without `issuer_cert` the issuer's certificate is asked for
+    with ca_info (a few KB more on the link) to check the CRL's signature."""
     held = read_crl(out)
     body: dict[str, Any] = {"issuer": issuer}
     if held is not None and crl_number(held) is not None:
@@ -73,7 +76,8 @@ def fetch_crl_into(client: SignerClient, issuer: str, out: Path) -> FetchOutcome
         if hashlib.sha256(der).hexdigest() != answer["sha256"]:
             raise ValueError("the CRL does not match the signer's sha256")
     crl = x509.load_der_x509_crl(der)
-    if not crl.is_signature_valid(issuer_certificate(client, issuer).public_key()):
+    issuer_cert = issuer_cert or issuer_certificate(client, issuer)
+    if not crl.is_signature_valid(issuer_cert.public_key()):
         raise ValueError("the CRL's signature does not verify with the issuer certificate")
     data = crl.public_bytes(Encoding.PEM) if out.name.endswith(PEM_SUFFIXES) else der
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
