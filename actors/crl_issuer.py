@@ -12,6 +12,7 @@ import hashlib
 from datetime import timedelta
 from typing import Any
 
+from actors.base import error_dict
 from actors.handler import HandlerActor, Job
 from core.crl import assemble_crl, build_tbs_crl, crl_number_for, verify_crl
 from core.crldiff import make_diff
@@ -65,9 +66,14 @@ class CrlIssuer(HandlerActor):
         now = utc_now().replace(microsecond=0)
         latest = state["latest"]
         number = crl_number_for(now, latest["number"] if latest else None)
-        prepared = build_tbs_crl(self.issuers[issuer].certificate, self.key_infos[issuer], state["entries"],
-                                 number, now, now + timedelta(days=self.crl.lifetime_days),
-                                 self.crl.hash, self.idp_urls.get(issuer))
+        try:
+            prepared = build_tbs_crl(self.issuers[issuer].certificate, self.key_infos[issuer],
+                                     state["entries"], number, now,
+                                     now + timedelta(days=self.crl.lifetime_days),
+                                     self.crl.hash, self.idp_urls.get(issuer))
+        except Exception as exc:
+            self.build_failed(job, error_dict(exc))  # free the issuer for the next fetch
+            raise
         job.state.update(prepared=prepared, number=number, this_update=now,
                          next_update=now + timedelta(days=self.crl.lifetime_days),
                          digest=state["digest"], base=state["base"])

@@ -157,7 +157,9 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], requir
             raise SignerError("bad_request", f"field '{name}' is required")
         return default
     value = body[name]
-    if isinstance(value, bool) and kind is int or not isinstance(value, kind):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is a subclass of int: true must not pass where a number is asked for.
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kind):
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise SignerError("bad_request", f"field '{name}' must be {expected}, got {type(value).__name__}")
     return value

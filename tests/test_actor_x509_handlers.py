@@ -543,9 +543,6 @@ def test_a_failed_build_answers_every_waiting_fetch(crls, cas, failing):
     asked(crls, CrlState)
 
 
-@pytest.mark.xfail(strict=True, reason="CrlIssuer.after_state marks the issuer as building before "
-                                       "build_tbs_crl; when that raises, the mark stays and every "
-                                       "later fetch of the issuer waits forever, unanswered")
 def test_a_build_that_cannot_start_leaves_the_issuer_free(crls, cas):
     fetch(crls, 1)
     # Any entry the CRL builder refuses, here removeFromCRL (8), which the repository's

@@ -1,0 +1,151 @@
+"""X.509 benchmark, in one run:
+  - certificates per second end to end over an unthrottled pty (class3 = RSA-2048 issuer),
+    pipelined, next to the Hsm's raw RSA-2048 signatures per second on the same token;
+  - CRL build + HSM signature for 100k and 1M entries next to cryptography's own builder
+    signing with an in-memory key (the floor: our path adds the throwaway-key TBS and the
+    HSM call);
+  - diff bytes for a 100k-entry CRL after k new revocations.
+
+    .venv/bin/python bench/bench_x509.py [--certs 300] [--crl-sizes 100000 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_spine import raw_hsm_rate  # noqa: E402
+from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client import SignerClient  # noqa: E402
+
+
+def certificates_per_second(client: SignerClient, csr: bytes, count: int) -> float:
+    body = {"issuer": "class3", "profile": "server-org", "csr": csr,
+            "subject": [["CN", "www.example.org"], ["O", "Example"]], "sans": [["dns", "www.example.org"]]}
+    client.call("sign_x509", body)  # warm-up: linter and throwaway keys are loaded
+    started = time.perf_counter()
+    ids = [client.send("sign_x509", body) for _ in range(count)]
+    for request_id in ids:
+        response = client.wait_for(request_id, timeout=300)
+        assert response.ok, response.error
+    return count / (time.perf_counter() - started)
+
+
+def entries(count: int) -> list[tuple[int, datetime, int | None]]:
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    return sorted((secrets.randbits(127) | 1 << 127, now - timedelta(seconds=i), (None, 1, 4)[i % 3])
+                  for i in range(count))
+
+
+def crl_timings(data: Path, sizes: list[int]) -> list[tuple[int, float, float, int]]:
+    import yaml
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from core.crl import assemble_crl, build_tbs_crl, revoked_entries, verify_crl
+    from core.hsm import HsmSession
+    from core.x509build import key_info_of
+
+    config = yaml.safe_load((data / "signer.yaml").read_text())
+    os.environ["SOFTHSM2_CONF"] = str(data / config["hsm"]["softhsm_conf"])
+    pin = (data / config["hsm"]["pin_file"]).read_text().strip()
+    issuer = x509.load_pem_x509_certificate((data / "ca" / "class3.pem").read_bytes())
+    info = key_info_of(issuer.public_key())
+    memory_key = rsa.generate_private_key(public_exponent=65537, key_size=info["bits"])
+    results = []
+    with HsmSession(config["hsm"]["module"], config["hsm"]["token_label"], pin) as session:
+        for size in sizes:
+            revoked = entries(size)
+            now = datetime.now(timezone.utc)
+            started = time.perf_counter()
+            prepared = build_tbs_crl(issuer, info, revoked, 1, now, now + timedelta(days=7), "sha256",
+                                     "http://crl.example/class3.crl")
+            der = assemble_crl(prepared, session.sign("class3-key", prepared.mechanism, prepared.tbs_der))
+            ours = time.perf_counter() - started
+            verify_crl(der, issuer)
+            started = time.perf_counter()
+            x509.CertificateRevocationListBuilder(
+                issuer_name=issuer.subject, last_update=now, next_update=now + timedelta(days=7),
+                revoked_certificates=revoked_entries(revoked)).sign(memory_key, hashes.SHA256())
+            raw = time.perf_counter() - started
+            results.append((size, ours, raw, len(der)))
+    return results
+
+
+def diff_sizes(ks: list[int], size: int = 100_000) -> list[tuple[int, int, float]]:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from core.crl import assemble_crl, build_tbs_crl
+    from core.crldiff import make_diff
+    from core.x509build import key_info_of
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + timedelta(days=30))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256()))
+
+    def crl(revoked, number):
+        prepared = build_tbs_crl(cert, key_info_of(key.public_key()), revoked, number, now,
+                                 now + timedelta(days=7), "sha256", "http://crl.example/x.crl")
+        return assemble_crl(prepared, key.sign(prepared.tbs_der, padding.PKCS1v15(), hashes.SHA256()))
+
+    base_entries = entries(size)
+    base = crl(base_entries, 1)
+    results = []
+    for k in ks:
+        target = crl(sorted(base_entries + entries(k)), 2)
+        started = time.perf_counter()
+        diff = make_diff(base, target)
+        results.append((k, len(diff), time.perf_counter() - started))
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--certs", type=int, default=300)
+    parser.add_argument("--crl-sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--diff-k", type=int, nargs="+", default=[1, 10, 100, 1000])
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = dev_init(Path(tmp) / "data")
+        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{tmp}/k.pem",
+                        "-out", f"{tmp}/r.csr", "-outform", "DER", "-subj", "/CN=x"], check=True,
+                       capture_output=True)
+        csr = Path(f"{tmp}/r.csr").read_bytes()
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        signer = SignerProcess(signer_config(data, run_dir), log_dir=run_dir)
+        try:
+            with SignerClient(signer.client_path, timeout=120) as client:
+                cert_rate = certificates_per_second(client, csr, args.certs)
+        finally:
+            signer.stop()
+        hsm_rate = raw_hsm_rate(data, "class3-key")
+        crls = crl_timings(data, args.crl_sizes)
+    print(f"sign_x509 end to end over the pty (RSA-2048 issuer, pipelined): {cert_rate:7.1f} certificates/s")
+    print(f"Hsm raw RSA-2048 signatures, same token, one process:            {hsm_rate:7.1f} signatures/s")
+    print(f"  end-to-end / raw HSM: {cert_rate / hsm_rate:.3f}")
+    for size, ours, raw, length in crls:
+        print(f"CRL {size:>9,} entries: throwaway-TBS + HSM sign {ours:6.2f} s | cryptography builder "
+              f"+ in-memory key {raw:6.2f} s | ratio {ours / raw:4.2f} | {length / 1e6:5.1f} MB")
+    for k, length, seconds in diff_sizes(args.diff_k):
+        print(f"diff of a 100,000-entry CRL after {k:>5} new revocations: {length:>8,} bytes ({seconds:.2f} s)")
+
+
+if __name__ == "__main__":
+    main()
