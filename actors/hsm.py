@@ -24,6 +24,8 @@ class Hsm(SignerActor):
         self.health_key = config.hsm.health_key or config.issuers[0].key_label
         self.sign_errors = 0
         self.sign_time_s = 0.0
+        self.health_mechanism: str | None = None
+        # A failure here stops start-up; after a restart the session opens on first use.
         self.session.open()
         self.health_mechanism = mechanism_for(self.session.key_info(self.health_key), "sha256")
 
@@ -42,14 +44,22 @@ class Hsm(SignerActor):
 
     def receiveMsg_HsmHealthRequest(self, message: HsmHealthRequest, sender: Any) -> None:
         try:
+            if self.health_mechanism is None:
+                self.health_mechanism = mechanism_for(self.session.key_info(self.health_key), "sha256")
             health = self.session.health(self.health_key, self.health_mechanism)
         except HsmError as exc:
             self.record_error(exc)
             self.send(sender, HsmHealthReply(message.tag, {"token": self.config.hsm.token_label,
-                                                           "logged_in": False},
+                                                           "logged_in": self.logged_in()},
                                              error=error_dict(exc)))
             return
         self.send(sender, HsmHealthReply(message.tag, health))
+
+    def logged_in(self) -> bool | None:
+        try:
+            return self.session.logged_in()
+        except HsmError:
+            return None
 
     def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:
         if isinstance(message, HsmSignRequest):

@@ -3,11 +3,15 @@ frames to it, and re-opens it with backoff when it fails.
 
 Reading uses ThespianWatch on the port's file descriptor, which Thespian only honours when
 it is returned from *every* receiveMessage call, so `after_message` always returns it.
+Writing is non-blocking too: a 4 MB CRL takes six minutes at 115200 baud, and the actor
+must keep reading requests and answering status meanwhile. Bytes the port cannot take yet
+wait in an outbox that a short timer drains.
 """
 from __future__ import annotations
 
 import errno
 import os
+import select
 from typing import Any
 
 import serial
@@ -17,7 +21,10 @@ from actors.base import SignerActor
 from messages import SerialBytesReceived, SerialBytesToSend
 
 READ_CHUNK = 65536
+WRITE_CHUNK = 65536
 FIRST_BACKOFF_S = 0.1
+DRAIN_INTERVAL_S = 0.005
+REOPEN, DRAIN = "reopen", "drain"
 
 
 class SerialLink(SignerActor):
@@ -28,6 +35,8 @@ class SerialLink(SignerActor):
         self.baudrate = config.serial.baudrate
         self.max_backoff = config.serial.reopen_max_backoff_s
         self.port: serial.Serial | None = None
+        self.outbox = bytearray()
+        self.draining = False
         self.backoff = FIRST_BACKOFF_S
         self.reopen_scheduled = False
         self.bytes_in = self.bytes_out = 0
@@ -38,8 +47,9 @@ class SerialLink(SignerActor):
 
     def open_port(self) -> None:
         try:
-            port = serial.Serial(self.device, self.baudrate, timeout=0, write_timeout=10,
+            port = serial.Serial(self.device, self.baudrate, timeout=0, write_timeout=0,
                                  exclusive=True)
+            os.set_blocking(port.fileno(), False)
             # Bytes left in the port from before (a previous client, a previous run) are
             # not requests to this instance.
             port.reset_input_buffer()
@@ -56,7 +66,7 @@ class SerialLink(SignerActor):
     def schedule_reopen(self) -> None:
         if not self.reopen_scheduled:
             self.reopen_scheduled = True
-            self.wakeupAfter(self.backoff)
+            self.wakeupAfter(self.backoff, payload=REOPEN)
             self.backoff = min(self.backoff * 2, self.max_backoff)
 
     def port_failed(self, exc: BaseException) -> None:
@@ -69,6 +79,9 @@ class SerialLink(SignerActor):
             except (serial.SerialException, OSError):
                 pass
         self.port = None
+        if self.outbox:  # answers for a link that is gone; clients retry by request id
+            self.dropped_bytes += len(self.outbox)
+            self.outbox.clear()
         self.schedule_reopen()
 
     def receiveMsg_WatchMessage(self, message: WatchMessage, sender: Any) -> Any:
@@ -82,9 +95,12 @@ class SerialLink(SignerActor):
             self.read_errors += 1
             self.port_failed(exc)
             return self.after_message()
-        if not data:  # end of file: the device went away
+        if not data and select.select([self.port.fileno()], [], [], 0)[0]:
+            # Ready to read yet nothing to read: the device went away (as pyserial judges it).
             self.read_errors += 1
             self.port_failed(OSError(errno.EIO, "end of file on serial port"))
+            return self.after_message()
+        if not data:  # a wake-up with nothing to read (VMIN=0 ttys return 0 bytes)
             return self.after_message()
         self.bytes_in += len(data)
         self.send(self.peer("framing"), SerialBytesReceived(data))
@@ -96,19 +112,34 @@ class SerialLink(SignerActor):
             # repository, so dropping an answer here loses nothing.
             self.dropped_bytes += len(message.data)
             return self.after_message()
-        try:
-            self.port.write(message.data)
-            self.bytes_out += len(message.data)
-        except (serial.SerialException, OSError) as exc:
-            self.write_errors += 1
-            self.dropped_bytes += len(message.data)
-            self.port_failed(exc)
+        self.outbox += message.data
+        self.drain()
         return self.after_message()
 
+    def drain(self) -> None:
+        while self.outbox and self.port is not None:
+            try:
+                written = os.write(self.port.fileno(), self.outbox[:WRITE_CHUNK])
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                self.write_errors += 1
+                self.port_failed(exc)
+                return
+            self.bytes_out += written
+            del self.outbox[:written]
+        if self.outbox and not self.draining:
+            self.draining = True
+            self.wakeupAfter(DRAIN_INTERVAL_S, payload=DRAIN)
+
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> Any:
-        self.reopen_scheduled = False
-        if self.port is None:
-            self.open_port()
+        if message.payload == DRAIN:
+            self.draining = False
+            self.drain()
+        else:
+            self.reopen_scheduled = False
+            if self.port is None:
+                self.open_port()
         return self.after_message()
 
     def after_message(self) -> Any:
@@ -123,4 +154,5 @@ class SerialLink(SignerActor):
         return {"device": self.device, "open": self.port is not None, "bytes_in": self.bytes_in,
                 "bytes_out": self.bytes_out, "read_errors": self.read_errors,
                 "write_errors": self.write_errors, "opens": self.opens,
-                "dropped_bytes": self.dropped_bytes, "last_port_error": self.last_port_error}
+                "dropped_bytes": self.dropped_bytes, "outbox_bytes": len(self.outbox),
+                "last_port_error": self.last_port_error}

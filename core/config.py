@@ -190,6 +190,10 @@ def validate(config: SignerConfig) -> None:
         raise ConfigError("serial.device: required when serial.mode is 'device'")
     if not config.hsm.pin_env and not config.hsm.pin_file:
         raise ConfigError("hsm.pin_env or hsm.pin_file: one is required (the PIN is never in the YAML)")
+    if config.serial.baudrate <= 0 or config.serial.reopen_max_backoff_s < 0.1:
+        raise ConfigError("serial: baudrate must be positive and reopen_max_backoff_s at least 0.1")
+    if config.protocol.handler_timeout_s <= 0:
+        raise ConfigError("protocol.handler_timeout_s: expected a positive number of seconds")
     if not 1024 <= config.actor_system.admin_port <= 65535:
         raise ConfigError("actor_system.admin_port: expected a port number from 1024 to 65535")
     if not config.issuers:
@@ -216,6 +220,8 @@ def read_pin(hsm: HsmConfig) -> str:
     """The user PIN, from the environment variable or else the file. Never logged."""
     if hsm.pin_env and os.environ.get(hsm.pin_env):
         return os.environ[hsm.pin_env]
+    if hsm.pin_env and hsm.pin_env in os.environ and not hsm.pin_file:
+        raise ConfigError(f"hsm.pin_env: environment variable {hsm.pin_env} is empty")
     if hsm.pin_file:
         try:
             return Path(hsm.pin_file).read_text().strip()

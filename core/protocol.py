@@ -51,6 +51,7 @@ ERROR_CODES: dict[str, str] = {
     "invalid_reason": "not an RFC 5280 CRLReason name or code usable in a CRL",
     "unknown_serial": "no issued certificate has this serial for this issuer",
     "duplicate_serial": "a serial collided with an existing one (retry)",
+    "timeout": "inside a health answer only: that part of the signer did not answer in time",
 }
 
 
@@ -120,7 +121,7 @@ class RequestError(SignerError):
 
 def _validate_fields(obj: dict, request_id: str | int, known_commands) -> Request:
     version = obj.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # 1.0 and true are not 1
         raise SignerError("unsupported_version",
                           f"version {version!r} is not supported; this signer speaks {PROTOCOL_VERSION}")
     command = obj.get("cmd")
