@@ -24,6 +24,7 @@ ROUTES: dict[str, str] = {
     "sign_x509": "x509_signer",
     "revoke_x509": "revoker",
     "fetch_crl": "crl_issuer",
+    "sign_openpgp": "openpgp_signer",
 }
 
 SWEEP_INTERVAL_S = 1.0

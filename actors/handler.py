@@ -17,7 +17,7 @@ from thespian.actors import WakeupMessage
 from actors.base import PendingWork, SignerActor, error_dict
 from core.protocol import SignerError, pack
 from messages import CommandReply, CommandRequest, HsmSignReply
-from messages.repository import RepoReply
+from messages.repository import LookupRequest, RepoReply
 
 ASK_TIMEOUT_S = 30.0
 SWEEP_S = 1.0
@@ -97,6 +97,22 @@ class HandlerActor(SignerActor):
         if not self.sweeping:
             self.sweeping = True
             self.wakeupAfter(SWEEP_S)
+
+    def unless_replayed(self, job: Job, then: Callable[[Job], None]) -> None:
+        """Idempotency by request id: a stored result for the same request is answered again
+        (with replayed: true) and nothing new is made; the id with other content is refused;
+        an unknown id continues with `then`. Sets job.state["request_digest"]."""
+        digest = job.state["request_digest"] = request_digest(job.command, job.body)
+
+        def after_lookup(job: Job, stored: dict[str, Any] | None) -> None:
+            if stored is None:
+                then(job)
+            elif stored["command"] == job.command and stored["request_digest"] == digest:
+                self.finish(job, dict(stored["result"], replayed=True))
+            else:
+                raise SignerError("request_id_conflict",
+                                  f"request id {job.request_id!r} was used for a different request")
+        self.ask(job, "repository", lambda tag: LookupRequest(tag, str(job.request_id)), after_lookup)
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> None:
         self.resume(message.tag, message.value, message.error)

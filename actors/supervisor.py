@@ -20,6 +20,7 @@ from actors.dispatcher import Dispatcher
 from actors.framing import Framing
 from actors.health import Health
 from actors.hsm import Hsm
+from actors.openpgp_signer import OpenPgpSigner
 from actors.repository import Repository
 from actors.revoker import Revoker
 from actors.serial_link import SerialLink
@@ -41,6 +42,7 @@ CHILDREN: dict[str, type] = {
     "x509_signer": X509Signer,
     "revoker": Revoker,
     "crl_issuer": CrlIssuer,
+    "openpgp_signer": OpenPgpSigner,
     "dispatcher": Dispatcher,
     "framing": Framing,
     "serial_link": SerialLink,

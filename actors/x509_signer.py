@@ -18,7 +18,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from actors.handler import HandlerActor, Job, request_digest
+from actors.handler import HandlerActor, Job
 from core.issuers import load_issuers, utc_now
 from core.profiles import check_issuers, load_profiles
 from core.protocol import SignerError, field
@@ -26,7 +26,7 @@ from core.x509build import (PkixLinter, assemble_certificate, build_sans, build_
                             build_tbs_certificate, check_csr, key_info_of, new_serial,
                             validity_window, verify_issued)
 from messages import HsmSignRequest
-from messages.repository import CompleteCertificate, DiscardReservation, LookupRequest, ReserveSerial
+from messages.repository import CompleteCertificate, DiscardReservation, ReserveSerial
 
 COMMAND = "sign_x509"
 
@@ -73,19 +73,12 @@ class X509Signer(HandlerActor):
                          subject=parse_pairs(field(body, "subject", (dict, list), required=False, default={}), "subject"),
                          sans=parse_pairs(field(body, "sans", list, required=False, default=[]), "sans"),
                          hash=field(body, "hash", str, required=False, default="sha256"),
-                         days=field(body, "days", int, required=False),
-                         digest=request_digest(COMMAND, body))
+                         days=field(body, "days", int, required=False))
         if job.state["days"] is not None and job.state["days"] <= 0:
             raise SignerError("bad_request", "field 'days' must be positive")
-        self.ask(job, "repository", lambda tag: LookupRequest(tag, str(job.request_id)), self.after_lookup)
+        self.unless_replayed(job, self.build)
 
-    def after_lookup(self, job: Job, stored: dict[str, Any] | None) -> None:
-        if stored is not None:
-            if stored["command"] == COMMAND and stored["request_digest"] == job.state["digest"]:
-                self.finish(job, dict(stored["result"], replayed=True))
-                return
-            raise SignerError("request_id_conflict",
-                              f"request id {job.request_id!r} was used for a different request")
+    def build(self, job: Job) -> None:
         state = job.state
         profile, issuer = state["profile"], state["issuer"]
         csr = check_csr(state["csr_der"], profile)
@@ -124,8 +117,8 @@ class X509Signer(HandlerActor):
         state["result"] = result
         self.ask(job, "repository",
                  lambda tag: CompleteCertificate(tag, state["issuer"].id, state["serial_hex"], der,
-                                                 str(job.request_id), COMMAND, state["digest"], result),
-                 lambda job, _: self.finish(job, result))
+                                                 str(job.request_id), COMMAND, state["request_digest"], result),
+                 lambda job, _: self.finish(job, result), on_error=self.discard)
 
     def discard(self, job: Job, error: Any) -> None:
         """The serial was reserved but no certificate exists: free the reservation."""

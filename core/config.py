@@ -53,6 +53,12 @@ class OpenPgpConfig:
     key_label: str
     public_key: str  # armoured public key block made by dev-init
     created: int  # key creation time: part of the fingerprint, so it is stored
+    default_days: int = 366  # certification expiry when a request names none
+    max_days: int = 366  # cap on a request's days
+    signature_type: int = 0x10  # 0x10 generic .. 0x13 positive certification
+    policy_url: str | None = "http://www.cacert.org/cps.php"
+    max_key_bytes: int = 1024 * 1024  # larger user keys are refused (openpgp_oversized)
+    gpg: str = "gpg"  # the kept implementation that validates user keys first
 
 
 @dataclass(frozen=True)
@@ -204,6 +210,14 @@ def validate(config: SignerConfig) -> None:
     for i, issuer in enumerate(config.issuers):
         if not os.path.isfile(issuer.certificate):
             raise ConfigError(f"issuers[{i}].certificate: file {issuer.certificate} does not exist")
+    pgp = config.openpgp
+    if pgp is not None:
+        if not 0x10 <= pgp.signature_type <= 0x13:
+            raise ConfigError("openpgp.signature_type: expected 16 to 19 (0x10 to 0x13)")
+        if not 0 < pgp.default_days <= pgp.max_days:
+            raise ConfigError("openpgp.default_days: expected 1 to openpgp.max_days")
+        if not os.path.isfile(pgp.public_key):
+            raise ConfigError(f"openpgp.public_key: file {pgp.public_key} does not exist")
     if not os.path.isdir(config.x509.profiles):
         raise ConfigError(f"x509.profiles: folder {config.x509.profiles} does not exist")
     if not 0 < config.crl.rebuild_after_fraction <= 1:

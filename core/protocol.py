@@ -51,6 +51,16 @@ ERROR_CODES: dict[str, str] = {
     "invalid_reason": "not an RFC 5280 CRLReason name or code usable in a CRL",
     "unknown_serial": "no issued certificate has this serial for this issuer",
     "duplicate_serial": "a serial collided with an existing one (retry)",
+    "openpgp_malformed": "the OpenPGP key is not a well-formed transferable public key",
+    "openpgp_oversized": "the OpenPGP key is larger than the configured limit",
+    "openpgp_secret_key": "the input holds secret key material; send the public key only",
+    "openpgp_multiple_keys": "the input holds more than one primary key",
+    "openpgp_unsupported_key": "the key's version or algorithm is not supported (v3, DSA, ElGamal, ...)",
+    "openpgp_weak_key": "the key is too weak (RSA below 2048 bits)",
+    "openpgp_key_revoked": "the primary key is revoked",
+    "openpgp_key_expired": "the primary key has expired",
+    "openpgp_uid_revoked": "a requested user id is revoked on the key",
+    "openpgp_no_uid": "none of the requested user ids is on the key",
     "timeout": "inside a health answer only: that part of the signer did not answer in time",
 }
 

@@ -111,3 +111,17 @@ class StoreCrl(RepoRequest):
     revocation_digest: str
     keep: int
     operation: ClassVar[str] = "store_crl"
+
+
+@dataclass
+class StoreOpenPgpSignature(RepoRequest):
+    """Store a certified OpenPGP key, the request's result and an openpgp_signed event."""
+    request_id: str
+    fingerprint: str
+    signed_key: bytes
+    uids: list[str]
+    expires_at: datetime
+    command: str
+    request_digest: str
+    result: dict[str, Any]
+    operation: ClassVar[str] = "store_openpgp_signature"

@@ -40,35 +40,32 @@ def print_refusal(response: Response) -> int:
     return EXIT_REFUSED
 
 
+def health_lines(body: dict[str, Any]) -> list[str]:
+    hsm, repo = body.get("hsm", {}), body.get("repository", {})
+    return ([f"healthy: {'yes' if body.get('healthy') else 'NO'}",
+             f"version: {body.get('version')}  node: {body.get('node_id')}  time: {body.get('time')}"]
+            + [f"ca {ca['id']}: {ca['subject']} expires {ca['not_after']} ({ca['days_to_expiry']:.0f} days)"
+               for ca in body.get("ca_certificates", [])]
+            + [f"hsm: token {hsm.get('token')} logged in {hsm.get('logged_in')} "
+               f"test signature {hsm.get('test_signature_ms')} ms",
+               f"repository: quick_check {repo.get('quick_check')} counts {repo.get('counts')} "
+               f"last event {repo.get('last_event_seq')}"]
+            + [f"problem: {problem}" for problem in body.get("problems", [])])
+
+
 def cmd_health(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("health")
     if not response.ok:
         return print_refusal(response)
-    body = response.body or {}
-    if args.json:
-        print(json.dumps(to_json(body), indent=2))
-    else:
-        print(f"healthy: {'yes' if body.get('healthy') else 'NO'}")
-        print(f"version: {body.get('version')}  node: {body.get('node_id')}  time: {body.get('time')}")
-        for ca in body.get("ca_certificates", []):
-            print(f"ca {ca['id']}: {ca['subject']} expires {ca['not_after']} "
-                  f"({ca['days_to_expiry']:.0f} days)")
-        hsm = body.get("hsm", {})
-        print(f"hsm: token {hsm.get('token')} logged in {hsm.get('logged_in')} "
-              f"test signature {hsm.get('test_signature_ms')} ms")
-        repo = body.get("repository", {})
-        print(f"repository: quick_check {repo.get('quick_check')} counts {repo.get('counts')} "
-              f"last event {repo.get('last_event_seq')}")
-        for problem in body.get("problems", []):
-            print(f"problem: {problem}")
-    return EXIT_OK if body.get("healthy") else EXIT_REFUSED
+    print_body(args, response.body, health_lines(response.body))
+    return EXIT_OK if response.body.get("healthy") else EXIT_REFUSED
 
 
 def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("ca_info")
     if not response.ok:
         return print_refusal(response)
-    body = response.body or {}
+    body = response.body
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -77,12 +74,9 @@ def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
             (out / f"{issuer['id']}.pem").write_bytes(cert.public_bytes(Encoding.PEM))
         if body.get("openpgp"):
             (out / "openpgp-ca.asc").write_text(body["openpgp"]["public_key"])
-    if args.json:
-        print(json.dumps(to_json(body), indent=2))
-    else:
-        for issuer in body.get("issuers", []):
-            print(f"issuer {issuer['id']}: {issuer['subject']} (until {issuer['not_after']})")
-        print(f"openpgp CA key: {'present' if body.get('openpgp') else 'none'}")
+    print_body(args, body, [f"issuer {i['id']}: {i['subject']} (until {i['not_after']})"
+                            for i in body.get("issuers", [])]
+               + [f"openpgp CA key: {'present' if body.get('openpgp') else 'none'}"])
     return EXIT_OK
 
 
@@ -153,7 +147,24 @@ def cmd_fetch_crl(client: SignerClient, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sign_openpgp(client: SignerClient, args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"key": Path(args.key).read_bytes(), "uids": args.uid}
+    if args.digest is not None:
+        body["digest"] = args.digest
+    if args.days is not None:
+        body["days"] = args.days
+    response = client.call("sign_openpgp", body, request_id=args.request_id)
+    if not response.ok:
+        return print_refusal(response)
+    result = response.body
+    write_atomically(Path(args.out), result["key"].encode())
+    print_body(args, result, [f"certified {', '.join(result['certified_uids'])} on {result['fingerprint']} "
+                              f"until {result['expires_at']} -> {args.out}"])
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[SignerClient, argparse.Namespace], int]] = {
+    "sign-openpgp": cmd_sign_openpgp,
     "health": cmd_health,
     "ca-info": cmd_ca_info,
     "sign-x509": cmd_sign_x509,
@@ -201,6 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_crl.add_argument("--out", required=True, help="CRL file (.pem: PEM, else DER)")
     p_crl.add_argument("--ca-cert", help="the issuer's certificate (PEM) to verify the CRL with; "
                                          "default: ask the signer (ca_info)")
+    p_pgp = sub.add_parser("sign-openpgp", parents=[common], help="certify user ids of an OpenPGP key")
+    p_pgp.add_argument("--key", required=True, help="the user's public key, binary or armoured")
+    p_pgp.add_argument("--uid", action="append", required=True,
+                       help='a verified user id, e.g. "Alice <alice@example.org>" (repeatable)')
+    p_pgp.add_argument("--days", type=int, help="certification validity (default: the signer's, 366)")
+    p_pgp.add_argument("--digest", default=None, choices=["sha256", "sha384", "sha512"])
+    p_pgp.add_argument("--request-id")
+    p_pgp.add_argument("--out", required=True, help="the certified key, armoured")
     return parser
 
 
@@ -217,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_NO_ANSWER
     except serial.SerialException as exc:
         print(f"signer-client: cannot open {args.port}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (OSError, ValueError) as exc:  # an unreadable or unparsable local file
+        print(f"signer-client: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
