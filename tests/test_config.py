@@ -19,6 +19,8 @@ def base(tmp_path):
         cert.write_text("placeholder")
         issuer["certificate"] = str(cert)
     data["x509"]["profiles"] = str(EXAMPLE.parent / "profiles")
+    (tmp_path / "openpgp-ca.asc").write_text("placeholder")
+    data["openpgp"]["public_key"] = str(tmp_path / "openpgp-ca.asc")
     return data
 
 
@@ -54,6 +56,9 @@ def test_relative_paths_resolve_against_the_file(tmp_path, base):
     (lambda d: d["hsm"].pop("pin_env"), "hsm.pin_env or hsm.pin_file: one is required"),
     (lambda d: d["actor_system"].__setitem__("admin_port", 80), "actor_system.admin_port"),
     (lambda d: d["issuers"][0].__setitem__("certificate", "/nonexistent.pem"), "issuers[0].certificate: file"),
+    (lambda d: d["openpgp"].__setitem__("signature_type", 0x18), "openpgp.signature_type: expected 16 to 19"),
+    (lambda d: d["serial"].__setitem__("reopen_max_backoff_s", 0), "reopen_max_backoff_s at least 0.1"),
+    (lambda d: d["x509"].__setitem__("profiles", "/nonexistent"), "x509.profiles: folder /nonexistent does not exist"),
 ])
 def test_mistakes_name_the_key(tmp_path, base, mutate, message):
     mutate(base)

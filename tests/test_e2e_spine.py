@@ -190,3 +190,19 @@ def test_sigterm_stops_every_process(dev_data, tmp_path):
     alive = [p for p in pids if Path(f"/proc/{p}").exists()
              and "Z" not in Path(f"/proc/{p}/stat").read_text().split()[2]]
     assert alive == []
+
+
+def test_dev_init_is_idempotent(dev_data):
+    before = {p: p.read_bytes() for p in (dev_data / "ca").iterdir()}
+    config_before = (dev_data / "signer.yaml").read_text()
+    result = run_tool("signer", "dev-init", "--data", str(dev_data), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {p: p.read_bytes() for p in (dev_data / "ca").iterdir()} == before
+    assert (dev_data / "signer.yaml").read_text() == config_before
+    assert "generating" not in result.stderr and "issuing" not in result.stderr
+
+
+def test_admin_says_clearly_when_no_signer_runs(dev_data, tmp_path):
+    config = signer_config(dev_data, tmp_path)  # a fresh admin port nobody listens on
+    result = run_tool("signer-admin", "--config", str(config), "status")
+    assert result.returncode == 1 and "no signer is running" in result.stderr
