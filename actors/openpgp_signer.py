@@ -15,8 +15,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+
 from actors.handler import HandlerActor, Job
 from core import openpgp
+from core.hsm import verify_signature
 from core.openpgp_validate import select_user_ids, validate_public_key
 from core.protocol import SignerError, field
 from messages import HsmSignRequest
@@ -39,6 +42,7 @@ class OpenPgpSigner(HandlerActor):
         self.ca_key_body = next(p.body for p in packets if p.tag == openpgp.TAG_PUBLIC_KEY)
         self.ca_info = openpgp.parse_public_key_body(self.ca_key_body)
         self.ca_fingerprint = openpgp.fingerprint_v4(self.ca_key_body)
+        self.ca_public_key = openpgp.public_key_from_body(self.ca_key_body)
         if self.ca_info.created != self.pgp.created:
             raise ValueError(f"openpgp.created {self.pgp.created} is not the creation time of "
                              f"{self.pgp.public_key} ({self.ca_info.created})")
@@ -87,7 +91,13 @@ class OpenPgpSigner(HandlerActor):
         state = job.state
         if state.get("failed"):
             return
-        state["signatures"][uid] = openpgp.assemble_signature_packet(state["prepared"][uid], hsm_signature)
+        prepared = state["prepared"][uid]
+        try:  # nothing is stored or answered that the CA key does not verify
+            verify_signature(self.ca_public_key, prepared.mechanism, hsm_signature, prepared.hashed_data)
+        except InvalidSignature:
+            raise SignerError("signature_invalid", f"the HSM's signature on {uid!r} does not verify "
+                                                   "with the OpenPGP CA key") from None
+        state["signatures"][uid] = openpgp.assemble_signature_packet(prepared, hsm_signature)
         if len(state["signatures"]) < len(state["prepared"]):
             return
         signed = openpgp.insert_certifications(state["user_key"], {u.encode(): p for u, p in state["signatures"].items()})

@@ -51,6 +51,7 @@ from core.openpgp_packets import (  # noqa: F401  (re-exported API)
     encode_mpi,
     parse_packets,
     parse_public_key_body,
+    read_mpi,
     require_v4_key,
     serialise_packet,
     serialise_packets,
@@ -112,6 +113,24 @@ def public_key_packet_body(public_key: PublicKey, created: int) -> bytes:
         material = bytes([len(oid)]) + oid + encode_mpi(int.from_bytes(point, "big"))
         return header + bytes([PUBKEY_ECDSA]) + material
     raise UnsupportedKey(f"{type(public_key).__name__} is not supported for the CA key")
+
+
+def public_key_from_body(body: bytes) -> PublicKey:
+    """The cryptography public key of a v4 RSA or ECDSA (P-256/P-384) key packet body: the
+    inverse of public_key_packet_body, used to check the HSM's signatures."""
+    algorithm, offset = body[5], 6
+    if algorithm == PUBKEY_RSA:
+        n, offset = read_mpi(body, offset)
+        e, _ = read_mpi(body, offset)
+        return rsa.RSAPublicNumbers(int.from_bytes(e, "big"), int.from_bytes(n, "big")).public_key()
+    if algorithm == PUBKEY_ECDSA:
+        oid = body[offset + 1:offset + 1 + body[offset]]
+        point, _ = read_mpi(body, offset + 1 + body[offset])
+        curve = {"nistp256": ec.SECP256R1(), "nistp384": ec.SECP384R1()}.get(CURVES.get(oid, ("",))[0])
+        if curve is None:
+            raise UnsupportedKey(f"curve OID {oid.hex()} is not supported for the CA key")
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve, point)
+    raise UnsupportedKey(f"public-key algorithm {algorithm} is not supported for the CA key")
 
 
 def _key_hash_material(key_body: bytes) -> bytes:

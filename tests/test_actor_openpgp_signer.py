@@ -454,10 +454,6 @@ def test_store_error_reaches_the_client(rsa_signer, cas, user_keys):
     assert_quiet(rsa_signer)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "actors/openpgp_signer.py:86-101 (after_signature) never verifies the HSM's signature with "
-    "the CA key before storing and answering it, unlike X509Signer (verify_issued) and CrlIssuer "
-    "(verify_crl); ERROR_CODES['signature_invalid'] says nothing is issued then"))
 def test_a_signature_that_does_not_verify_is_not_stored(signer, ca, user_keys):
     signs = reach_hsm(signer, {"key": user_keys.two_uids, "uids": [ALICE]})
     # A well-formed signature by another key of the same type (a wrong key label, say).
