@@ -15,7 +15,7 @@ from typing import Any, Callable
 from thespian.actors import WakeupMessage
 
 from actors.base import PendingWork, SignerActor, error_dict
-from core.protocol import SignerError, pack
+from core.protocol import ERROR_CODES, SignerError, pack
 from messages import CommandReply, CommandRequest, HsmSignReply
 from messages.repository import LookupRequest, RepoReply
 
@@ -84,6 +84,9 @@ class HandlerActor(SignerActor):
         except SignerError as exc:
             self.fail(job, exc.to_wire())
         except Exception as exc:  # noqa: BLE001 - answered, counted, logged
+            if getattr(exc, "code", None) in ERROR_CODES:  # a typed refusal from a core module
+                self.fail(job, error_dict(exc))
+                return
             self.record_error(exc)
             self.log.exception("%s failed on %s", self.actor_name, job.command)
             self.fail(job, error_dict(exc))

@@ -16,6 +16,7 @@ from actors.base import PendingWork, SignerActor
 from core.issuers import load_issuers, utc_now
 from messages import (CommandReply, CommandRequest, HsmHealthReply, HsmHealthRequest,
                       RepoHealthReply, RepoHealthRequest)
+from messages.sync import SyncStatusReply, SyncStatusRequest
 
 PART_TIMEOUT_S = 5.0
 
@@ -45,18 +46,26 @@ class Health(SignerActor):
 
     def receiveMsg_CommandRequest(self, message: CommandRequest, sender: Any) -> None:
         check = HealthCheck(sender, message.tag)
-        hsm_tag, repo_tag = self.new_tag(), self.new_tag()
-        self.checks.add(hsm_tag, ("hsm", check), PART_TIMEOUT_S)
-        self.checks.add(repo_tag, ("repository", check), PART_TIMEOUT_S)
-        self.send(self.peer("hsm"), HsmHealthRequest(hsm_tag))
-        self.send(self.peer("repository"), RepoHealthRequest(repo_tag))
+        for part, request in self.parts().items():
+            tag = self.new_tag()
+            self.checks.add(tag, (part, check), PART_TIMEOUT_S)
+            self.send(self.peer(part), request(tag))
         self.wakeupAfter(PART_TIMEOUT_S + 0.1)
+
+    def parts(self) -> dict[str, Any]:
+        parts = {"hsm": HsmHealthRequest, "repository": RepoHealthRequest}
+        if "sync" in self.addresses:
+            parts["sync"] = SyncStatusRequest
+        return parts
 
     def receiveMsg_HsmHealthReply(self, message: HsmHealthReply, sender: Any) -> None:
         self.part_done(message.tag, message.health, message.error)
 
     def receiveMsg_RepoHealthReply(self, message: RepoHealthReply, sender: Any) -> None:
         self.part_done(message.tag, message.health, message.error)
+
+    def receiveMsg_SyncStatusReply(self, message: SyncStatusReply, sender: Any) -> None:
+        self.part_done(message.tag, message.status, message.error)
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         for _, (part, check) in self.checks.expired():
@@ -76,7 +85,7 @@ class Health(SignerActor):
         if error is not None:
             result["error"] = error
         check.parts[part] = result
-        if len(check.parts) == 2:
+        if len(check.parts) == len(self.parts()):
             self.send(check.client, CommandReply(check.tag, body=self.report(check.parts)))
 
     def report(self, parts: dict[str, Any]) -> dict[str, Any]:
@@ -96,6 +105,11 @@ class Health(SignerActor):
             cas.append({"id": issuer.id, "subject": issuer.certificate.subject.rfc4514_string(),
                         "not_after": issuer.certificate.not_valid_after_utc.isoformat(),
                         "days_to_expiry": round(days, 2), "ok": ok})
-        return {"healthy": not problems, "problems": problems, "version": self.version,
-                "node_id": self.config.node_id, "time": now.isoformat(), "ca_certificates": cas,
-                "hsm": parts["hsm"], "repository": repo}
+        if "sync" in parts and not parts["sync"].get("ok"):
+            problems.append(f"sync: {parts['sync'].get('error') or 'the local NATS server is not reachable'}")
+        report = {"healthy": not problems, "problems": problems, "version": self.version,
+                  "node_id": self.config.node_id, "time": now.isoformat(), "ca_certificates": cas,
+                  "hsm": parts["hsm"], "repository": repo}
+        if "sync" in parts:
+            report["sync"] = parts["sync"]
+        return report

@@ -46,8 +46,7 @@ class OpenPgpSigner(HandlerActor):
         if self.ca_info.created != self.pgp.created:
             raise ValueError(f"openpgp.created {self.pgp.created} is not the creation time of "
                              f"{self.pgp.public_key} ({self.ca_info.created})")
-        self.default_hash = "sha256" if self.ca_info.algorithm_name == "rsa" else (
-            "sha384" if (self.ca_info.bits or 0) > 256 else "sha256")
+        self.default_hash = openpgp.default_hash(self.ca_public_key)
 
     def start(self, job: Job) -> None:
         if self.pgp is None:

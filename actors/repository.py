@@ -61,6 +61,22 @@ class Repository(SignerActor):
         return {"latest": latest, "rebuild": rebuild, "digest": digest,
                 "entries": entries if rebuild else None, "base": base}
 
+    def op_outbox(self, after_seq: int, limit: int) -> dict[str, Any]:
+        return {"events": self.store.events_after(after_seq, limit), "last_seq": self.store.last_event_seq()}
+
+    def op_apply_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """Apply in order; stop at the first failure so the log order is kept (the rest is
+        redelivered by the peer's consumer and applied on a later try)."""
+        applied = 0
+        for event in events:
+            try:
+                self.store.apply_event(event)
+            except Exception as exc:  # noqa: BLE001 - answered with what was applied
+                self.record_error(exc)
+                return {"applied": applied, "error": error_dict(exc)}
+            applied += 1
+        return {"applied": applied, "error": None}
+
     def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:
         if isinstance(message, RepoHealthRequest):
             self.send(sender, RepoHealthReply(message.tag, {}, error=error_dict(exc)))

@@ -24,6 +24,7 @@ from actors.openpgp_signer import OpenPgpSigner
 from actors.repository import Repository
 from actors.revoker import Revoker
 from actors.serial_link import SerialLink
+from actors.sync import Sync
 from actors.x509_signer import X509Signer
 from messages import (ActorStatusReply, ActorStatusRequest, Configure, Configured, SignerStarted,
                       StartSigner, SystemStatusReply, SystemStatusRequest)
@@ -43,6 +44,7 @@ CHILDREN: dict[str, type] = {
     "revoker": Revoker,
     "crl_issuer": CrlIssuer,
     "openpgp_signer": OpenPgpSigner,
+    "sync": Sync,  # only when the configuration has a sync section
     "dispatcher": Dispatcher,
     "framing": Framing,
     "serial_link": SerialLink,
@@ -73,11 +75,12 @@ class Supervisor(SignerActor):
     def receiveMsg_StartSigner(self, message: StartSigner, sender: Any) -> None:
         self.config = message.config
         self.starter = sender
-        for name, cls in CHILDREN.items():
-            self.children[name] = self.createActor(cls)
+        wanted = [name for name in CHILDREN if name != "sync" or message.config.sync is not None]
+        for name in wanted:
+            self.children[name] = self.createActor(CHILDREN[name])
             self.restarts[name] = 0
-        self.awaiting = set(CHILDREN)
-        for name in CHILDREN:
+        self.awaiting = set(wanted)
+        for name in wanted:
             self.configure_child(name)
         self.wakeupAfter(STARTUP_TIMEOUT_S, payload=("startup",))
 

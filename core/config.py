@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import shutil
 import types
 import typing
 from dataclasses import dataclass, field
@@ -83,6 +85,15 @@ class HealthConfig:
     ca_expiry_warning_days: int = 30
 
 
+@dataclass(frozen=True)
+class SyncConfig:
+    local_url: str  # this signer's own nats-server (JetStream): its event stream lives there
+    peer_url: str | None = None  # the peer's nats-server, read with a durable consumer
+    peer_node_id: str | None = None
+    publish_interval_s: float = 0.5  # how often the outbox is checked for new events
+    batch: int = 200  # events per publish batch
+
+
 SHIPPED_PROFILES = str(Path(__file__).resolve().parent.parent / "config" / "profiles")
 
 
@@ -118,6 +129,7 @@ class SignerConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     x509: X509Config = field(default_factory=X509Config)
     crl: CrlConfig = field(default_factory=CrlConfig)
+    sync: SyncConfig | None = None
     source: str = ""  # the file it was loaded from (set by the loader, not the YAML)
 
     def issuer(self, issuer_id: str) -> IssuerConfig | None:
@@ -210,12 +222,25 @@ def validate(config: SignerConfig) -> None:
     for i, issuer in enumerate(config.issuers):
         if not os.path.isfile(issuer.certificate):
             raise ConfigError(f"issuers[{i}].certificate: file {issuer.certificate} does not exist")
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", config.node_id):
+        raise ConfigError("node_id: expected 1 to 64 letters, digits, '-' or '_' (it names a NATS stream)")
+    if config.sync is not None:
+        if (config.sync.peer_url is None) != (config.sync.peer_node_id is None):
+            raise ConfigError("sync.peer_url and sync.peer_node_id: give both or neither")
+        if config.sync.peer_node_id == config.node_id:
+            raise ConfigError("sync.peer_node_id: must differ from node_id")
+        if config.sync.batch < 1 or config.sync.publish_interval_s <= 0:
+            raise ConfigError("sync: batch must be >= 1 and publish_interval_s > 0")
     pgp = config.openpgp
     if pgp is not None:
         if not 0x10 <= pgp.signature_type <= 0x13:
             raise ConfigError("openpgp.signature_type: expected 16 to 19 (0x10 to 0x13)")
-        if not 0 < pgp.default_days <= pgp.max_days:
-            raise ConfigError("openpgp.default_days: expected 1 to openpgp.max_days")
+        if not 0 < pgp.default_days <= pgp.max_days <= 3660:
+            raise ConfigError("openpgp.default_days, max_days: expected 1 <= default_days <= max_days <= 3660")
+        if pgp.max_key_bytes < 1024:
+            raise ConfigError("openpgp.max_key_bytes: expected at least 1024")
+        if shutil.which(pgp.gpg) is None:
+            raise ConfigError(f"openpgp.gpg: {pgp.gpg!r} is not an executable on PATH")
         if not os.path.isfile(pgp.public_key):
             raise ConfigError(f"openpgp.public_key: file {pgp.public_key} does not exist")
     if not os.path.isdir(config.x509.profiles):

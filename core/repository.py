@@ -4,7 +4,9 @@ results (idempotency) and an append-only event log, in one SQLite file.
 Plain code, no actors: the Repository actor owns one instance. Every public operation is
 one transaction, and every change appends its event inside that same transaction, so the
 log a sync component publishes can neither miss a change nor report one that was rolled
-back. Schema and migrations live in core/repository_schema.py.
+back. Schema and migrations live in core/repository_schema.py; replication between two
+signers (applying the peer's events, content digest, sync bookkeeping) in
+core/repository_sync.py, whose mixin Repository inherits.
 """
 from __future__ import annotations
 
@@ -19,8 +21,14 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from core import repository_schema as schema
-from core.protocol import SignerError, pack, unpack
-from core.repository_schema import from_db_time, normalise_serial, to_db_time
+from core.protocol import pack, unpack
+from core.repository_schema import (DuplicateSerial, RepositoryError, RequestConflict,
+                                    UnknownCertificate, from_db_time, normalise_serial,
+                                    to_db_time)
+from core.repository_sync import RepositorySync
+
+__all__ = ["DuplicateSerial", "Repository", "RepositoryError", "RequestConflict",
+           "UnknownCertificate"]
 
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_CRL_KEEP = 10
@@ -28,27 +36,6 @@ MAX_PROBLEMS_PER_CHECK = 20  # consistency_check: enough examples to act on, not
 
 CertificateKey = tuple[str, str]  # (issuer, normalised serial)
 CrlEntry = tuple[int, datetime, int | None]  # (serial, revoked_at, reason)
-
-
-class RepositoryError(SignerError):
-    """A repository failure, answered to the client as an error with `code`."""
-
-    error_code = "repository_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(self.error_code, message)
-
-
-class UnknownCertificate(RepositoryError):
-    error_code = "unknown_serial"
-
-
-class DuplicateSerial(RepositoryError):
-    error_code = "duplicate_serial"
-
-
-class RequestConflict(RepositoryError):
-    error_code = "request_id_conflict"
 
 
 _TIME_COLUMNS = ("not_before", "not_after", "created_at", "revoked_at", "recorded_at",
@@ -105,7 +92,7 @@ _ROW_CHECKS = (
 )
 
 
-class Repository:
+class Repository(RepositorySync):
     def __init__(self, path: str, node_id: str) -> None:
         self.path = path
         self.node_id = node_id
@@ -250,10 +237,14 @@ class Repository:
             db.execute("UPDATE certificates SET status = 'issued', der = ?"
                        " WHERE issuer = ? AND serial = ?", (der, *key))
             self._record_new_request(request_id, command, request_digest, result)
+            # Everything the peer needs to hold the same certificate and to answer a
+            # retried request with it (core/repository_sync.py applies this body).
             self._append_event("x509_issued", {
                 "issuer": issuer, "serial": key[1], "der": der, "request_id": request_id,
-                "profile": reservation["profile"], "not_before": reservation["not_before"],
-                "not_after": reservation["not_after"], "origin_node": self.node_id})
+                "profile": reservation["profile"], "subject": reservation["subject"],
+                "not_before": reservation["not_before"],
+                "not_after": reservation["not_after"], "origin_node": self.node_id,
+                "request": _request_record(command, request_digest, result)})
 
     def discard_reservation(self, issuer: str, serial_hex: str) -> None:
         """Drop a reservation whose signature failed; issued rows are never deleted."""
@@ -325,10 +316,10 @@ class Repository:
         if keep < 1:
             raise ValueError("keep must be at least 1: the latest CRL is always kept")
         with self._write() as db:
-            (latest,) = db.execute("SELECT MAX(number) FROM crls WHERE issuer = ?",
-                                   (issuer,)).fetchone()
-            if latest is not None and number <= latest:  # RFC 5280: CRL numbers increase
-                raise RepositoryError(f"CRL number {number} of {issuer} is not above {latest}")
+            # RFC 5280: CRL numbers increase, also across signers (the peer's floor).
+            previous = self._previous_crl_number(issuer)
+            if previous is not None and number <= previous:
+                raise RepositoryError(f"CRL number {number} of {issuer} is not above {previous}")
             crl = {"issuer": issuer, "number": number, "this_update": to_db_time(this_update),
                    "next_update": to_db_time(next_update),
                    "revocation_digest": revocation_digest}
@@ -365,7 +356,8 @@ class Repository:
                          "origin_node": self.node_id}
             self._insert("openpgp_signatures", signature | {
                 "uids": json.dumps(list(uids)), "created_at": self._now()})
-            self._append_event("openpgp_signed", signature)
+            self._append_event("openpgp_signed", signature | {
+                "request": _request_record(command, request_digest, result)})
 
     def get_openpgp_signature(self, request_id: str) -> dict[str, Any] | None:
         with self._read() as db:
@@ -445,6 +437,11 @@ class Repository:
                      rows: Iterable[Mapping[str, Any]]) -> int:
         with self._write() as db:
             return db.executemany(_insert_sql(table, columns), rows).rowcount
+
+
+def _request_record(command: str, request_digest: str, result: dict[str, Any]) -> dict[str, Any]:
+    """The `requests` row an event carries, so the peer answers a retry the same way."""
+    return {"command": command, "request_digest": request_digest, "result": result}
 
 
 def _revocation_answer(key: CertificateKey, reason: int | None, revoked_at: str,

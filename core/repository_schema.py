@@ -9,10 +9,16 @@ Times are ISO 8601 UTC text ("2024-05-01T12:00:00Z"): fixed width, so comparing 
 text compares the instants. Serials are lowercase hex without leading zeros, so (same
 length, then text) is numeric order. to_db_time/from_db_time/normalise_serial below are
 the one place those representations are made.
+
+The typed errors live here too, at the bottom of the repository modules, so that
+core/repository.py and core/repository_sync.py both raise them without importing each
+other; core/repository.py re-exports them.
 """
 from __future__ import annotations
 
 from datetime import datetime, timezone
+
+from core.protocol import SignerError
 
 DB_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -115,7 +121,17 @@ _INITIAL_SCHEMA: Migration = (
     """,
 )
 
-MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA]
+# Two signers replicate through their event logs (core/repository_sync.py). sync_state
+# holds the sync component's bookkeeping (e.g. the last peer stream position applied);
+# crl_number_floor the highest CRL number the peer announced per issuer, so a CRL built
+# here never numbers below one a client may already hold from the peer.
+_SYNC_TABLES: Migration = (
+    "CREATE TABLE sync_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE crl_number_floor (issuer TEXT PRIMARY KEY, number INTEGER NOT NULL)"
+    " WITHOUT ROWID",
+)
+
+MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -140,3 +156,24 @@ def normalise_serial(serial_hex: str) -> str:
 
 # RFC 5280 section 5.3.1 CRLReason codes (7 is unassigned); the CHECK above agrees.
 CRL_REASON_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})
+
+
+class RepositoryError(SignerError):
+    """A repository failure, answered to the client as an error with `code`."""
+
+    error_code = "repository_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(self.error_code, message)
+
+
+class UnknownCertificate(RepositoryError):
+    error_code = "unknown_serial"
+
+
+class DuplicateSerial(RepositoryError):
+    error_code = "duplicate_serial"
+
+
+class RequestConflict(RepositoryError):
+    error_code = "request_id_conflict"

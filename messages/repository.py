@@ -125,3 +125,31 @@ class StoreOpenPgpSignature(RepoRequest):
     request_digest: str
     result: dict[str, Any]
     operation: ClassVar[str] = "store_openpgp_signature"
+
+
+@dataclass
+class Outbox(RepoRequest):
+    """Events after `after_seq` (at most `limit`) and the newest event seq."""
+    after_seq: int
+    limit: int
+    operation: ClassVar[str] = "outbox"
+
+
+@dataclass
+class GetSyncState(RepoRequest):
+    key: str
+    operation: ClassVar[str] = "get_sync_state"
+
+
+@dataclass
+class SetSyncState(RepoRequest):
+    key: str
+    value: str
+    operation: ClassVar[str] = "set_sync_state"
+
+
+@dataclass
+class ApplyEvents(RepoRequest):
+    """A peer's events, applied in order, each idempotently in its own transaction."""
+    events: list[dict[str, Any]]
+    operation: ClassVar[str] = "apply_events"

@@ -107,3 +107,33 @@ def dev_init(data: Path, *extra: str) -> Path:
     if result.returncode != 0:
         raise RuntimeError(result.stderr)
     return data
+
+
+class NatsServer:
+    """A JetStream nats-server on a loopback port the test picks, data in `store`."""
+
+    def __init__(self, store: Path, port: int | None = None) -> None:
+        self.store, self.port = store, port or free_port()
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                                         "-sd", str(self.store)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("nats-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)

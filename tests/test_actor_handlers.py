@@ -119,19 +119,22 @@ def test_configure_failure_is_reported(tmp_path):
     assert not configured.ok and "cannot load certificate" in configured.error
 
 
+WITHOUT_SYNC = [name for name in CHILDREN if name != "sync"]  # sync only when configured
+
+
 def started_supervisor():
     h = ActorHarness(Supervisor)
-    h.deliver(StartSigner("CONFIG"), "system")
+    h.deliver(StartSigner(SimpleNamespace(sync=None)), "system")
     configures = h.take(Configure)
-    assert [m.name for _, m in configures] == list(CHILDREN)
+    assert [m.name for _, m in configures] == WITHOUT_SYNC
     return h, configures
 
 
 def test_supervisor_starts_wires_and_reports():
     h, configures = started_supervisor()
     addresses = configures[0][1].addresses
-    assert set(addresses) == set(CHILDREN)
-    for name in CHILDREN:
+    assert set(addresses) == set(WITHOUT_SYNC)
+    for name in WITHOUT_SYNC:
         h.deliver(Configured(name, name != "hsm", "hsm: wrong PIN" if name == "hsm" else None), addresses[name])
     (address, started), = h.take(SignerStarted)
     assert address == "system" and not started.ok and started.errors == ["hsm: wrong PIN"]
@@ -155,7 +158,7 @@ def test_supervisor_status_has_a_record_per_actor_even_when_one_hangs():
     h, configures = started_supervisor()
     h.deliver(SystemStatusRequest(), "admin")
     requests = h.take(ActorStatusRequest)
-    assert len(requests) == len(CHILDREN)
+    assert len(requests) == len(WITHOUT_SYNC)
     for address, request in requests:
         if "hsm" not in address:
             h.deliver(ActorStatusReply(request.tag, {"alive": True, "messages": 1}), address)
@@ -163,6 +166,6 @@ def test_supervisor_status_has_a_record_per_actor_even_when_one_hangs():
     h.deliver(WakeupMessage(3, ("status", requests[0][1].tag)))
     (_, reply), = h.take(SystemStatusReply)
     by_name = {r["name"]: r for r in reply.records}
-    assert set(by_name) == set(CHILDREN) | {"supervisor"}
+    assert set(by_name) == set(WITHOUT_SYNC) | {"supervisor"}
     assert by_name["hsm"]["alive"] is False and by_name["health"]["alive"] is True
     assert all("restarts" in r for r in reply.records)

@@ -36,9 +36,9 @@ FIGURE_SKIP = {"name", "pid", "alive", "restarts", "messages", "errors", "last_e
 
 
 def print_table(records: list[dict[str, Any]]) -> None:
-    print(f"{'actor':<13} {'alive':<6} {'restarts':>8} {'pid':>7} {'messages':>9} {'errors':>7}  last error")
+    print(f"{'actor':<15} {'alive':<6} {'restarts':>8} {'pid':>7} {'messages':>9} {'errors':>7}  last error")
     for r in records:
-        print(f"{r['name']:<13} {'yes' if r.get('alive') else 'NO':<6} {r.get('restarts', 0):>8} "
+        print(f"{r['name']:<15} {'yes' if r.get('alive') else 'NO':<6} {r.get('restarts', 0):>8} "
               f"{r.get('pid', '-')!s:>7} {r.get('messages', '-')!s:>9} {r.get('errors', '-')!s:>7}  "
               f"{r.get('last_error') or ''}")
     for r in records:

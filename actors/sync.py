@@ -1,0 +1,173 @@
+"""Sync: replicates the repository's event log to the peer signer over NATS JetStream, and
+applies the peer's events. See docs/sync.md.
+
+Producing is an outbox: the event log is the truth, `last_published` (stored in the
+repository only after JetStream acknowledged) says how far publishing got, so after any
+outage or restart it resumes exactly there; JetStream drops a re-sent event by its
+Nats-Msg-Id. Consuming acknowledges a peer message only after the repository committed it;
+applying is idempotent by event id, so a redelivery changes nothing.
+
+The nats-py loop runs in a thread (core.sync_bridge); it reaches this actor only through a
+socketpair watched with ThespianWatch, never by calling Thespian from the thread. An actor
+that owns threads must not create actors, and this one creates none.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import time
+from typing import Any
+
+from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
+
+from actors.base import SignerActor, error_dict
+from core.sync_bridge import NatsBridge
+from messages.repository import ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
+from messages.sync import SyncStatusReply, SyncStatusRequest
+
+LAST_PUBLISHED = "last_published_seq"
+LAST_APPLIED = "last_applied_peer_seq"
+
+
+class Sync(SignerActor):
+    actor_name = "sync"
+
+    def configure(self, config: Any) -> None:
+        self.sync = config.sync
+        self.wake_reader, wake_writer = socket.socketpair()
+        self.wake_reader.setblocking(False)
+        self.bridge = NatsBridge(config.node_id, self.sync.local_url, self.sync.peer_url,
+                                 self.sync.peer_node_id, wake_writer).start()
+        self.pending: dict[int, tuple[str, Any]] = {}  # repository asks by tag
+        self.last_published: int | None = None  # unknown until read from the repository
+        self.last_event_seq = 0
+        self.publishing = False
+        self.local_ready = False
+        self.applied = 0
+        self.last_applied_seq: int | None = None
+        self.remote: dict[str, Any] = {"local_connected": False, "peer_connected": False}
+        self.last_error: str | None = None
+        self.last_publish_at: float | None = None
+        self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")
+        self.ask_repository(GetSyncState(0, LAST_APPLIED), "last_applied")
+        self.wakeupAfter(self.sync.publish_interval_s)
+
+    def ask_repository(self, message: Any, purpose: str, context: Any = None) -> None:
+        message.tag = self.new_tag()
+        self.pending[message.tag] = (purpose, context)
+        self.send(self.peer("repository"), message)
+
+    # -- the outbox ------------------------------------------------------------------------
+    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> Any:
+        self.check_outbox()
+        self.wakeupAfter(self.sync.publish_interval_s)
+        return self.after_message()
+
+    def check_outbox(self) -> None:
+        if self.last_published is not None and self.local_ready and not self.publishing:
+            self.publishing = True
+            self.ask_repository(Outbox(0, self.last_published, self.sync.batch), "outbox")
+
+    def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> Any:
+        purpose, context = self.pending.pop(message.tag, (None, None))
+        if message.error is not None:
+            self.last_error = f"{purpose}: {message.error['message']}"
+            if purpose == "outbox":
+                self.publishing = False
+            elif purpose == "apply":
+                self.bridge.settle([], [token for token, _, _ in context])
+            return self.after_message()
+        if purpose == "last_published":
+            self.last_published = int(message.value or 0)
+        elif purpose == "last_applied":
+            self.last_applied_seq = int(message.value) if message.value else None
+        elif purpose == "outbox":
+            self.last_event_seq = message.value["last_seq"]
+            events = message.value["events"]
+            if events:
+                self.bridge.publish(events)
+            else:
+                self.publishing = False
+        elif purpose == "apply":
+            self.applied_batch(context, message.value)
+        return self.after_message()
+
+    # -- the bridge --------------------------------------------------------------------------
+    def receiveMsg_WatchMessage(self, message: WatchMessage, sender: Any) -> Any:
+        try:
+            while self.wake_reader.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                kind, value = self.bridge.results.get_nowait()
+            except queue.Empty:
+                break
+            self.bridge_result(kind, value)
+        return self.after_message()
+
+    def bridge_result(self, kind: str, value: Any) -> None:
+        if kind == "local_ready":
+            self.local_ready = True
+            self.check_outbox()
+        elif kind == "published":
+            self.publishing = False
+            if value["error"]:
+                self.last_error = f"publish: {value['error']}"
+            if value["last_seq"] is not None:
+                self.last_published = value["last_seq"]
+                self.last_publish_at = time.time()
+                self.ask_repository(SetSyncState(0, LAST_PUBLISHED, str(value["last_seq"])), "saved")
+                self.check_outbox()  # more may be waiting
+        elif kind == "received":
+            events = [event for _, _, event in value]
+            self.ask_repository(ApplyEvents(0, events), "apply", value)
+        elif kind == "status":
+            self.remote.update(value)
+        elif kind == "error":
+            self.last_error = value
+
+    def applied_batch(self, batch: list[tuple[int, int, dict]], outcome: dict[str, Any]) -> None:
+        count = outcome["applied"]
+        self.bridge.settle([token for token, _, _ in batch[:count]], [token for token, _, _ in batch[count:]])
+        self.applied += count
+        if count:
+            self.last_applied_seq = batch[count - 1][1]
+            self.ask_repository(SetSyncState(0, LAST_APPLIED, str(self.last_applied_seq)), "saved")
+        if outcome["error"]:
+            self.last_error = f"apply: {outcome['error']['message']}"
+
+    # -- status --------------------------------------------------------------------------------
+    def receiveMsg_SyncStatusRequest(self, message: SyncStatusRequest, sender: Any) -> Any:
+        self.send(sender, SyncStatusReply(message.tag, self.status()))
+        return self.after_message()
+
+    def status(self) -> dict[str, Any]:
+        unpublished = (self.last_event_seq - self.last_published) if self.last_published is not None else None
+        status = {"local_connected": bool(self.remote.get("local_connected")),
+                  "peer_connected": bool(self.remote.get("peer_connected")) if self.sync.peer_url else None,
+                  "unpublished_events": max(unpublished, 0) if unpublished is not None else None,
+                  "last_published_seq": self.last_published,
+                  "peer_events_applied": self.applied, "last_applied_peer_seq": self.last_applied_seq,
+                  "peer_lag": self.remote.get("peer_pending"), "last_sync_error": self.last_error}
+        # Healthy sync: the local stream is reachable; the peer being away is normal (it
+        # catches up later) and only reported.
+        status["ok"] = status["local_connected"]
+        return status
+
+    def figures(self) -> dict[str, Any]:
+        return self.status() if getattr(self, "sync", None) else {}
+
+    def after_message(self) -> Any:
+        reader = getattr(self, "wake_reader", None)
+        return ThespianWatch([reader.fileno()]) if reader is not None else None
+
+    def on_failure(self, message: Any, sender: Any, exc: Exception) -> Any:
+        if isinstance(message, SyncStatusRequest):
+            self.send(sender, SyncStatusReply(message.tag, {}, error=error_dict(exc)))
+        return self.after_message()
+
+    def shutdown(self) -> None:
+        if getattr(self, "bridge", None) is not None:
+            self.bridge.stop()

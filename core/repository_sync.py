@@ -1,0 +1,271 @@
+"""Replication between signers: the half of the Repository that applies a peer's events.
+
+Every signer publishes its whole event log, its own events and the ones it applied from
+the peer, and applies the events it receives with apply_event. An event applies once
+(its event_id is kept, so a repeat is a no-op), in one transaction with its effect, and
+is appended to the local log under the same event_id and origin_node, so a third signer
+replaying any one log reaches the same state. The rules below are deterministic and the
+same on every node, which is what makes two signers converge whatever order they see
+the events in; content_digest() compares the result.
+
+Conflict rules:
+  x509_issued    a certificate is never overwritten: a different DER for a known
+                 (issuer, serial) is a serial collision and refused.
+  x509_revoked   the earliest revoked_at wins; a tie goes to the smaller origin_node.
+  crl_issued     raises the issuer's CRL number floor: a CRL built here numbers above any
+                 CRL the peer built (previous_crl_number).
+  openpgp_signed the first signature stored under a request_id stays.
+Request records travel with x509_issued and openpgp_signed and are added when their
+request_id is unknown here, so a client retrying on the other signer gets the same answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from cryptography import x509
+
+from core.protocol import pack, unpack
+from core.repository_schema import (CRL_REASON_CODES, RepositoryError, UnknownCertificate,
+                                    from_db_time, normalise_serial, to_db_time)
+
+# content_digest: rows both signers hold once converged, in an order independent of how
+# they were inserted. Node-local columns (created_at, recorded_at, seq) stay out, and so do
+# reservations: they are local bookkeeping of a signature in flight, never replicated.
+_DIGEST_QUERIES = (
+    ("certificates", "SELECT issuer, serial, status, der, not_after FROM certificates"
+                     " WHERE status = 'issued' ORDER BY issuer, serial"),
+    ("revocations", "SELECT issuer, serial, reason, revoked_at FROM revocations"
+                    " ORDER BY issuer, serial"),
+    ("openpgp_signatures", "SELECT request_id, fingerprint, signed_key FROM openpgp_signatures"
+                           " ORDER BY request_id"),
+)
+
+
+class RepositorySync:
+    """Mixin of core.repository.Repository. It relies on the host's connection helpers:
+    `_db`, `_read()` and `_write()` (transactions), `_insert(table, values)`, `_now()` and
+    `_certificate_row(key)`."""
+
+    _db: sqlite3.Connection
+
+    def apply_event(self, event: Mapping[str, Any]) -> bool:
+        """Apply one event of a peer's log, as events_after returns it (the body decoded;
+        created_at an aware datetime or its database text). False: already applied, nothing
+        changed. Raises UnknownCertificate for a revocation whose issuance has not arrived
+        yet (retry later) and RepositoryError for a malformed or conflicting event; either
+        way nothing is stored."""
+        try:
+            event_id, origin_node, event_type = (_require(event, name, str) for name in
+                                                 ("event_id", "origin_node", "type"))
+            body = event["body"]
+            body = unpack(body) if isinstance(body, bytes) else body
+            if not isinstance(body, dict):
+                raise TypeError(f"body is a {type(body).__name__}, not a map")
+            created_at = _db_time(event.get("created_at") or self._now())
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RepositoryError(f"malformed event: {_describe(exc)}") from exc
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
+                return False
+            apply = _APPLY.get(event_type)
+            if apply is None:
+                raise RepositoryError(f"unknown event type {event_type!r} (event {event_id})")
+            try:
+                apply(self, body, origin_node, created_at)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise RepositoryError(f"malformed {event_type} event {event_id}:"
+                                      f" {_describe(exc)}") from exc
+            db.execute("INSERT INTO events (event_id, origin_node, type, body, created_at)"
+                       " VALUES (?, ?, ?, ?, ?)",
+                       (event_id, origin_node, event_type, pack(body), created_at))
+            return True
+
+    def _apply_x509_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
+        key, der = _certificate_key(body), _require(body, "der", bytes)
+        existing = self._certificate_row(key)
+        if existing is None:
+            subject = body.get("subject")  # absent from events written before sync existed
+            self._insert("certificates", {
+                "issuer": key[0], "serial": key[1],
+                "request_id": _require(body, "request_id", str),
+                "profile": _require(body, "profile", str), "status": "issued",
+                "subject": subject_of(der) if subject is None else _require(body, "subject", str),
+                "not_before": _db_time(_require(body, "not_before", str)),
+                "not_after": _db_time(_require(body, "not_after", str)),
+                "created_at": created_at, "origin_node": body.get("origin_node", origin_node),
+                "der": der})
+        elif existing["status"] != "issued":
+            raise RepositoryError(f"certificate {key[0]}/{key[1]} is reserved here by request"
+                                  f" {existing['request_id']!r} and was issued by the peer")
+        elif existing["der"] != der:
+            raise RepositoryError(f"serial collision: {key[0]}/{key[1]} is issued here with"
+                                  " another DER")
+        self._adopt_request(body, created_at)
+
+    def _apply_x509_revoked(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
+        key = _certificate_key(body)
+        reason = body.get("reason")
+        if reason is not None and (isinstance(reason, bool) or reason not in CRL_REASON_CODES):
+            raise ValueError(f"{reason!r} is not an RFC 5280 CRLReason code")
+        request_id = body.get("request_id")
+        if request_id is not None:
+            request_id = _require(body, "request_id", str)
+        revocation = {"issuer": key[0], "serial": key[1], "reason": reason,
+                      "revoked_at": _db_time(_require(body, "revoked_at", str)),
+                      "request_id": request_id,
+                      "origin_node": _require(body, "origin_node", str) if "origin_node" in body
+                      else origin_node,
+                      "recorded_at": self._now()}
+        certificate = self._certificate_row(key)
+        if certificate is None or certificate["status"] != "issued":
+            raise UnknownCertificate(f"revocation of {key[0]}/{key[1]}, which is not issued"
+                                     " here (yet)")
+        local = self._db.execute("SELECT revoked_at, origin_node FROM revocations"
+                                 " WHERE issuer = ? AND serial = ?", key).fetchone()
+        if local is None:
+            self._insert("revocations", revocation)
+        elif (revocation["revoked_at"], revocation["origin_node"]) < tuple(local):
+            # Times are fixed-width text, so the tuple order is (instant, node id).
+            self._db.execute(
+                "UPDATE revocations SET reason = :reason, revoked_at = :revoked_at,"
+                " origin_node = :origin_node, request_id = :request_id,"
+                " recorded_at = :recorded_at WHERE issuer = :issuer AND serial = :serial",
+                revocation)
+
+    def _apply_crl_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
+        number = _require(body, "number", int)
+        if isinstance(number, bool) or number < 1:
+            raise ValueError(f"CRL number {number!r}")
+        self._db.execute("INSERT INTO crl_number_floor (issuer, number) VALUES (?, ?)"
+                         " ON CONFLICT (issuer) DO UPDATE"
+                         " SET number = max(number, excluded.number)",
+                         (_require(body, "issuer", str), number))
+
+    def _apply_openpgp_signed(self, body: dict[str, Any], origin_node: str,
+                              created_at: str) -> None:
+        request_id = _require(body, "request_id", str)
+        if not self._db.execute("SELECT 1 FROM openpgp_signatures WHERE request_id = ?",
+                                (request_id,)).fetchone():
+            uids = _require(body, "uids", list)
+            if not all(isinstance(uid, str) for uid in uids):
+                raise TypeError("uids must be strings")
+            expires_at = body.get("expires_at")
+            self._insert("openpgp_signatures", {
+                "request_id": request_id, "fingerprint": _require(body, "fingerprint", str),
+                "signed_key": _require(body, "signed_key", bytes), "uids": json.dumps(uids),
+                "expires_at": None if expires_at is None else _db_time(expires_at),
+                "created_at": created_at, "origin_node": body.get("origin_node", origin_node)})
+        self._adopt_request(body, created_at)
+
+    def _adopt_request(self, body: dict[str, Any], created_at: str) -> None:
+        """Store the request record the event carries unless its request_id is known here
+        (then the local answer stays: it is what this signer already told the client)."""
+        record = body.get("request")
+        if record is None:  # events written before bodies carried it
+            return
+        request_id = _require(body, "request_id", str)
+        if self._db.execute("SELECT 1 FROM requests WHERE request_id = ?",
+                            (request_id,)).fetchone():
+            return
+        self._insert("requests", {"request_id": request_id,
+                                  "command": _require(record, "command", str),
+                                  "request_digest": _require(record, "request_digest", str),
+                                  "result": pack(_require(record, "result", dict)),
+                                  "created_at": created_at})
+
+    def content_digest(self) -> str:
+        """sha256 of the replicated content: issued certificates (issuer, serial, status,
+        der, not_after), revocations (issuer, serial, reason, revoked_at) and OpenPGP
+        signatures (request_id, fingerprint, signed_key). Two converged signers agree."""
+        digest = hashlib.sha256()
+        with self._read() as db:
+            cursor = db.cursor()
+            cursor.row_factory = None  # plain tuples, streamed: this reads every DER
+            for table, query in _DIGEST_QUERIES:
+                digest.update(pack(table))  # msgpack framing: no row can pass for another
+                for row in cursor.execute(query):
+                    digest.update(pack(row))
+        return digest.hexdigest()
+
+    def get_sync_state(self, key: str, default: str | None = None) -> str | None:
+        with self._read() as db:
+            row = db.execute("SELECT value FROM sync_state WHERE key = ?", (key,)).fetchone()
+        return default if row is None else row[0]
+
+    def set_sync_state(self, key: str, value: str) -> None:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("sync state keys and values are strings")
+        with self._write() as db:
+            db.execute("INSERT INTO sync_state (key, value) VALUES (?, ?)"
+                       " ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+
+    def crl_number_floor(self, issuer: str) -> int | None:
+        """The highest CRL number of `issuer` seen in the peer's events; None if none."""
+        with self._read() as db:
+            row = db.execute("SELECT number FROM crl_number_floor WHERE issuer = ?",
+                             (issuer,)).fetchone()
+        return None if row is None else row[0]
+
+    def previous_crl_number(self, issuer: str) -> int | None:
+        """The number the next CRL of `issuer` must exceed: the latest stored here or the
+        peer's floor, whichever is higher; None before any CRL of the issuer anywhere."""
+        with self._read():
+            return self._previous_crl_number(issuer)
+
+    def _previous_crl_number(self, issuer: str) -> int | None:
+        """previous_crl_number inside the caller's transaction."""
+        numbers = self._db.execute(
+            "SELECT (SELECT MAX(number) FROM crls WHERE issuer = ?),"
+            " (SELECT number FROM crl_number_floor WHERE issuer = ?)",
+            (issuer, issuer)).fetchone()
+        known = [number for number in numbers if number is not None]
+        return max(known) if known else None
+
+
+_APPLY: dict[str, Callable[[RepositorySync, dict[str, Any], str, str], None]] = {
+    "x509_issued": RepositorySync._apply_x509_issued,
+    "x509_revoked": RepositorySync._apply_x509_revoked,
+    "crl_issued": RepositorySync._apply_crl_issued,
+    "openpgp_signed": RepositorySync._apply_openpgp_signed,
+}
+
+
+def subject_of(der: bytes) -> str:
+    """The RFC 4514 subject of a DER certificate, as reservations store it; "" if the DER
+    does not parse (only for x509_issued events that predate the subject in the body)."""
+    try:
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+    except ValueError:
+        return ""
+
+
+def _require(fields: Mapping[str, Any], name: str, kind: type) -> Any:
+    if name not in fields:
+        raise KeyError(name)
+    value = fields[name]
+    if not isinstance(value, kind):
+        raise TypeError(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
+def _certificate_key(body: Mapping[str, Any]) -> tuple[str, str]:
+    return _require(body, "issuer", str), normalise_serial(_require(body, "serial", str))
+
+
+def _db_time(value: datetime | str) -> str:
+    """Database time text from an aware datetime or from database time text (checked:
+    a malformed or naive time would break the text comparisons of times)."""
+    if isinstance(value, str):
+        value = from_db_time(value)
+    if not isinstance(value, datetime):
+        raise TypeError(f"a time is a {type(value).__name__}")
+    return to_db_time(value)
+
+
+def _describe(exc: Exception) -> str:
+    return f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)

@@ -1,0 +1,193 @@
+"""The NATS JetStream side of replication, on its own asyncio loop in a thread.
+
+The Sync actor owns one NatsBridge. Thespian must never be called from this thread
+(facts.md), so results travel back through a queue plus one byte on a socketpair that the
+actor watches with ThespianWatch; commands from the actor go in with
+`loop.call_soon_threadsafe`.
+
+Topology (docs/sync.md): every signer keeps its whole event log in a stream on its OWN
+nats-server (`EVENTS_<node>`, subject `signer.events.<node>`), and reads the peer's stream
+straight from the peer's server with a durable pull consumer. No JetStream cluster: each
+stream has one home, so neither signer ever needs the other (or a quorum) to issue.
+"""
+from __future__ import annotations
+
+import asyncio
+import queue
+import socket
+import threading
+from typing import Any
+
+import msgpack
+import nats
+from nats.js import api
+
+FETCH_BATCH = 200
+FETCH_WAIT_S = 1.0
+RETRY_S = 0.5
+STATUS_EVERY_S = 2.0
+
+
+def stream_name(node_id: str) -> str:
+    return f"EVENTS_{node_id}".replace(".", "_")
+
+
+def subject(node_id: str) -> str:
+    return f"signer.events.{node_id}"
+
+
+class NatsBridge:
+    def __init__(self, node_id: str, local_url: str, peer_url: str | None, peer_node_id: str | None,
+                 notify: socket.socket) -> None:
+        self.node_id, self.local_url = node_id, local_url
+        self.peer_url, self.peer_node_id = peer_url, peer_node_id
+        self.results: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._notify = notify
+        self._loop = asyncio.new_event_loop()
+        self._acks: dict[int, Any] = {}
+        self._token = 0
+        self._batch_done: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="nats-bridge", daemon=True)
+        self._stopping = False
+
+    # -- called from the actor's thread -------------------------------------------------
+    def start(self) -> "NatsBridge":
+        self._thread.start()
+        return self
+
+    def publish(self, events: list[dict[str, Any]]) -> None:
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._publish(events)))
+
+    def settle(self, ack: list[int], nak: list[int]) -> None:
+        """Acknowledge applied messages (after the repository committed), nak the rest."""
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._settle(ack, nak)))
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._loop.is_running():
+            asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
+        self._thread.join(timeout=5)
+
+    async def _shutdown(self) -> None:
+        for connection in (getattr(self, "local", None), getattr(self, "peer", None)):
+            if connection is not None:
+                try:
+                    await asyncio.wait_for(connection.close(), 2)
+                except Exception:  # noqa: BLE001 - closing anyway
+                    pass
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._loop.stop()
+
+    # -- the loop --------------------------------------------------------------------------
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._batch_done = asyncio.Event()
+        self._loop.create_task(self._local())
+        if self.peer_url:
+            self._loop.create_task(self._peer())
+        self._loop.run_forever()
+
+    def _post(self, kind: str, value: Any) -> None:
+        self.results.put((kind, value))
+        try:
+            self._notify.send(b"!")
+        except OSError:
+            pass  # the actor is gone; nothing to tell
+
+    async def _connect(self, url: str, name: str) -> Any:
+        # nats-py does not retry a failed first connect (facts.md): loop on it.
+        while not self._stopping:
+            try:
+                return await nats.connect(url, name=name, max_reconnect_attempts=-1,
+                                          reconnect_time_wait=RETRY_S, connect_timeout=2,
+                                          allow_reconnect=True)
+            except Exception:  # noqa: BLE001 - any failure: the server is not there yet
+                await asyncio.sleep(RETRY_S)
+
+    async def _local(self) -> None:
+        self.local = await self._connect(self.local_url, f"{self.node_id}-publisher")
+        self.local_js = self.local.jetstream()
+        while not self._stopping:
+            try:
+                await self.local_js.add_stream(api.StreamConfig(
+                    name=stream_name(self.node_id), subjects=[subject(self.node_id)],
+                    storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS,
+                    duplicate_window=3600.0))
+                break
+            except Exception as exc:  # noqa: BLE001
+                self._post("error", f"local stream: {exc}")
+                await asyncio.sleep(RETRY_S)
+        self._post("local_ready", True)
+        while not self._stopping:
+            self._post("status", {"local_connected": self.local.is_connected})
+            await asyncio.sleep(STATUS_EVERY_S)
+
+    async def _publish(self, events: list[dict[str, Any]]) -> None:
+        last = None
+        try:
+            for event in events:
+                # The event id de-duplicates a publish that is retried after an outage.
+                await self.local_js.publish(subject(self.node_id), msgpack.packb(event, datetime=False, default=str),
+                                            timeout=5, headers={"Nats-Msg-Id": event["event_id"]})
+                last = event["seq"]
+        except Exception as exc:  # noqa: BLE001 - the outbox keeps the rest for later
+            self._post("published", {"last_seq": last, "error": f"{type(exc).__name__}: {exc}"})
+            return
+        self._post("published", {"last_seq": last, "error": None})
+
+    async def _peer(self) -> None:
+        self.peer = await self._connect(self.peer_url, f"{self.node_id}-applier")
+        js = self.peer.jetstream()
+        sub = None
+        last_status = 0.0
+        while not self._stopping:
+            try:
+                if sub is None:
+                    sub = await js.pull_subscribe(subject(self.peer_node_id), durable=f"apply-{self.node_id}",
+                                                  stream=stream_name(self.peer_node_id),
+                                                  config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
+                                                                            ack_wait=60, max_ack_pending=FETCH_BATCH))
+                now = self._loop.time()
+                if now - last_status > STATUS_EVERY_S:
+                    info = await sub.consumer_info()
+                    self._post("status", {"peer_connected": self.peer.is_connected,
+                                          "peer_pending": info.num_pending,
+                                          "peer_delivered_seq": info.delivered.stream_seq})
+                    last_status = now
+                msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # noqa: BLE001 - peer or stream not there (yet)
+                self._post("status", {"peer_connected": self.peer.is_connected, "peer_error": str(exc)})
+                sub = None if "not found" in str(exc).lower() else sub
+                await asyncio.sleep(RETRY_S)
+                continue
+            batch = []
+            for msg in msgs:
+                self._token += 1
+                self._acks[self._token] = msg
+                batch.append((self._token, msg.metadata.sequence.stream,
+                              msgpack.unpackb(msg.data, raw=False, strict_map_key=False)))
+            self._batch_done.clear()
+            self._post("received", batch)
+            await self._batch_done.wait()  # in order: the next batch after this one settled
+
+    async def _settle(self, ack: list[int], nak: list[int]) -> None:
+        for token in ack:
+            msg = self._acks.pop(token, None)
+            if msg is not None:
+                try:
+                    await msg.ack_sync(timeout=5)
+                except Exception:  # noqa: BLE001 - redelivered later; applying is idempotent
+                    pass
+        for token in nak:
+            msg = self._acks.pop(token, None)
+            if msg is not None:
+                try:
+                    await msg.nak(delay=1)
+                except Exception:  # noqa: BLE001
+                    pass
+        self._batch_done.set()
