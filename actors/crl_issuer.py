@@ -65,7 +65,7 @@ class CrlIssuer(HandlerActor):
         self.building[issuer] = []
         now = utc_now().replace(microsecond=0)
         latest = state["latest"]
-        number = crl_number_for(now, latest["number"] if latest else None)
+        number = crl_number_for(now, state.get("previous_number", latest["number"] if latest else None))
         try:
             prepared = build_tbs_crl(self.issuers[issuer].certificate, self.key_infos[issuer],
                                      state["entries"], number, now,

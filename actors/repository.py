@@ -59,7 +59,10 @@ class Repository(SignerActor):
         # The client's CRL is the diff base, also when it is the latest (a rebuild follows).
         base = self.store.get_crl(issuer, base_number) if base_number is not None else None
         return {"latest": latest, "rebuild": rebuild, "digest": digest,
-                "entries": entries if rebuild else None, "base": base}
+                "entries": entries if rebuild else None, "base": base,
+                # Above both this signer's CRLs and the peer's (crl_issued events): numbers
+                # never go backwards whichever signer a client fetches from.
+                "previous_number": self.store.previous_crl_number(issuer)}
 
     def op_outbox(self, after_seq: int, limit: int) -> dict[str, Any]:
         return {"events": self.store.events_after(after_seq, limit), "last_seq": self.store.last_event_seq()}

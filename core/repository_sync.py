@@ -54,8 +54,9 @@ class RepositorySync:
     _db: sqlite3.Connection
 
     def apply_event(self, event: Mapping[str, Any]) -> bool:
-        """Apply one event of a peer's log, as events_after returns it (the body decoded;
-        created_at an aware datetime or its database text). False: already applied, nothing
+        """Apply one event of a peer's log, as events_after returns it (body decoded or
+        still packed; created_at an aware datetime or ISO 8601 text with an offset; `seq`
+        and other keys ignored). False: already applied, nothing
         changed. Raises UnknownCertificate for a revocation whose issuance has not arrived
         yet (retry later) and RepositoryError for a malformed or conflicting event; either
         way nothing is stored."""
@@ -89,16 +90,16 @@ class RepositorySync:
         key, der = _certificate_key(body), _require(body, "der", bytes)
         existing = self._certificate_row(key)
         if existing is None:
-            subject = body.get("subject")  # absent from events written before sync existed
+            subject = _optional(body, "subject", str)  # absent from events before sync
             self._insert("certificates", {
                 "issuer": key[0], "serial": key[1],
                 "request_id": _require(body, "request_id", str),
                 "profile": _require(body, "profile", str), "status": "issued",
-                "subject": subject_of(der) if subject is None else _require(body, "subject", str),
+                "subject": subject_of(der) if subject is None else subject,
                 "not_before": _db_time(_require(body, "not_before", str)),
                 "not_after": _db_time(_require(body, "not_after", str)),
-                "created_at": created_at, "origin_node": body.get("origin_node", origin_node),
-                "der": der})
+                "created_at": created_at,
+                "origin_node": _optional(body, "origin_node", str, origin_node), "der": der})
         elif existing["status"] != "issued":
             raise RepositoryError(f"certificate {key[0]}/{key[1]} is reserved here by request"
                                   f" {existing['request_id']!r} and was issued by the peer")
@@ -112,14 +113,10 @@ class RepositorySync:
         reason = body.get("reason")
         if reason is not None and (isinstance(reason, bool) or reason not in CRL_REASON_CODES):
             raise ValueError(f"{reason!r} is not an RFC 5280 CRLReason code")
-        request_id = body.get("request_id")
-        if request_id is not None:
-            request_id = _require(body, "request_id", str)
         revocation = {"issuer": key[0], "serial": key[1], "reason": reason,
                       "revoked_at": _db_time(_require(body, "revoked_at", str)),
-                      "request_id": request_id,
-                      "origin_node": _require(body, "origin_node", str) if "origin_node" in body
-                      else origin_node,
+                      "request_id": _optional(body, "request_id", str),
+                      "origin_node": _optional(body, "origin_node", str, origin_node),
                       "recorded_at": self._now()}
         certificate = self._certificate_row(key)
         if certificate is None or certificate["status"] != "issued":
@@ -154,12 +151,13 @@ class RepositorySync:
             uids = _require(body, "uids", list)
             if not all(isinstance(uid, str) for uid in uids):
                 raise TypeError("uids must be strings")
-            expires_at = body.get("expires_at")
+            expires_at = _optional(body, "expires_at", str)
             self._insert("openpgp_signatures", {
                 "request_id": request_id, "fingerprint": _require(body, "fingerprint", str),
                 "signed_key": _require(body, "signed_key", bytes), "uids": json.dumps(uids),
                 "expires_at": None if expires_at is None else _db_time(expires_at),
-                "created_at": created_at, "origin_node": body.get("origin_node", origin_node)})
+                "created_at": created_at,
+                "origin_node": _optional(body, "origin_node", str, origin_node)})
         self._adopt_request(body, created_at)
 
     def _adopt_request(self, body: dict[str, Any], created_at: str) -> None:
@@ -251,6 +249,11 @@ def _require(fields: Mapping[str, Any], name: str, kind: type) -> Any:
     if not isinstance(value, kind):
         raise TypeError(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
     return value
+
+
+def _optional(fields: Mapping[str, Any], name: str, kind: type, default: Any = None) -> Any:
+    """`name` if present and not None (then it must be a `kind`), else `default`."""
+    return default if fields.get(name) is None else _require(fields, name, kind)
 
 
 def _certificate_key(body: Mapping[str, Any]) -> tuple[str, str]:

@@ -26,6 +26,7 @@ FETCH_BATCH = 200
 FETCH_WAIT_S = 1.0
 RETRY_S = 0.5
 STATUS_EVERY_S = 2.0
+ACK_WAIT_S = 10.0  # an applier that died without a nak: its messages come back after this
 
 
 def stream_name(node_id: str) -> str:
@@ -69,6 +70,14 @@ class NatsBridge:
         self._thread.join(timeout=5)
 
     async def _shutdown(self) -> None:
+        # Hand unapplied messages back at once, rather than after ack_wait, to whoever
+        # consumes next (this signer restarted, usually).
+        for msg in list(self._acks.values()):
+            try:
+                await asyncio.wait_for(msg.nak(), 1)
+            except Exception:  # noqa: BLE001 - then they come back after ack_wait
+                pass
+        self._acks.clear()
         for connection in (getattr(self, "local", None), getattr(self, "peer", None)):
             if connection is not None:
                 try:
@@ -149,7 +158,7 @@ class NatsBridge:
                     sub = await js.pull_subscribe(subject(self.peer_node_id), durable=f"apply-{self.node_id}",
                                                   stream=stream_name(self.peer_node_id),
                                                   config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
-                                                                            ack_wait=60, max_ack_pending=FETCH_BATCH))
+                                                                            ack_wait=ACK_WAIT_S, max_ack_pending=FETCH_BATCH))
                 now = self._loop.time()
                 if now - last_status > STATUS_EVERY_S:
                     info = await sub.consumer_info()

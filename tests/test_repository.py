@@ -191,7 +191,10 @@ def test_complete_issues_records_request_and_appends_event(repo: Repository) -> 
     assert event["body"] == {
         "issuer": ISSUER, "serial": "1f", "der": b"DER-1f", "request_id": "req-1f",
         "profile": "server", "not_before": "2025-02-28T12:00:00Z",
-        "not_after": "2026-03-01T12:00:00Z", "origin_node": NODE}
+        "not_after": "2026-03-01T12:00:00Z", "origin_node": NODE,
+        "subject": "CN=1f.example",
+        "request": {"command": "sign_x509", "request_digest": "digest-1f",
+                    "result": {"issuer": ISSUER, "serial": "1f"}}}
 
 
 def test_complete_refuses_unknown_issued_or_foreign_reservations(repo: Repository) -> None:

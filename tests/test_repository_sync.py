@@ -356,11 +356,13 @@ def test_events_from_before_sync_still_apply(b: Repository) -> None:
     assert b.lookup_request("r-old") is None and b.lookup_request("pgp-old") is None
 
 
-def test_wire_form_of_an_event_applies(a: Repository, b: Repository) -> None:
-    """Over the wire created_at may be database time text and the body still packed."""
+@pytest.mark.parametrize("created_at", ["2025-03-01T12:00:00Z", str(NOW)])
+def test_wire_form_of_an_event_applies(a: Repository, b: Repository, created_at: str) -> None:
+    """Over the wire created_at may be text (database form, or str() of the datetime as
+    msgpack's default=str writes it) and the body may still be packed."""
     issue(a, "1f")
     [event] = a.events_after(0, 10)
-    wire = event | {"created_at": "2025-03-01T12:00:00Z", "body": pack(event["body"])}
+    wire = event | {"created_at": created_at, "body": pack(event["body"])}
     assert b.apply_event(wire)
     assert b.events_after(0, 10)[0]["created_at"] == NOW
     assert b.content_digest() == a.content_digest()
