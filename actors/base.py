@@ -29,10 +29,14 @@ def error_dict(exc: BaseException) -> dict[str, str]:
     return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"}
 
 
+_BEFORE_CONFIGURE = (Configure, ActorStatusRequest, ActorExitRequest, ChildActorExited)
+
+
 class SignerActor(ActorTypeDispatcher):
     """Base class: subclasses implement `configure` and `receiveMsg_<Type>` methods."""
 
     actor_name = "actor"
+    needs_configure = True  # messages before Configure wait for it (the Supervisor has none)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -43,11 +47,17 @@ class SignerActor(ActorTypeDispatcher):
         self.last_error: str | None = None
         self.started_at = time.time()
         self._next_tag = 0
+        self.early: list[tuple[Any, Any]] = []
         self.log = logging.getLogger(f"signer.{self.actor_name}")
 
     # -- plumbing every actor shares -------------------------------------------------
     def receiveMessage(self, message: Any, sender: Any) -> Any:
         self.handled += 1
+        if self.config is None and self.needs_configure and not isinstance(message, _BEFORE_CONFIGURE):
+            # Peers are configured in parallel: one may ask us before our Configure arrived.
+            # Keep its message and handle it once configured, in arrival order.
+            self.early.append((message, sender))
+            return self.after_message()
         try:
             return super().receiveMessage(message, sender)
         except Exception as exc:  # noqa: BLE001 - see the module docstring
@@ -69,6 +79,9 @@ class SignerActor(ActorTypeDispatcher):
             self.send(sender, Configured(self.actor_name, False, f"{self.actor_name}: {exc}"))
             return self.after_message()
         self.send(sender, Configured(self.actor_name, True))
+        early, self.early = self.early, []
+        for queued, queued_sender in early:
+            self.receiveMessage(queued, queued_sender)
         return self.after_message()
 
     def receiveMsg_ActorStatusRequest(self, message: ActorStatusRequest, sender: Any) -> Any:

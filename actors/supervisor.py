@@ -59,6 +59,7 @@ class StatusQuery:
 
 class Supervisor(SignerActor):
     actor_name = "supervisor"
+    needs_configure = False  # it is started by StartSigner, not configured
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -59,6 +59,9 @@ class Sync(SignerActor):
 
     # -- the outbox ------------------------------------------------------------------------
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> Any:
+        asking = {purpose for purpose, _ in self.pending.values()}
+        if self.last_published is None and "last_published" not in asking:
+            self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")  # retry
         self.check_outbox()
         self.wakeupAfter(self.sync.publish_interval_s)
         return self.after_message()

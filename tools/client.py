@@ -9,7 +9,7 @@ waits for one id and keeps the others for later `receive`/`wait_for` calls.
 from __future__ import annotations
 
 import itertools
-import os
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -45,7 +45,8 @@ class SignerClient:
         self.waiting: dict[Any, Response] = {}
         self.unmatched: list[Response] = []  # answers with id nil (frame errors)
         self._ids = itertools.count(1)
-        self._prefix = f"c{os.getpid()}-{int(time.time() * 1000) % 10**8}-"
+        # Ids are the idempotency keys on every replicated signer: unique per client.
+        self._prefix = f"c-{secrets.token_hex(8)}-"
 
     def __enter__(self) -> "SignerClient":
         return self
