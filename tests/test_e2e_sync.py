@@ -131,6 +131,7 @@ def test_issue_on_a_revoke_on_b_both_converge_and_both_crls_list_it(pair, csr):
         replay = client.call("sign_x509", {"issuer": "root", "profile": "server", "csr": csr,
                                            "subject": [["CN", "www.example.org"]],
                                            "sans": [["dns", "www.example.org"]]}, request_id="sync-1")
+        assert replay.ok, replay.error
         assert replay.body["serial"] == serial and replay.body["replayed"]  # never issued twice
         assert client.call("revoke_x509", {"issuer": "root", "serial": serial, "reason": "keyCompromise"}).ok
     converge(a, b)
