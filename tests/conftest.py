@@ -32,3 +32,17 @@ def signer(dev_data: Path, tmp_path_factory: pytest.TempPathFactory):
     process = SignerProcess(signer_config(dev_data, target), log_dir=target)
     yield process
     process.stop()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--run-slow", action="store_true", default=False,
+                     help="also run the long variants (marked slow): crash, load and fuzz soaks")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run-slow"):
+        return
+    skip = pytest.mark.skip(reason="long variant: run with --run-slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
