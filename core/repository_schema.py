@@ -131,7 +131,34 @@ _SYNC_TABLES: Migration = (
     " WITHOUT ROWID",
 )
 
-MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES]
+# The audit log (core/audit.py): one hash-chained entry per signature, revocation and CRL,
+# this signer's own and the peer's it applied, written in the transaction of the change.
+# seq counts 1, 2, 3, ... without gaps (the repository numbers it, not AUTOINCREMENT), so
+# a deleted entry shows as a gap. The triggers refuse changes through SQL; verify-audit
+# detects the ones made around them. A database upgraded to this version has no entries
+# for the changes made before.
+_AUDIT_LOG: Migration = (
+    """
+    CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        at        TEXT NOT NULL,
+        kind      TEXT NOT NULL,
+        body      TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+    """,
+    """
+    CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+    """,
+)
+
+MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
