@@ -11,8 +11,8 @@ prev_hash is the previous entry's hash (GENESIS_HASH, 64 zeros, for entry 1) and
 canonical JSON. No field can hold a raw newline (canonical JSON escapes it, seq is a
 number, at and kind are fixed vocabularies), so the joined text names one entry only.
 
-Changing, inserting or deleting an entry breaks the chain at that entry, even when the
-database's append-only triggers were bypassed. What a chain cannot show by itself is a
+Changing or inserting an entry breaks the chain at that entry, deleting one at the entry
+after it, even when the database's append-only triggers were bypassed. What a chain cannot show by itself is a
 rewrite of the entry and of everything after it, or a cut-off tail: that needs the head
 hash (AuditReport.last_hash) recorded somewhere else, e.g. in the operator's log book.
 """
@@ -50,7 +50,7 @@ def sha256_hex(data: bytes) -> str:
 
 
 # What an entry records of each kind of event: these fields of the event body, and of its
-# blobs their sha256 only (the DER or signed key itself is in the repository).
+# blobs only their sha256 (the blob itself stays in its repository table).
 _RECORDED_FIELDS = {
     "x509_issued": ("issuer", "serial", "request_id", "profile", "subject", "not_before",
                     "not_after"),
@@ -104,23 +104,31 @@ def verify_chain(rows: Iterable[AuditRow]) -> AuditReport:
     not the hash of the entry's own fields."""
     checked, expected_seq, previous_hash = 0, 1, GENESIS_HASH
     for seq, at, kind, body, prev_hash, stored_hash in rows:
-        problem = _entry_problem(expected_seq, previous_hash,
-                                 seq, at, kind, body, prev_hash, stored_hash)
-        if problem is not None:
+        try:  # the fast path, about 3 s per million entries with the database reads
+            intact = (seq == expected_seq and prev_hash == previous_hash
+                      and entry_hash(prev_hash, seq, at, kind, body) == stored_hash)
+        except (TypeError, AttributeError):  # a column of the wrong type
+            intact = False
+        if not intact:
+            problem = _entry_problem(expected_seq, previous_hash,
+                                     seq, at, kind, body, prev_hash, stored_hash)
             return AuditReport(False, checked, seq, problem, previous_hash)
         checked, expected_seq, previous_hash = checked + 1, seq + 1, stored_hash
     return AuditReport(True, checked, last_hash=previous_hash)
 
 
 def _entry_problem(expected_seq: int, previous_hash: str, seq: Any, at: Any, kind: Any,
-                   body: Any, prev_hash: Any, stored_hash: Any) -> str | None:
+                   body: Any, prev_hash: Any, stored_hash: Any) -> str:
+    """Why an entry failed the fast path, checked in the order a reader needs."""
     if not isinstance(seq, int) or isinstance(seq, bool):
         return f"seq is a {type(seq).__name__}, not an integer"
     if seq != expected_seq:
         if seq > expected_seq:
             missing = (f"entry {expected_seq}" if seq == expected_seq + 1
                        else f"entries {expected_seq} to {seq - 1}")
-            return f"{missing} missing (seq {seq} follows {expected_seq - 1})"
+            after = (f"seq {seq} follows {expected_seq - 1}" if expected_seq > 1
+                     else f"the log starts at seq {seq}")
+            return f"{missing} missing ({after})"
         return f"seq {seq} is out of order (expected {expected_seq})"
     fields = (at, kind, body, prev_hash, stored_hash)
     if not all(isinstance(field, str) for field in fields):
@@ -132,4 +140,4 @@ def _entry_problem(expected_seq: int, previous_hash: str, seq: Any, at: Any, kin
     if recomputed != stored_hash:
         return (f"stored hash {stored_hash[:16]}... is not the hash of the entry's"
                 f" contents {recomputed[:16]}... (the entry was changed)")
-    return None
+    return "the entry does not verify"  # not reached: one of the checks above failed

@@ -313,7 +313,22 @@ class HsmSession:
         self.close()
         if reinitialise_library and self._module is not None:
             self._module.reinitialise()
-        self._ensure_open()
+            self._ensure_open()
+            return
+        try:
+            self._ensure_open()
+        except (PyKCS11Error, HsmTokenNotFound) as exc:
+            # A session error can hide a token that is gone. Measured: when the token's
+            # files vanish or become unreadable, the key handle fails with
+            # CKR_OBJECT_HANDLE_INVALID, then C_GetTokenInfo on the old slot fails with
+            # CKR_GENERAL_ERROR; only a re-initialisation rescans the token directory
+            # (and then reports the token missing, or finds it again).
+            if self._module is None or (isinstance(exc, PyKCS11Error)
+                                        and exc.value not in _LIBRARY_ERRORS):
+                raise
+            self.close()
+            self._module.reinitialise()
+            self._ensure_open()
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -339,12 +354,19 @@ class HsmSession:
             (PyKCS11.CKA_CLASS, PyKCS11.CKO_PRIVATE_KEY), (PyKCS11.CKA_LABEL, label)])))
 
     def _find(self, template: list[tuple[int, Any]]) -> list[PyKCS11.CK_OBJECT_HANDLE]:
-        """findObjects that tells "not logged in" from "not there": private objects are
-        invisible after a logout elsewhere, which a fresh login fixes."""
+        """findObjects that tells "not logged in" and "token gone" from "not there":
+        private objects are invisible after a logout elsewhere, which a fresh login fixes."""
         assert self._session is not None
         found = self._session.findObjects(template)
-        if not found and not self._session_logged_in():
-            raise PyKCS11Error(PyKCS11.CKR_USER_NOT_LOGGED_IN)
+        if not found:
+            if not self._session_logged_in():
+                raise PyKCS11Error(PyKCS11.CKR_USER_NOT_LOGGED_IN)
+            # Measured: when the token's files vanish or become unreadable, findObjects
+            # still answers, with nothing, and the session still looks logged in;
+            # C_GetTokenInfo fails (CKR_GENERAL_ERROR), which the recovery turns into a
+            # re-initialisation and then hsm_token_not_found.
+            assert self._slot is not None
+            self._lib.getTokenInfo(self._slot)
         return found
 
     def _session_logged_in(self) -> bool:

@@ -1,25 +1,30 @@
 """The signer's repository: certificates, revocations, CRLs, OpenPGP signatures, request
-results (idempotency) and an append-only event log, in one SQLite file.
+results (idempotency), an append-only event log and a hash-chained audit log, in one
+SQLite file.
 
 Plain code, no actors: the Repository actor owns one instance. Every public operation is
-one transaction, and every change appends its event inside that same transaction, so the
-log a sync component publishes can neither miss a change nor report one that was rolled
-back. Schema and migrations live in core/repository_schema.py; replication between two
-signers (applying the peer's events, content digest, sync bookkeeping) in
-core/repository_sync.py, whose mixin Repository inherits.
+one transaction, and every change appends its event and its audit entry (core/audit.py)
+inside that same transaction, so neither the log a sync component publishes nor the
+audit log can miss a change or report one that was rolled back. Schema and migrations
+live in core/repository_schema.py; replication between two signers (applying the peer's
+events, content digest, sync bookkeeping) in core/repository_sync.py, whose mixin
+Repository inherits.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
 import json
+import os
 import sqlite3
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import quote
 
+from core import audit
 from core import repository_schema as schema
 from core.protocol import pack, unpack
 from core.repository_schema import (DuplicateSerial, RepositoryError, RequestConflict,
@@ -28,7 +33,7 @@ from core.repository_schema import (DuplicateSerial, RepositoryError, RequestCon
 from core.repository_sync import RepositorySync
 
 __all__ = ["DuplicateSerial", "Repository", "RepositoryError", "RequestConflict",
-           "UnknownCertificate"]
+           "UnknownCertificate", "verify_audit_file"]
 
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_CRL_KEEP = 10
@@ -78,6 +83,8 @@ _REVOKED_FOR_CRL_SQL = """
     ORDER BY length(r.serial), r.serial
 """
 _LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"  # 0: no event yet
+_AUDIT_COLUMNS = "seq, at, kind, body, prev_hash, hash"  # core.audit.AuditRow's order
+DEFAULT_AUDIT_PAGE = 1000
 _COUNTED_TABLES = ("certificates", "revocations", "crls", "openpgp_signatures", "requests",
                    "events")
 # consistency_check: (what is wrong, query yielding (issuer, serial) of each bad row).
@@ -156,11 +163,34 @@ class Repository(RepositorySync):
     def _now() -> str:
         return to_db_time(datetime.now(timezone.utc))
 
-    def _append_event(self, event_type: str, body: dict[str, Any]) -> None:
+    def _append_event(self, event_type: str, body: dict[str, Any]) -> str:
+        event_id = uuid.uuid4().hex
         self._db.execute(
             "INSERT INTO events (event_id, origin_node, type, body, created_at)"
             " VALUES (?, ?, ?, ?, ?)",
-            (uuid.uuid4().hex, self.node_id, event_type, pack(body), self._now()))
+            (event_id, self.node_id, event_type, pack(body), self._now()))
+        return event_id
+
+    def _append_audit(self, kind: str, body: dict[str, Any]) -> None:
+        """Chain one entry to the audit log, inside the caller's write transaction (whose
+        lock makes "read the last entry, append the next" safe)."""
+        if kind not in audit.KINDS:
+            raise ValueError(f"{kind!r} is not an audited kind")
+        text = audit.canonical_body(body)
+        last = self._db.execute("SELECT seq, hash FROM audit_log"
+                                " ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev_hash = (1, audit.GENESIS_HASH) if last is None else (last[0] + 1, last[1])
+        at = self._now()
+        self._db.execute(f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
+                         (seq, at, kind, text, prev_hash,
+                          audit.entry_hash(prev_hash, seq, at, kind, text)))
+
+    def _log_change(self, event_type: str, body: dict[str, Any], **audited: Any) -> None:
+        """The event of a local change and its audit entry (plus `audited` fields the
+        event does not carry)."""
+        event_id = self._append_event(event_type, body)
+        self._append_audit(event_type, audit.event_summary(event_type, body, self.node_id,
+                                                           event_id) | audited)
 
     def _insert(self, table: str, values: Mapping[str, Any]) -> None:
         self._db.execute(_insert_sql(table, values), values)
@@ -239,7 +269,7 @@ class Repository(RepositorySync):
             self._record_new_request(request_id, command, request_digest, result)
             # Everything the peer needs to hold the same certificate and to answer a
             # retried request with it (core/repository_sync.py applies this body).
-            self._append_event("x509_issued", {
+            self._log_change("x509_issued", {
                 "issuer": issuer, "serial": key[1], "der": der, "request_id": request_id,
                 "profile": reservation["profile"], "subject": reservation["subject"],
                 "not_before": reservation["not_before"],
@@ -281,7 +311,7 @@ class Repository(RepositorySync):
                           "revoked_at": to_db_time(revoked_at), "request_id": request_id,
                           "origin_node": self.node_id}
             self._insert("revocations", revocation | {"recorded_at": self._now()})
-            self._append_event("x509_revoked", revocation)
+            self._log_change("x509_revoked", revocation)
             return _revocation_answer(key, reason, revocation["revoked_at"], False)
 
     def _revoked_rows(self, issuer: str, now: datetime, grace: timedelta) -> list[tuple]:
@@ -327,7 +357,7 @@ class Repository(RepositorySync):
             db.execute("DELETE FROM crls WHERE issuer = ? AND number NOT IN (SELECT number"
                        " FROM crls WHERE issuer = ? ORDER BY number DESC LIMIT ?)",
                        (issuer, issuer, keep))
-            self._append_event("crl_issued", crl)
+            self._log_change("crl_issued", crl, der_sha256=audit.sha256_hex(der))
 
     def recent_crls(self, issuer: str, limit: int) -> list[dict[str, Any]]:
         with self._read() as db:
@@ -356,7 +386,7 @@ class Repository(RepositorySync):
                          "origin_node": self.node_id}
             self._insert("openpgp_signatures", signature | {
                 "uids": json.dumps(list(uids)), "created_at": self._now()})
-            self._append_event("openpgp_signed", signature | {
+            self._log_change("openpgp_signed", signature | {
                 "request": _request_record(command, request_digest, result)})
 
     def get_openpgp_signature(self, request_id: str) -> dict[str, Any] | None:
@@ -374,6 +404,19 @@ class Repository(RepositorySync):
     def last_event_seq(self) -> int:
         with self._read() as db:
             return db.execute(_LAST_SEQ_SQL).fetchone()[0]
+
+    def audit_entries(self, after_seq: int = 0,
+                      limit: int = DEFAULT_AUDIT_PAGE) -> list[dict[str, Any]]:
+        """A page of the audit log in seq order, body decoded from its JSON."""
+        with self._read() as db:
+            rows = db.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > ?"
+                              " ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+        return [dict(row) | {"body": json.loads(row["body"])} for row in rows]
+
+    def verify_audit(self) -> audit.AuditReport:
+        """Verify the whole audit chain in one snapshot, streaming it."""
+        with self._read() as db:
+            return _verify_audit(db)
 
     def health(self, run_quick_check: bool = True) -> dict[str, Any]:
         """Counts are cheap at any size; quick_check reads every page (about 1.5 s for
@@ -414,9 +457,9 @@ class Repository(RepositorySync):
                            " which is not issued")
 
     def bulk_insert_certificates(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Insert many certificates in one transaction (benchmarks; no events or requests).
-        Each row: issuer, serial, request_id, profile, subject, not_before, not_after
-        (aware datetimes), der; optional status (default issued), origin_node."""
+        """Insert many certificates in one transaction (benchmarks; no events, requests or
+        audit entries). Each row: issuer, serial, request_id, profile, subject, not_before,
+        not_after (aware datetimes), der; optional status (default issued), origin_node."""
         now = self._now()
         return self._bulk_insert("certificates", _CERTIFICATE_COLUMNS, (
             {"status": "issued", "origin_node": self.node_id, **row, "created_at": now,
@@ -425,8 +468,9 @@ class Repository(RepositorySync):
              "not_after": to_db_time(row["not_after"])} for row in rows))
 
     def bulk_insert_revocations(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Insert many revocations in one transaction (benchmarks; no events). Each row:
-        issuer, serial, reason, revoked_at (aware datetime); optional request_id."""
+        """Insert many revocations in one transaction (benchmarks; no events or audit
+        entries). Each row: issuer, serial, reason, revoked_at (aware datetime); optional
+        request_id."""
         now = self._now()
         return self._bulk_insert("revocations", _REVOCATION_COLUMNS, (
             {"request_id": None, **row, "origin_node": self.node_id, "recorded_at": now,
@@ -437,6 +481,30 @@ class Repository(RepositorySync):
                      rows: Iterable[Mapping[str, Any]]) -> int:
         with self._write() as db:
             return db.executemany(_insert_sql(table, columns), rows).rowcount
+
+
+def verify_audit_file(path: str) -> audit.AuditReport:
+    """verify_audit on a repository file opened read-only (no migration, no write; works
+    beside a running signer: WAL readers see a snapshot and never block it)."""
+    uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
+    with _sqlite_errors_as_repository_errors(), closing(sqlite3.connect(uri, uri=True)) as db:
+        db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version < schema.AUDIT_SCHEMA_VERSION:
+            raise RepositoryError(f"{path}: schema version {version} has no audit log (the"
+                                  " signer adds it when it next opens the repository)")
+        db.execute("BEGIN")  # one snapshot for the whole walk
+        try:
+            return _verify_audit(db)
+        finally:
+            db.execute("ROLLBACK")
+
+
+def _verify_audit(db: sqlite3.Connection) -> audit.AuditReport:
+    cursor = db.cursor()
+    cursor.row_factory = None  # plain tuples, one at a time: the log may be long
+    return audit.verify_chain(cursor.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
+                                             " ORDER BY seq"))
 
 
 def _request_record(command: str, request_digest: str, result: dict[str, Any]) -> dict[str, Any]:

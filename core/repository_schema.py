@@ -160,6 +160,7 @@ _AUDIT_LOG: Migration = (
 
 MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG]
 SCHEMA_VERSION = len(MIGRATIONS)
+AUDIT_SCHEMA_VERSION = 3  # the first version with audit_log
 
 
 def to_db_time(moment: datetime) -> str:

@@ -4,9 +4,11 @@ Every signer publishes its whole event log, its own events and the ones it appli
 the peer, and applies the events it receives with apply_event. An event applies once
 (its event_id is kept, so a repeat is a no-op), in one transaction with its effect, and
 is appended to the local log under the same event_id and origin_node, so a third signer
-replaying any one log reaches the same state. The rules below are deterministic and the
-same on every node, which is what makes two signers converge whatever order they see
-the events in; content_digest() compares the result.
+replaying any one log reaches the same state. Each applied event also gets an entry in
+this signer's audit log (core/audit.py), so its chain covers everything its repository
+holds. The rules below are deterministic and the same on every node, which is what makes
+two signers converge whatever order they see the events in; content_digest() compares
+the result.
 
 Conflict rules:
   x509_issued    a certificate is never overwritten: a different DER for a known
@@ -29,6 +31,7 @@ from typing import Any
 
 from cryptography import x509
 
+from core import audit
 from core.protocol import pack, unpack
 from core.repository_schema import (CRL_REASON_CODES, RepositoryError, UnknownCertificate,
                                     from_db_time, normalise_serial, to_db_time)
@@ -48,8 +51,8 @@ _DIGEST_QUERIES = (
 
 class RepositorySync:
     """Mixin of core.repository.Repository. It relies on the host's connection helpers:
-    `_db`, `_read()` and `_write()` (transactions), `_insert(table, values)`, `_now()` and
-    `_certificate_row(key)`."""
+    `_db`, `_read()` and `_write()` (transactions), `_insert(table, values)`, `_now()`,
+    `_certificate_row(key)` and `_append_audit(kind, body)`."""
 
     _db: sqlite3.Connection
 
@@ -78,6 +81,9 @@ class RepositorySync:
                 raise RepositoryError(f"unknown event type {event_type!r} (event {event_id})")
             try:
                 apply(self, body, origin_node, created_at)
+                # Inside the try: a body field JSON cannot hold makes the event malformed.
+                self._append_audit(event_type, audit.event_summary(event_type, body,
+                                                                   origin_node, event_id))
             except (KeyError, TypeError, ValueError) as exc:
                 raise RepositoryError(f"malformed {event_type} event {event_id}:"
                                       f" {_describe(exc)}") from exc

@@ -1,14 +1,22 @@
-"""`signer-admin --config FILE status [--json]`: live status of every actor of a running
-signer. It joins the signer's actor system through the admin port (loopback only) and asks
-the Supervisor; it never calls shutdown(), which would stop the signer."""
+"""`signer-admin --config FILE COMMAND [--json]`: operator commands beside the signer.
+
+status        live status of every actor of a running signer. It joins the signer's actor
+              system through the admin port (loopback only) and asks the Supervisor; it
+              never calls shutdown(), which would stop the signer.
+verify-audit  checks the hash chain of the repository's audit log (core/audit.py). It
+              opens the repository file read-only, so it needs no actor system and runs
+              whether or not the signer does. Exit 0: intact; 1: broken at the entry named.
+
+Exit 2: the configuration or the repository file cannot be read."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
 
-from core.config import ConfigError, load_config
+from core.config import ConfigError, SignerConfig, load_config
 
 STATUS_TIMEOUT_S = 10
 
@@ -47,18 +55,7 @@ def print_table(records: list[dict[str, Any]]) -> None:
             print(f"  {r['name']}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="signer-admin", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="the signer's YAML configuration")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_status = sub.add_parser("status", help="one row per actor")
-    p_status.add_argument("--json", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"signer-admin: {exc}", file=sys.stderr)
-        return 2
+def cmd_status(config: SignerConfig, args: argparse.Namespace) -> int:
     records = fetch_status(config.actor_system.admin_port)
     if records is None:
         print(f"signer-admin: no signer is running on admin port {config.actor_system.admin_port}",
@@ -69,6 +66,47 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_table(records)
     return 0 if all(r.get("alive") for r in records) else 1
+
+
+def cmd_verify_audit(config: SignerConfig, args: argparse.Namespace) -> int:
+    from core.repository import RepositoryError, verify_audit_file
+
+    try:
+        report = verify_audit_file(config.repository.path)
+    except RepositoryError as exc:
+        print(f"signer-admin: {exc.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report), indent=2))
+    elif report.ok:
+        print(f"audit log OK: {report.entries_checked} entries")
+        print(f"last hash: {report.last_hash}")
+    else:
+        print(f"audit log BROKEN at entry {report.first_bad_seq}: {report.problem}")
+        print(f"entries before it verified: {report.entries_checked}")
+    return 0 if report.ok else 1
+
+
+COMMANDS = {"status": cmd_status, "verify-audit": cmd_verify_audit}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="signer-admin", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n", 2)[2])
+    parser.add_argument("--config", required=True, help="the signer's YAML configuration")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_status = sub.add_parser("status", help="one row per actor")
+    p_status.add_argument("--json", action="store_true")
+    p_audit = sub.add_parser("verify-audit", help="check the audit log's hash chain")
+    p_audit.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"signer-admin: {exc}", file=sys.stderr)
+        return 2
+    return COMMANDS[args.command](config, args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,274 @@
+"""Slow-link benchmark (hardening item 5): the signer behind a serial line paced like a
+UART (tools.ptyrelay.PtyRelay(baud=...), 10 bit times per byte, each direction its own
+clock). One run:
+
+  1. pacing check: push --pace-bytes one way through a paced relay (then both ways at
+     once) and compare bytes/s with baud/10;
+  2. the signer with serial.mode "device" on end a of a paced relay created here; the
+     client opens end b. sign_x509 (server profile, RSA-4096 issuer, DER CSR) with all
+     --requests pipelined, then fetch_crl of --crl-entries revocations in full, then, after
+     --revoke revocations over the link, as a diff.
+
+Utilisation of a direction = bytes the relay moved that way / (baud/10 * elapsed), elapsed
+from the first request sent to the last answer received. The direction carrying more
+bytes is the bottleneck; its utilisation is the figure to judge (target >= 95 % for
+signing). The relay's byte counts are checked against signer-admin status (serial_link
+bytes_in/bytes_out) at the end.
+
+    .venv/bin/python bench/bench_slow_link.py [--baud 115200] [--requests 200]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cryptography import x509  # noqa: E402
+
+from core.repository import Repository  # noqa: E402
+from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client import SignerClient  # noqa: E402
+from tools.crl_fetch import fetch_crl_into  # noqa: E402
+from tools.ptyrelay import PtyRelay  # noqa: E402
+
+CRL_ISSUER = "class3"
+NOW = datetime.now(timezone.utc).replace(microsecond=0)
+
+
+class DeviceSignerProcess(SignerProcess):
+    """A signer whose serial.mode is "device": it prints no client-pty line, so wait for
+    its "signer: running" line on stderr instead (printed once every actor is configured)."""
+
+    def _read_client_path(self) -> str:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if line.startswith("signer: running"):
+                return ""
+            if not line and self.process.poll() is not None:
+                raise RuntimeError(f"signer exited {self.process.returncode}: {self.process.stderr.read()}")
+        raise RuntimeError("signer did not report running within 90 s")
+
+
+# --- 1. pacing ----------------------------------------------------------------------------
+
+def open_raw(path: str) -> int:
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    tty.setraw(fd)
+    return fd
+
+
+def paced_rates(baud: int, size: int, both: bool) -> dict[str, float]:
+    """Bytes/s delivered through a fresh paced relay, per direction, measured at the
+    receiver from its first read to its last (the first read's bytes not counted)."""
+    relay = PtyRelay(baud=baud).start()
+    ends = {"a": open_raw(relay.path_a), "b": open_raw(relay.path_b)}
+    rates: dict[str, float] = {}
+
+    def push(source: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(source, view[:4096]):]
+
+    def pump(source: str, sink: str) -> None:
+        writer = threading.Thread(target=push, args=(ends[source], os.urandom(size)), daemon=True)
+        writer.start()
+        got, first, started = 0, 0, 0.0
+        while got < size:
+            chunk = os.read(ends[sink], 65536)
+            if not got:
+                first, started = len(chunk), time.perf_counter()
+            got += len(chunk)
+        rates[f"{source}->{sink}"] = (got - first) / (time.perf_counter() - started)
+        writer.join()
+
+    pumps = [threading.Thread(target=pump, args=("a", "b"))]
+    if both:
+        pumps.append(threading.Thread(target=pump, args=("b", "a")))
+    try:
+        for thread in pumps:
+            thread.start()
+        for thread in pumps:
+            thread.join()
+    finally:
+        for fd in ends.values():
+            os.close(fd)
+        relay.stop()
+    return rates
+
+
+# --- 2. the signer over the paced link ------------------------------------------------------
+
+def fill_repository(path: Path, crl_entries: int, spare: int) -> list[str]:
+    """crl_entries revoked class3 certificates (the CRL) and `spare` live ones to revoke."""
+    def row(serial: str) -> dict:
+        return {"issuer": CRL_ISSUER, "serial": serial, "request_id": f"bulk-{serial}", "profile": "server-org",
+                "subject": "CN=bulk", "not_before": NOW - timedelta(days=100),
+                "not_after": NOW + timedelta(days=265), "der": os.urandom(1200)}
+    revoked = [format(secrets.randbits(127) | 1 << 127, "x") for _ in range(crl_entries)]
+    spares = [format(secrets.randbits(127) | 1 << 127, "x") for _ in range(spare)]
+    repo = Repository(str(path), "bench-fill")
+    try:
+        repo.bulk_insert_certificates(row(s) for s in revoked + spares)
+        repo.bulk_insert_revocations({"issuer": CRL_ISSUER, "serial": s, "reason": (None, 1, 4)[i % 3],
+                                      "revoked_at": NOW - timedelta(days=i % 90)} for i, s in enumerate(revoked))
+    finally:
+        repo.close()
+    return spares
+
+
+class Window:
+    """Bytes the relay moved each way between start() and stop(), and the elapsed time."""
+
+    def __init__(self, relay: PtyRelay, baud: int) -> None:
+        self.relay, self.capacity = relay, baud / 10
+
+    def start(self) -> "Window":
+        self.before = dict(self.relay.moved)
+        self.started = time.perf_counter()
+        return self
+
+    def stop(self) -> "Window":
+        self.elapsed = time.perf_counter() - self.started
+        self.to_client = self.relay.moved["a_to_b"] - self.before["a_to_b"]  # signer -> client
+        self.to_signer = self.relay.moved["b_to_a"] - self.before["b_to_a"]  # client -> signer
+        return self
+
+    def utilisation(self, moved: int) -> float:
+        return moved / (self.capacity * self.elapsed)
+
+    def describe(self) -> str:
+        bottleneck = "signer->client" if self.to_client >= self.to_signer else "client->signer"
+        worst = max(self.to_client, self.to_signer)
+        return (f"signer->client {self.to_client:>9,} B ({self.utilisation(self.to_client):6.1%}) | "
+                f"client->signer {self.to_signer:>9,} B ({self.utilisation(self.to_signer):6.1%}) | "
+                f"bottleneck {bottleneck}: {self.utilisation(worst):.1%} of {self.capacity:,.0f} B/s")
+
+
+def pipelined_signing(client: SignerClient, window: Window, body: dict, count: int) -> dict:
+    ids, sent_at, latency = [], {}, {}
+    window.start()
+    for _ in range(count):
+        request_id = client.send("sign_x509", body)
+        sent_at[request_id] = time.perf_counter()
+        ids.append(request_id)
+    for _ in range(count):
+        response = client.receive(timeout=600)
+        assert response.ok, response.error
+        latency[response.request_id] = time.perf_counter() - sent_at[response.request_id]
+    window.stop()
+    assert sorted(latency) == sorted(ids)
+    return {"latency": list(latency.values())}
+
+
+def round_trips(client: SignerClient, body: dict, count: int) -> list[float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        assert client.call("sign_x509", body, timeout=120).ok
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def timed_fetch(client: SignerClient, window: Window, out: Path, issuer_cert: x509.Certificate) -> dict:
+    window.start()
+    outcome = fetch_crl_into(client, CRL_ISSUER, out, issuer_cert)
+    window.stop()
+    assert outcome.error is None, outcome.error
+    return outcome.summary
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baud", type=int, default=115200)
+    parser.add_argument("--pace-bytes", type=int, default=200_000)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--crl-entries", type=int, default=3000)
+    parser.add_argument("--revoke", type=int, default=10)
+    args = parser.parse_args()
+    capacity = args.baud / 10
+
+    one_way = paced_rates(args.baud, args.pace_bytes, both=False)
+    both_ways = paced_rates(args.baud, args.pace_bytes, both=True)
+    print(f"pacing at {args.baud} baud (8N1: {capacity:,.0f} B/s each way), {args.pace_bytes:,} B pushed:")
+    for label, rates in (("one way", one_way), ("both ways at once", both_ways)):
+        for direction, rate in rates.items():
+            print(f"  {label:<17} {direction}: {rate:9,.1f} B/s = {rate / capacity:7.2%} of baud/10")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = dev_init(Path(tmp) / "data")
+        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{tmp}/k.pem",
+                        "-out", f"{tmp}/r.csr", "-outform", "DER", "-subj", "/CN=x"], check=True,
+                       capture_output=True)
+        csr = Path(f"{tmp}/r.csr").read_bytes()
+        body = {"issuer": "root", "profile": "server", "csr": csr,
+                "subject": [["CN", "www.example.org"]], "sans": [["dns", "www.example.org"]]}
+        run_dir = Path(tmp) / "run"
+        run_dir.mkdir()
+        spares = fill_repository(run_dir / "repository.sqlite", args.crl_entries, args.revoke)
+        issuer_cert = x509.load_pem_x509_certificate((data / "ca" / f"{CRL_ISSUER}.pem").read_bytes())
+        relay = PtyRelay(baud=args.baud).start()
+        config = signer_config(data, run_dir, serial__mode="device", serial__device=relay.path_a,
+                               serial__baudrate=args.baud)
+        signer = DeviceSignerProcess(config, log_dir=run_dir)
+        window = Window(relay, args.baud)
+        try:
+            with SignerClient(relay.path_b, baudrate=args.baud, timeout=600) as client:
+                client.call("health", timeout=60)
+                idle = round_trips(client, body, 6)[1:]  # the first loads the linter
+                signing = pipelined_signing(client, window, body, args.requests)
+                sign_window = (window.elapsed, window.to_client, window.to_signer, window.describe())
+                out = Path(tmp) / "class3.crl"
+                full = timed_fetch(client, window, out, issuer_cert)
+                full_window = (window.elapsed, window.describe())
+                for serial in spares:
+                    assert client.call("revoke_x509", {"issuer": CRL_ISSUER, "serial": serial, "reason": 1},
+                                       timeout=60).ok
+                diff = timed_fetch(client, window, out, issuer_cert)
+                diff_window = (window.elapsed, window.to_client, window.to_signer)
+                crl_entries = len(x509.load_der_x509_crl(out.read_bytes()))
+            link = next(r for r in signer.status() if r["name"] == "serial_link")
+            relay_totals = dict(relay.moved)
+        finally:
+            signer.stop()
+            relay.stop()
+
+    elapsed, to_client, to_signer, described = sign_window
+    latency = signing["latency"]
+    n = args.requests
+    print(f"\nsign_x509 over the paced link, {n} pipelined (server profile, RSA-4096 issuer, DER CSR {len(csr)} B):")
+    print(f"  {n / elapsed:6.2f} requests/s, {elapsed:6.1f} s; per request {to_signer / n:,.0f} B in, {to_client / n:,.0f} B out"
+          f" -> link-bound ceiling {capacity / max(to_signer / n, to_client / n):.2f} requests/s")
+    print(f"  {described}")
+    print(f"  latency with all {n} in flight: p50 {percentile(latency, 0.5) * 1000:7.0f} ms,"
+          f" p99 {percentile(latency, 0.99) * 1000:7.0f} ms, max {max(latency) * 1000:7.0f} ms")
+    print(f"  latency of one request alone (5 round trips): p50 {statistics.median(idle) * 1000:5.0f} ms"
+          f" (the bytes alone: {(to_signer + to_client) / n / capacity * 1000:.0f} ms)")
+    elapsed, described = full_window
+    print(f"fetch_crl full, {args.crl_entries:,} entries ({full['bytes_moved']:,} B CRL): {elapsed:5.2f} s")
+    print(f"  {described}")
+    elapsed, to_client, to_signer = diff_window
+    print(f"fetch_crl diff after {args.revoke} revocations ({crl_entries:,} entries now):"
+          f" {diff['bytes_moved']:,} B diff, {to_client:,} B answer frame, {to_signer:,} B request frame, {elapsed:5.2f} s")
+    print(f"byte counts, whole run: relay a->b {relay_totals['a_to_b']:,} / b->a {relay_totals['b_to_a']:,};"
+          f" signer-admin serial_link bytes_out {link['bytes_out']:,} / bytes_in {link['bytes_in']:,}")
+
+
+if __name__ == "__main__":
+    main()
