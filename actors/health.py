@@ -105,7 +105,7 @@ class Health(SignerActor):
             cas.append({"id": issuer.id, "subject": issuer.certificate.subject.rfc4514_string(),
                         "not_after": issuer.certificate.not_valid_after_utc.isoformat(),
                         "days_to_expiry": round(days, 2), "ok": ok})
-        if "sync" in parts and not parts["sync"].get("ok"):
+        if "sync" in parts and "error" not in parts["sync"] and not parts["sync"].get("ok"):
             problems.append(f"sync: {parts['sync'].get('error') or 'the local NATS server is not reachable'}")
         report = {"healthy": not problems, "problems": problems, "version": self.version,
                   "node_id": self.config.node_id, "time": now.isoformat(), "ca_certificates": cas,

@@ -27,6 +27,7 @@ from messages.sync import SyncStatusReply, SyncStatusRequest
 
 LAST_PUBLISHED = "last_published_seq"
 LAST_APPLIED = "last_applied_peer_seq"
+PUBLISH_DEADLINE_S = 60.0
 
 
 class Sync(SignerActor):
@@ -46,7 +47,8 @@ class Sync(SignerActor):
         self.applied = 0
         self.last_applied_seq: int | None = None
         self.remote: dict[str, Any] = {"local_connected": False, "peer_connected": False}
-        self.last_error: str | None = None
+        self.sync_error: str | None = None
+        self.publish_started: float | None = None
         self.last_publish_at: float | None = None
         self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")
         self.ask_repository(GetSyncState(0, LAST_APPLIED), "last_applied")
@@ -67,14 +69,20 @@ class Sync(SignerActor):
         return self.after_message()
 
     def check_outbox(self) -> None:
+        if self.publishing and time.monotonic() - self.publish_started > PUBLISH_DEADLINE_S:
+            # A lost reply (a restarted repository, a stuck publish): start over from the
+            # stored position; JetStream drops whatever was already stored, by event id.
+            self.publishing = False
+            self.sync_error = f"publish: no progress within {PUBLISH_DEADLINE_S:g} s; retrying"
         if self.last_published is not None and self.local_ready and not self.publishing:
             self.publishing = True
+            self.publish_started = time.monotonic()
             self.ask_repository(Outbox(0, self.last_published, self.sync.batch), "outbox")
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> Any:
         purpose, context = self.pending.pop(message.tag, (None, None))
         if message.error is not None:
-            self.last_error = f"{purpose}: {message.error['message']}"
+            self.sync_error = f"{purpose}: {message.error['message']}"
             if purpose == "outbox":
                 self.publishing = False
             elif purpose == "apply":
@@ -117,7 +125,7 @@ class Sync(SignerActor):
         elif kind == "published":
             self.publishing = False
             if value["error"]:
-                self.last_error = f"publish: {value['error']}"
+                self.sync_error = f"publish: {value['error']}"
             if value["last_seq"] is not None:
                 self.last_published = value["last_seq"]
                 self.last_publish_at = time.time()
@@ -129,7 +137,7 @@ class Sync(SignerActor):
         elif kind == "status":
             self.remote.update(value)
         elif kind == "error":
-            self.last_error = value
+            self.sync_error = value
 
     def applied_batch(self, batch: list[tuple[int, int, dict]], outcome: dict[str, Any]) -> None:
         count = outcome["applied"]
@@ -139,7 +147,7 @@ class Sync(SignerActor):
             self.last_applied_seq = batch[count - 1][1]
             self.ask_repository(SetSyncState(0, LAST_APPLIED, str(self.last_applied_seq)), "saved")
         if outcome["error"]:
-            self.last_error = f"apply: {outcome['error']['message']}"
+            self.sync_error = f"apply: {outcome['error']['message']}"
 
     # -- status --------------------------------------------------------------------------------
     def receiveMsg_SyncStatusRequest(self, message: SyncStatusRequest, sender: Any) -> Any:
@@ -153,7 +161,8 @@ class Sync(SignerActor):
                   "unpublished_events": max(unpublished, 0) if unpublished is not None else None,
                   "last_published_seq": self.last_published,
                   "peer_events_applied": self.applied, "last_applied_peer_seq": self.last_applied_seq,
-                  "peer_lag": self.remote.get("peer_pending"), "last_sync_error": self.last_error}
+                  "peer_lag": self.remote.get("peer_pending"), "last_sync_error": self.sync_error,
+                  "peer_error": self.remote.get("peer_error"), "local_error": self.remote.get("local_error")}
         # Healthy sync: the local stream is reachable; the peer being away is normal (it
         # catches up later) and only reported.
         status["ok"] = status["local_connected"]

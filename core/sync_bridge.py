@@ -108,11 +108,17 @@ class NatsBridge:
 
     async def _connect(self, url: str, name: str) -> Any:
         # nats-py does not retry a failed first connect (facts.md): loop on it.
+        async def error_cb(exc: Exception) -> None:
+            # Without a callback nats-py prints a traceback per failed reconnect (twice a
+            # second during an outage): report it as status instead.
+            key = "local_error" if name.endswith("publisher") else "peer_error"
+            self._post("status", {key: f"{type(exc).__name__}: {exc}"})
+
         while not self._stopping:
             try:
                 return await nats.connect(url, name=name, max_reconnect_attempts=-1,
                                           reconnect_time_wait=RETRY_S, connect_timeout=2,
-                                          allow_reconnect=True)
+                                          allow_reconnect=True, error_cb=error_cb)
             except Exception:  # noqa: BLE001 - any failure: the server is not there yet
                 await asyncio.sleep(RETRY_S)
 
@@ -120,6 +126,15 @@ class NatsBridge:
         self.local = await self._connect(self.local_url, f"{self.node_id}-publisher")
         self.local_js = self.local.jetstream()
         while not self._stopping:
+            try:
+                await self.local_js.stream_info(stream_name(self.node_id))
+                break  # it exists: keep whatever an operator configured on it
+            except nats.js.errors.NotFoundError:
+                pass
+            except Exception as exc:  # noqa: BLE001
+                self._post("error", f"local stream: {exc}")
+                await asyncio.sleep(RETRY_S)
+                continue
             try:
                 await self.local_js.add_stream(api.StreamConfig(
                     name=stream_name(self.node_id), subjects=[subject(self.node_id)],
@@ -131,7 +146,10 @@ class NatsBridge:
                 await asyncio.sleep(RETRY_S)
         self._post("local_ready", True)
         while not self._stopping:
-            self._post("status", {"local_connected": self.local.is_connected})
+            status = {"local_connected": self.local.is_connected}
+            if self.local.is_connected:
+                status["local_error"] = None
+            self._post("status", status)
             await asyncio.sleep(STATUS_EVERY_S)
 
     async def _publish(self, events: list[dict[str, Any]]) -> None:
@@ -153,24 +171,31 @@ class NatsBridge:
         sub = None
         last_status = 0.0
         while not self._stopping:
+            now = self._loop.time()
+            if now - last_status > STATUS_EVERY_S:
+                # Posted whatever happens below, so an outage shows at once in status.
+                status = {"peer_connected": self.peer.is_connected}
+                if sub is not None and self.peer.is_connected:
+                    try:
+                        info = await sub.consumer_info()
+                        status.update(peer_pending=info.num_pending, peer_delivered_seq=info.delivered.stream_seq,
+                                      peer_error=None)
+                    except Exception as exc:  # noqa: BLE001
+                        status["peer_error"] = f"{type(exc).__name__}: {exc}"
+                self._post("status", status)
+                last_status = now
             try:
                 if sub is None:
                     sub = await js.pull_subscribe(subject(self.peer_node_id), durable=f"apply-{self.node_id}",
                                                   stream=stream_name(self.peer_node_id),
                                                   config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
                                                                             ack_wait=ACK_WAIT_S, max_ack_pending=FETCH_BATCH))
-                now = self._loop.time()
-                if now - last_status > STATUS_EVERY_S:
-                    info = await sub.consumer_info()
-                    self._post("status", {"peer_connected": self.peer.is_connected,
-                                          "peer_pending": info.num_pending,
-                                          "peer_delivered_seq": info.delivered.stream_seq})
-                    last_status = now
                 msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # noqa: BLE001 - peer or stream not there (yet)
-                self._post("status", {"peer_connected": self.peer.is_connected, "peer_error": str(exc)})
+                self._post("status", {"peer_connected": self.peer.is_connected,
+                                      "peer_error": f"{type(exc).__name__}: {exc}"})
                 sub = None if "not found" in str(exc).lower() else sub
                 await asyncio.sleep(RETRY_S)
                 continue

@@ -47,8 +47,11 @@ class SignerProcess:
         env = dict(os.environ if env is None else env)
         if log_dir is not None:
             env["THESPLOG_FILE"] = str(log_dir / "thespian.log")
+        # stderr goes to a file: a pipe nobody drains would block the signer once full.
+        self.stderr_path = (log_dir or Path(config).parent) / "signer.stderr"
+        self._stderr = open(self.stderr_path, "ab")
         self.process = subprocess.Popen([tool("signer"), "run", "--config", str(config)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        stdout=subprocess.PIPE, stderr=self._stderr, text=True,
                                         env=env, start_new_session=True)
         self.client_path = self._read_client_path()
 
@@ -59,7 +62,8 @@ class SignerProcess:
             if line.startswith("client-pty: "):
                 return line.split(": ", 1)[1].strip()
             if not line and self.process.poll() is not None:
-                raise RuntimeError(f"signer exited {self.process.returncode}: {self.process.stderr.read()}")
+                raise RuntimeError(f"signer exited {self.process.returncode}: "
+                                   f"{self.stderr_path.read_text(errors='replace')[-4000:]}")
         raise RuntimeError("signer printed no client-pty line within 90 s")
 
     def status(self) -> list[dict]:

@@ -163,7 +163,8 @@ def test_outage_conflicts_and_kill_9_still_converge(pair, csr):
         assert cb.call("revoke_x509", {"issuer": "root", "serial": shared, "reason": "superseded",
                                        "time": t0.isoformat()}).ok
     assert b.sync_status()["unpublished_events"] > 0
-    time.sleep(2)
+    wait_until(lambda: a.sync_status()["peer_connected"] is False, timeout=20)  # A sees B's server away
+    time.sleep(20)  # long enough for many failed reconnects on both sides
     b.nats.start()
     converge(a, b, timeout=90)
     for node in (a, b):
