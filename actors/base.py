@@ -89,7 +89,8 @@ class SignerActor(ActorTypeDispatcher):
                   "messages": self.handled, "errors": self.errors,
                   "last_error": self.last_error,
                   "uptime_s": round(time.time() - self.started_at, 1)}
-        record.update(self.figures())
+        if self.config is not None or not self.needs_configure:  # figures need configure()
+            record.update(self.figures())
         self.send(sender, ActorStatusReply(message.tag, record))
         return self.after_message()
 

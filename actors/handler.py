@@ -83,7 +83,11 @@ class HandlerActor(SignerActor):
             work()
         except SignerError as exc:
             self.fail(job, exc.to_wire())
-        except Exception as exc:  # noqa: BLE001 - answered, counted, logged
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - answered, counted, logged; includes
+            # pyo3's PanicException (a BaseException) from cryptography, which must not kill
+            # the actor process and turn every later request into handler_unavailable.
             if getattr(exc, "code", None) in ERROR_CODES:  # a typed refusal from a core module
                 self.fail(job, error_dict(exc))
                 return

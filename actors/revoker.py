@@ -3,6 +3,7 @@ event). CRLs are not built here: the CRL handler builds them when a client fetch
 The first revocation of a serial wins; revoking again returns it unchanged."""
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -16,7 +17,16 @@ from messages.repository import RevokeCertificate
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
+SERIAL_FORM = re.compile(r"(0x)?[0-9a-f]+(:[0-9a-f]+)*")
+# CRLs encode times before 1950 in a form cryptography refuses; no CAcert certificate is
+# older than 2000, so an earlier revocation date is a mistake.
+EARLIEST_REVOCATION = datetime(2000, 1, 1, tzinfo=timezone.utc)
+
+
 def parse_serial(value: str) -> str:
+    if not SERIAL_FORM.fullmatch(value.lower()):
+        raise SignerError("bad_request", f"field 'serial': {value!r} is not a hexadecimal serial "
+                                         "(digits, optional 0x, or colon-separated octets)")
     text = value.lower().removeprefix("0x").replace(":", "")
     try:
         serial = int(text, 16)
@@ -37,9 +47,15 @@ def parse_time(value: Any, now: datetime) -> datetime:
         raise SignerError("bad_request", f"field 'time': {value!r} is not an ISO 8601 time or Unix seconds") from None
     if moment.tzinfo is None:
         raise SignerError("bad_request", "field 'time': needs a time zone (e.g. Z)")
+    try:
+        moment = moment.astimezone(timezone.utc).replace(microsecond=0)
+    except OverflowError:
+        raise SignerError("bad_request", f"field 'time': {value!r} is out of range") from None
     if moment > now + MAX_CLOCK_SKEW:
         raise SignerError("bad_request", "field 'time': a revocation cannot be dated in the future")
-    return moment.astimezone(timezone.utc).replace(microsecond=0)
+    if moment < EARLIEST_REVOCATION:
+        raise SignerError("bad_request", f"field 'time': a revocation cannot be dated before {EARLIEST_REVOCATION:%Y-%m-%d}")
+    return moment
 
 
 class Revoker(HandlerActor):

@@ -95,8 +95,7 @@ class SerialLink(SignerActor):
             self.read_errors += 1
             self.port_failed(exc)
             return self.after_message()
-        if not data and select.select([self.port.fileno()], [], [], 0)[0]:
-            # Ready to read yet nothing to read: the device went away (as pyserial judges it).
+        if not data and self.hung_up():
             self.read_errors += 1
             self.port_failed(OSError(errno.EIO, "end of file on serial port"))
             return self.after_message()
@@ -105,6 +104,15 @@ class SerialLink(SignerActor):
         self.bytes_in += len(data)
         self.send(self.peer("framing"), SerialBytesReceived(data))
         return self.after_message()
+
+    def hung_up(self) -> bool:
+        """After an empty read: did the device go away, or was there simply nothing to read
+        (a VMIN=0 tty returns 0 bytes then)? Only a hang-up or error event says gone: "ready
+        but empty" also happens when bytes arrive between the read and a readiness check."""
+        poller = select.poll()
+        poller.register(self.port.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
+        events = poller.poll(0)
+        return any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, mask in events)
 
     def receiveMsg_SerialBytesToSend(self, message: SerialBytesToSend, sender: Any) -> Any:
         if self.port is None:

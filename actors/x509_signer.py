@@ -74,8 +74,12 @@ class X509Signer(HandlerActor):
                          sans=parse_pairs(field(body, "sans", list, required=False, default=[]), "sans"),
                          hash=field(body, "hash", str, required=False, default="sha256"),
                          days=field(body, "days", int, required=False))
-        if job.state["days"] is not None and job.state["days"] <= 0:
+        days = job.state["days"]
+        if days is not None and days <= 0:
             raise SignerError("bad_request", "field 'days' must be positive")
+        if days is not None and days > profile.max_validity_days:
+            raise SignerError("validity_too_long", f"profile {profile.name!r} allows at most "
+                                                   f"{profile.max_validity_days} days, not {days}")
         self.unless_replayed(job, self.build)
 
     def build(self, job: Job) -> None:

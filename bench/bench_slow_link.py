@@ -38,7 +38,7 @@ from cryptography import x509  # noqa: E402
 
 from core.repository import Repository  # noqa: E402
 from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
-from tools.client import SignerClient  # noqa: E402
+from tools.client import SignerClient, SignerTimeout  # noqa: E402
 from tools.crl_fetch import fetch_crl_into  # noqa: E402
 from tools.ptyrelay import PtyRelay  # noqa: E402
 
@@ -51,13 +51,16 @@ class DeviceSignerProcess(SignerProcess):
     its "signer: running" line on stderr instead (printed once every actor is configured)."""
 
     def _read_client_path(self) -> str:
+        # SignerProcess sends stderr to the file stderr_path (appended to across runs).
+        start = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            line = self.process.stderr.readline()
-            if line.startswith("signer: running"):
+            text = self.stderr_path.read_bytes()[start:].decode(errors="replace")
+            if "signer: running" in text:
                 return ""
-            if not line and self.process.poll() is not None:
-                raise RuntimeError(f"signer exited {self.process.returncode}: {self.process.stderr.read()}")
+            if self.process.poll() is not None:
+                raise RuntimeError(f"signer exited {self.process.returncode}: {text[-4000:]}")
+            time.sleep(0.05)
         raise RuntimeError("signer did not report running within 90 s")
 
 
@@ -156,34 +159,79 @@ class Window:
                 f"bottleneck {bottleneck}: {self.utilisation(worst):.1%} of {self.capacity:,.0f} B/s")
 
 
-def pipelined_signing(client: SignerClient, window: Window, body: dict, count: int) -> dict:
+def pipelined_signing(client: SignerClient, window: Window, body: dict, count: int,
+                      quiet_s: float = 2.0) -> dict:
+    """Send all `count` requests, then collect the answers. An answer with id nil (a frame
+    the signer could not decode) means some request was lost: once the answers stop for
+    quiet_s, every unanswered request is resent with its id (protocol.md, client guidance;
+    a sign_x509 that was in fact done is replayed). Latency counts from the first send.
+    `before_stall`: (seconds, signer->client bytes) up to the last answer before the first
+    such wait, i.e. the link's use while no request was missing."""
     ids, sent_at, latency = [], {}, {}
+    frame_errors, resent, before_stall, last_answer = [], 0, None, 0.0
     window.start()
     for _ in range(count):
         request_id = client.send("sign_x509", body)
         sent_at[request_id] = time.perf_counter()
         ids.append(request_id)
-    for _ in range(count):
-        response = client.receive(timeout=600)
+    while len(latency) < count:
+        try:
+            response = client.receive(timeout=quiet_s if frame_errors else 600)
+        except SignerTimeout:
+            if not frame_errors:
+                raise
+            if before_stall is None:
+                before_stall = (last_answer - window.started,
+                                window.relay.moved["a_to_b"] - window.before["a_to_b"])
+            for request_id in ids:
+                if request_id not in latency:
+                    client.send("sign_x509", body, request_id=request_id)
+                    resent += 1
+            continue
+        if response.request_id is None:
+            frame_errors.append(response.error["code"])
+            continue
+        if response.error and response.error["code"] == "duplicate_request":
+            continue  # a resend that overtook its original; the original's answer follows
         assert response.ok, response.error
-        latency[response.request_id] = time.perf_counter() - sent_at[response.request_id]
+        last_answer = time.perf_counter()
+        latency.setdefault(response.request_id, last_answer - sent_at[response.request_id])
     window.stop()
     assert sorted(latency) == sorted(ids)
-    return {"latency": list(latency.values())}
+    return {"latency": list(latency.values()), "frame_errors": frame_errors, "resent": resent,
+            "before_stall": before_stall}
+
+
+def call_retrying(client: SignerClient, command: str, body: dict, timeout: float = 30.0):
+    """call(), resent with the same id if no answer comes (the request frame was lost)."""
+    request_id = client.send(command, body)
+    for _ in range(5):
+        try:
+            return client.wait_for(request_id, timeout=timeout)
+        except SignerTimeout:
+            client.send(command, body, request_id=request_id)
+    raise SignerTimeout(f"{command}: no answer after 5 resends")
 
 
 def round_trips(client: SignerClient, body: dict, count: int) -> list[float]:
     times = []
     for _ in range(count):
         started = time.perf_counter()
-        assert client.call("sign_x509", body, timeout=120).ok
+        assert call_retrying(client, "sign_x509", body).ok
         times.append(time.perf_counter() - started)
     return times
 
 
 def timed_fetch(client: SignerClient, window: Window, out: Path, issuer_cert: x509.Certificate) -> dict:
+    """fetch_crl_into, timed; tried again if its request frame was lost (no answer)."""
     window.start()
-    outcome = fetch_crl_into(client, CRL_ISSUER, out, issuer_cert)
+    for attempt in range(3):
+        try:
+            outcome = fetch_crl_into(client, CRL_ISSUER, out, issuer_cert)
+            break
+        except SignerTimeout:
+            if attempt == 2:
+                raise
     window.stop()
     assert outcome.error is None, outcome.error
     return outcome.summary
@@ -229,8 +277,9 @@ def main() -> None:
         signer = DeviceSignerProcess(config, log_dir=run_dir)
         window = Window(relay, args.baud)
         try:
-            with SignerClient(relay.path_b, baudrate=args.baud, timeout=600) as client:
-                client.call("health", timeout=60)
+            # The client timeout bounds the wait for a full CRL (a lost request is tried again).
+            with SignerClient(relay.path_b, baudrate=args.baud, timeout=120) as client:
+                call_retrying(client, "health", {})
                 idle = round_trips(client, body, 6)[1:]  # the first loads the linter
                 signing = pipelined_signing(client, window, body, args.requests)
                 sign_window = (window.elapsed, window.to_client, window.to_signer, window.describe())
@@ -238,12 +287,13 @@ def main() -> None:
                 full = timed_fetch(client, window, out, issuer_cert)
                 full_window = (window.elapsed, window.describe())
                 for serial in spares:
-                    assert client.call("revoke_x509", {"issuer": CRL_ISSUER, "serial": serial, "reason": 1},
-                                       timeout=60).ok
+                    assert call_retrying(client, "revoke_x509",
+                                         {"issuer": CRL_ISSUER, "serial": serial, "reason": 1}).ok
                 diff = timed_fetch(client, window, out, issuer_cert)
                 diff_window = (window.elapsed, window.to_client, window.to_signer)
                 crl_entries = len(x509.load_der_x509_crl(out.read_bytes()))
-            link = next(r for r in signer.status() if r["name"] == "serial_link")
+            status = {r["name"]: r for r in signer.status()}
+            link, framing = status["serial_link"], status["framing"]
             relay_totals = dict(relay.moved)
         finally:
             signer.stop()
@@ -256,6 +306,13 @@ def main() -> None:
     print(f"  {n / elapsed:6.2f} requests/s, {elapsed:6.1f} s; per request {to_signer / n:,.0f} B in, {to_client / n:,.0f} B out"
           f" -> link-bound ceiling {capacity / max(to_signer / n, to_client / n):.2f} requests/s")
     print(f"  {described}")
+    errors = signing["frame_errors"]
+    if errors:
+        seconds, moved = signing["before_stall"]
+        print(f"  {len(errors)} request frame(s) lost at the signer ({sorted(set(errors))}, answered with id nil);"
+              f" {signing['resent']} unanswered requests resent after 2 s without answers")
+        print(f"  until the last answer before that wait: signer->client {moved:,} B in {seconds:.1f} s ="
+              f" {moved / (capacity * seconds):.1%} of the link")
     print(f"  latency with all {n} in flight: p50 {percentile(latency, 0.5) * 1000:7.0f} ms,"
           f" p99 {percentile(latency, 0.99) * 1000:7.0f} ms, max {max(latency) * 1000:7.0f} ms")
     print(f"  latency of one request alone (5 round trips): p50 {statistics.median(idle) * 1000:5.0f} ms"
@@ -268,6 +325,7 @@ def main() -> None:
           f" {diff['bytes_moved']:,} B diff, {to_client:,} B answer frame, {to_signer:,} B request frame, {elapsed:5.2f} s")
     print(f"byte counts, whole run: relay a->b {relay_totals['a_to_b']:,} / b->a {relay_totals['b_to_a']:,};"
           f" signer-admin serial_link bytes_out {link['bytes_out']:,} / bytes_in {link['bytes_in']:,}")
+    print(f"signer-admin framing: frame_errors {framing['frame_errors']}, frames_in {framing['frames_in']}")
 
 
 if __name__ == "__main__":

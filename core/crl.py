@@ -40,6 +40,10 @@ class InvalidReason(X509RequestError):
     code = "invalid_reason"
 
 
+class CrlBuildFailed(X509RequestError):
+    code = "crl_build_failed"
+
+
 def parse_reason(value: Any) -> int:
     """A reason code from its RFC 5280 name ("keyCompromise") or its number."""
     code = None
@@ -95,6 +99,9 @@ def revoked_entries(revoked: list[tuple[int, datetime.datetime, int | None]]
     # here; cryptography converts aware datetimes to UTC itself).
     new_entry, known_reason, entries = x509.RevokedCertificateBuilder, _ENTRY_EXTENSIONS.get, []
     for serial, revoked_at, reason in revoked:
+        if revoked_at.year < 1950:  # cryptography panics (a BaseException) on these dates
+            raise CrlBuildFailed(f"serial {serial:x} has a revocation date {revoked_at:%Y-%m-%d} "
+                                 "before 1950, which a CRL cannot encode")
         if type(serial) is not int or not 0 < serial < _TWENTY_OCTETS_LIMIT:
             raise ValueError(f"serial {serial!r} is not a positive integer of at most 159 bits")
         # type(): True == 1 would otherwise find keyCompromise.

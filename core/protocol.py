@@ -48,6 +48,7 @@ ERROR_CODES: dict[str, str] = {
     "hash_not_allowed": "the signature hash is not allowed by the profile",
     "lint_failed": "pkilint found ERROR or FATAL findings in the certificate; nothing was signed",
     "signature_invalid": "the HSM's signature did not verify with the issuer's key; nothing was issued",
+    "crl_build_failed": "the CRL could not be built from the stored revocations; nothing was signed",
     "invalid_reason": "not an RFC 5280 CRLReason name or code usable in a CRL",
     "unknown_serial": "no issued certificate has this serial for this issuer",
     "duplicate_serial": "a serial collided with an existing one (retry)",

@@ -120,7 +120,7 @@ def kill_whole_signer(signer: SignerProcess, config: Path, admin_port: int) -> i
     it (found in /proc by its command line). Returns how many survived the group kill."""
     os.killpg(signer.process.pid, signal.SIGKILL)
     orphans = [pid for pid in signer_processes(config) if pid != signer.process.pid]
-    for pgid in {os.getpgid(pid) for pid in orphans if _pgid_or_none(pid) is not None}:
+    for pgid in {_pgid_or_none(pid) for pid in orphans} - {None}:
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
@@ -443,6 +443,7 @@ def verify_outcome(run: CrashRun, tmp_path: Path) -> dict[str, Any]:
         stored_requests = dict(db.execute("SELECT request_id, result FROM requests").fetchall())
         revocations = {(i, s): (reason, at) for i, s, reason, at in
                        db.execute("SELECT issuer, serial, reason, revoked_at FROM revocations")}
+        events = dict(db.execute("SELECT type, COUNT(*) FROM events GROUP BY type").fetchall())
     by_key = {(issuer, serial): (rid, status, der) for issuer, serial, rid, status, der in rows}
     serials = Counter(serial for _, serial, _, _, _ in rows)
     assert max(serials.values(), default=0) == 1, "a serial repeats"
@@ -465,6 +466,9 @@ def verify_outcome(run: CrashRun, tmp_path: Path) -> dict[str, Any]:
     assert all(der is None for *_, der in reserved), "a reserved row holds a DER"
     assert not returned & {(i, s) for i, s, _, _ in reserved}, "a reserved serial was returned"
     assert set(run.revoked) <= set(revocations)
+    # The event log (what replication publishes) has each change exactly once.
+    assert events.get("x509_issued", 0) == sum(issued_per_id.values()), events
+    assert events.get("x509_revoked", 0) == len(revocations), events
     for key, body in run.revoked.items():
         assert by_key[key][1] == "issued" and revocations[key][0] == body["reason"], key
 

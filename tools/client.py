@@ -41,6 +41,9 @@ class SignerClient:
         self.timeout = timeout
         self.serial = serial.Serial(port, baudrate, timeout=0.05)
         self.serial.reset_input_buffer()  # stale answers of an earlier client are not ours
+        # A delimiter first: it ends any half frame an earlier client left on the line, so our
+        # first frame is not glued to it (empty frames are skipped by the signer).
+        self.serial.write(b"\x00")
         self.decoder = FrameDecoder(64 * 1024 * 1024)
         self.waiting: dict[Any, Response] = {}
         self.unmatched: list[Response] = []  # answers with id nil (frame errors)
