@@ -47,7 +47,7 @@ class SignerActor(ActorTypeDispatcher):
         self.last_error: str | None = None
         self.started_at = time.time()
         self._next_tag = 0
-        self.early: list[tuple[Any, Any]] = []
+        self._before_configure: list[tuple[Any, Any]] = []
         self.log = logging.getLogger(f"signer.{self.actor_name}")
 
     # -- plumbing every actor shares -------------------------------------------------
@@ -56,7 +56,7 @@ class SignerActor(ActorTypeDispatcher):
         if self.config is None and self.needs_configure and not isinstance(message, _BEFORE_CONFIGURE):
             # Peers are configured in parallel: one may ask us before our Configure arrived.
             # Keep its message and handle it once configured, in arrival order.
-            self.early.append((message, sender))
+            self._before_configure.append((message, sender))
             return self.after_message()
         try:
             return super().receiveMessage(message, sender)
@@ -79,7 +79,7 @@ class SignerActor(ActorTypeDispatcher):
             self.send(sender, Configured(self.actor_name, False, f"{self.actor_name}: {exc}"))
             return self.after_message()
         self.send(sender, Configured(self.actor_name, True))
-        early, self.early = self.early, []
+        early, self._before_configure = self._before_configure, []
         for queued, queued_sender in early:
             self.receiveMessage(queued, queued_sender)
         return self.after_message()

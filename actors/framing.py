@@ -14,6 +14,9 @@ from core.protocol import encode_error
 from messages import FrameReceived, FrameToSend, SerialBytesReceived, SerialBytesToSend
 
 
+MAX_OVERTAKEN_CHUNKS = 256
+
+
 class Framing(SignerActor):
     actor_name = "framing"
 
@@ -22,9 +25,31 @@ class Framing(SignerActor):
         self.frames_in = 0
         self.frames_out = 0
         self.frame_errors: Counter[str] = Counter()
+        self.next_seq: int | None = None  # None: take the first chunk's number as the start
+        self.overtaken: dict[int, bytes] = {}  # chunks that overtook an earlier one
+        self.reordered = 0
+        self.gaps_skipped = 0
 
     def receiveMsg_SerialBytesReceived(self, message: SerialBytesReceived, sender: Any) -> None:
-        for result in self.decoder.feed(message.data):
+        if message.seq == 0:  # unnumbered (tests, tools): in order by definition
+            self.decode(message.data)
+            return
+        if self.next_seq is None or message.seq < self.next_seq:
+            self.next_seq = message.seq  # a (re)started SerialLink counts from 1 again
+        if message.seq != self.next_seq:
+            self.reordered += 1
+        self.overtaken[message.seq] = message.data
+        if len(self.overtaken) > MAX_OVERTAKEN_CHUNKS:
+            # A chunk that never comes (it cannot, over TCP, but memory must stay bounded):
+            # go on from the oldest we have; the decoder resynchronises at the next 0x00.
+            self.gaps_skipped += 1
+            self.next_seq = min(self.overtaken)
+        while self.next_seq in self.overtaken:
+            self.decode(self.overtaken.pop(self.next_seq))
+            self.next_seq += 1
+
+    def decode(self, data: bytes) -> None:
+        for result in self.decoder.feed(data):
             if isinstance(result, FrameError):
                 self.frame_errors[result.code] += 1
                 self.send(self.peer("serial_link"), SerialBytesToSend(
@@ -41,7 +66,9 @@ class Framing(SignerActor):
         # A restarted SerialLink re-reads from a fresh port: half a frame from the old one
         # must not be glued to the new bytes.
         self.decoder = FrameDecoder(self.decoder.max_payload)
+        self.next_seq, self.overtaken = None, {}
 
     def figures(self) -> dict[str, Any]:
         return {"frames_in": self.frames_in, "frames_out": self.frames_out,
-                "frame_errors": dict(self.frame_errors), "buffered_bytes": self.decoder.buffered}
+                "frame_errors": dict(self.frame_errors), "buffered_bytes": self.decoder.buffered,
+                "chunks_reordered": self.reordered, "chunk_gaps_skipped": self.gaps_skipped}

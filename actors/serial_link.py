@@ -42,6 +42,7 @@ class SerialLink(SignerActor):
         self.bytes_in = self.bytes_out = 0
         self.read_errors = self.write_errors = self.opens = 0
         self.dropped_bytes = 0
+        self.chunks_read = 0  # numbers the chunks for Framing, which decodes them in order
         self.last_port_error: str | None = None
         self.open_port()
 
@@ -102,7 +103,8 @@ class SerialLink(SignerActor):
         if not data:  # a wake-up with nothing to read (VMIN=0 ttys return 0 bytes)
             return self.after_message()
         self.bytes_in += len(data)
-        self.send(self.peer("framing"), SerialBytesReceived(data))
+        self.chunks_read += 1
+        self.send(self.peer("framing"), SerialBytesReceived(data, self.chunks_read))
         return self.after_message()
 
     def hung_up(self) -> bool:

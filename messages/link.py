@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 @dataclass
 class SerialBytesReceived:
-    """SerialLink -> Framing: raw bytes read from the port."""
+    """SerialLink -> Framing: raw bytes read from the port, numbered from 1 per SerialLink
+    life. Thespian does not promise that two messages arrive in the order they were sent
+    (seen: chunk 319 after 322), and a byte stream must be decoded in order."""
     data: bytes
+    seq: int = 0
 
 
 @dataclass

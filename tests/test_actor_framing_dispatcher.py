@@ -105,3 +105,26 @@ def test_dispatcher_poison_and_restarted_handler():
     h.deliver(Configure("dispatcher", CONFIG, dict(PEERS, ca_info="C2"), first=False), "supervisor")
     assert [(a["id"], a["error"]["code"]) for a in answers(h)] == [
         ("p", "internal_error"), ("q", "handler_unavailable")]
+
+
+def test_framing_decodes_chunks_in_their_numbered_order():
+    """Thespian may deliver two messages out of order; the byte stream must not be."""
+    h = ActorHarness(Framing, CONFIG, PEERS)
+    stream = encode_frame(b"first") + encode_frame(b"second")
+    chunks = [stream[i:i + 3] for i in range(0, len(stream), 3)]
+    order = list(range(len(chunks)))
+    order[1], order[2] = order[2], order[1]  # chunk 3 overtakes chunk 2
+    order[4], order[6] = order[6], order[4]
+    for index in order:
+        h.deliver(SerialBytesReceived(chunks[index], index + 1), "SL")
+    assert [m.payload for _, m in h.take(FrameReceived)] == [b"first", b"second"]
+    assert not h.take(SerialBytesToSend)  # no frame error
+    assert h.actor.figures()["chunks_reordered"] >= 2
+
+
+def test_framing_follows_a_restarted_serial_link_counting_from_one():
+    h = ActorHarness(Framing, CONFIG, PEERS)
+    h.deliver(SerialBytesReceived(encode_frame(b"a"), 1), "SL")
+    h.deliver(SerialBytesReceived(encode_frame(b"b"), 2), "SL")
+    h.deliver(SerialBytesReceived(encode_frame(b"c"), 1), "SL2")  # a new SerialLink
+    assert [m.payload for _, m in h.take(FrameReceived)] == [b"a", b"b", b"c"]
