@@ -93,7 +93,7 @@ class Health(SignerActor):
         problems = [f"{name}: {p['error']['code']}: {p['error']['message']}"
                     for name, p in parts.items() if "error" in p]
         repo = parts["repository"]
-        if "error" not in repo and repo.get("quick_check") != "ok":
+        if "error" not in repo and repo.get("quick_check") not in ("ok", "pending"):
             repo["ok"] = False
             problems.append(f"repository: quick_check says {repo.get('quick_check')!r}")
         cas = []

@@ -548,3 +548,15 @@ def _digest_rows(rows: list[tuple]) -> str:
     lines = "".join(f"{serial} {revoked_at} {'' if reason is None else reason}\n"
                     for serial, revoked_at, reason in rows)
     return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def quick_check_file(path: str) -> str:
+    """PRAGMA quick_check on a connection of its own (read-only), so it can run in a thread
+    while the owner keeps writing: WAL readers do not block the writer."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        return "; ".join(row[0] for row in db.execute("PRAGMA quick_check"))
+    except sqlite3.Error as exc:
+        return f"quick_check failed: {exc}"
+    finally:
+        db.close()
