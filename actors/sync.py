@@ -28,6 +28,7 @@ from messages.sync import SyncStatusReply, SyncStatusRequest
 LAST_PUBLISHED = "last_published_seq"
 LAST_APPLIED = "last_applied_peer_seq"
 PUBLISH_DEADLINE_S = 60.0
+APPLY_DEADLINE_S = 60.0
 
 
 class Sync(SignerActor):
@@ -40,6 +41,7 @@ class Sync(SignerActor):
         self.bridge = NatsBridge(config.node_id, self.sync.local_url, self.sync.peer_url,
                                  self.sync.peer_node_id, wake_writer).start()
         self.pending: dict[int, tuple[str, Any]] = {}  # repository asks by tag
+        self.asked_at: dict[int, float] = {}
         self.last_published: int | None = None  # unknown until read from the repository
         self.last_event_seq = 0
         self.publishing = False
@@ -57,10 +59,22 @@ class Sync(SignerActor):
     def ask_repository(self, message: Any, purpose: str, context: Any = None) -> None:
         message.tag = self.new_tag()
         self.pending[message.tag] = (purpose, context)
+        self.asked_at[message.tag] = time.monotonic()
         self.send(self.peer("repository"), message)
+
+    def expire_applies(self) -> None:
+        """A batch whose ApplyEvents reply never came (a restarted repository) is handed back
+        to the peer's server, or the consumer would wait for it for ever."""
+        now = time.monotonic()
+        for tag, (purpose, context) in list(self.pending.items()):
+            if purpose == "apply" and now - self.asked_at.get(tag, now) > APPLY_DEADLINE_S:
+                del self.pending[tag]
+                self.bridge.settle([], [token for token, _, _ in context])
+                self.sync_error = f"apply: no answer within {APPLY_DEADLINE_S:g} s; handed back"
 
     # -- the outbox ------------------------------------------------------------------------
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> Any:
+        self.expire_applies()
         asking = {purpose for purpose, _ in self.pending.values()}
         if self.last_published is None and "last_published" not in asking:
             self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")  # retry
@@ -81,6 +95,7 @@ class Sync(SignerActor):
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> Any:
         purpose, context = self.pending.pop(message.tag, (None, None))
+        self.asked_at.pop(message.tag, None)
         if message.error is not None:
             self.sync_error = f"{purpose}: {message.error['message']}"
             if purpose == "outbox":

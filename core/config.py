@@ -196,7 +196,9 @@ def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{key}: expected {_describe(hint)}, got {_kind(value)} {value!r}")
     if hint is str and key.rsplit(".", 1)[-1] in PATH_KEYS:
-        return str((base / value).resolve()) if not os.path.isabs(value) else value
+        # normpath, not resolve(): a path may be a symlink the signer itself maintains
+        # (serial.link_path), which must not be replaced by its current target.
+        return os.path.normpath(base / value) if not os.path.isabs(value) else value
     return value
 
 

@@ -363,14 +363,29 @@ def test_bytes_arriving_between_an_empty_read_and_select_do_not_close_the_port(b
     h, master = bare_link
     fd = h.actor.port.fileno()
 
-    def select_after_a_byte_arrived(r, w, x, timeout):
-        os.write(master, b"\x00")  # the line delivers a byte just after the empty read
-        time.sleep(0.02)
-        return real_select.select(r, w, x, timeout)
+    class PollAfterAByteArrived:
+        """The readiness check after an empty read, with a byte landing just before it."""
 
-    monkeypatch.setattr(serial_link, "select", SimpleNamespace(select=select_after_a_byte_arrived))
+        def __init__(self):
+            self.poller = real_select.poll()
+
+        def register(self, *args):
+            self.poller.register(*args)
+
+        def poll(self, timeout):
+            os.write(master, b"\x00")  # the line delivers a byte just after the empty read
+            time.sleep(0.02)
+            return self.poller.poll(timeout)
+
+    checks = []
+    fake = SimpleNamespace(**{name: getattr(real_select, name) for name in dir(real_select)
+                              if name.startswith("POLL")})
+    fake.poll = lambda: checks.append(1) or PollAfterAByteArrived()
+    monkeypatch.setattr(serial_link, "select", fake)
     h.deliver(WatchMessage([fd]))  # a wake-up whose bytes an earlier read already took
+    assert checks, "the empty read was not followed by a readiness check"
     assert h.actor.port is not None and h.actor.read_errors == 0, h.actor.last_port_error
+    assert h.actor.errors == 0, h.actor.last_error
 
 
 # --- status of the serial path's actors before they are configured -------------------------

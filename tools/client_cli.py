@@ -178,7 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--port", default=os.environ.get("SIGNER_PORT"),
                         help="serial port or pty of the signer (default: $SIGNER_PORT)")
     parser.add_argument("--baud", type=int, default=115200)
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an answer")
+    parser.add_argument("--timeout", type=float, default=90.0,
+                        help="seconds to wait for an answer (above the signer's own 30 s HSM and "
+                             "repository deadlines, so their typed errors arrive first)")
     parser.add_argument("--json", action="store_true", help="print the answer body as JSON")
     # --json is accepted before or after the command name.
     common = argparse.ArgumentParser(add_help=False)
