@@ -77,7 +77,7 @@ class RunningSigner:
                 config = dataclasses.replace(
                     config, serial=dataclasses.replace(config.serial, device=self.relay.path_a))
             self.supervisor = self.asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-            reply = self.asys.ask(self.supervisor, StartSigner(config), START_TIMEOUT_S)
+            reply = self.asys.ask(self.supervisor, StartSigner(config, os.getpid()), START_TIMEOUT_S)
             if not isinstance(reply, SignerStarted):
                 raise StartupError(f"the supervisor did not answer within {START_TIMEOUT_S} s")
             if not reply.ok:

@@ -7,8 +7,10 @@ the running actor system can find it.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
@@ -33,6 +35,8 @@ SUPERVISOR_NAME = "cacert-signer-supervisor"
 STARTUP_TIMEOUT_S = 60.0
 STATUS_TIMEOUT_S = 3.0
 MAX_RESTART_BACKOFF_S = 10.0
+OWNER_CHECK_S = 1.0
+TEARDOWN_GRACE_S = 1.0
 
 # Creation order: what others depend on comes first. Later issues add handlers here.
 CHILDREN: dict[str, type] = {
@@ -76,6 +80,9 @@ class Supervisor(SignerActor):
     def receiveMsg_StartSigner(self, message: StartSigner, sender: Any) -> None:
         self.config = message.config
         self.starter = sender
+        self.owner_pid = message.owner_pid
+        if self.owner_pid:
+            self.wakeupAfter(OWNER_CHECK_S, payload=("owner",))
         wanted = [name for name in CHILDREN if name != "sync" or message.config.sync is not None]
         for name in wanted:
             self.children[name] = self.createActor(CHILDREN[name])
@@ -157,9 +164,49 @@ class Supervisor(SignerActor):
         self.send(query.requester, SystemStatusReply(records))
 
     # -- timers -----------------------------------------------------------------------
+    # -- the owner watchdog -------------------------------------------------------------
+    # Thespian's admin detaches itself (setsid + fork), so the actor processes are not in
+    # `signer run`'s process group: a kill -9 of it (or of its group) would leave them
+    # holding the serial port, the repository, the HSM session and the admin port.
+    def owner_alive(self) -> bool:
+        try:
+            state = Path(f"/proc/{self.owner_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
+
+    def owner_gone(self) -> None:
+        self.log.error("signer run (pid %d) is gone: stopping every actor", self.owner_pid)
+        self.stopping = True
+        for address in self.children.values():
+            self.send(address, ActorExitRequest())
+        self.wakeupAfter(TEARDOWN_GRACE_S, payload=("teardown",))
+
+    def teardown(self) -> None:
+        """End the detached admin and what it still runs (the logger, any actor that did
+        not exit), then this process: nothing of the signer outlives `signer run`."""
+        admin = os.getppid()
+        try:
+            children = Path(f"/proc/{admin}/task/{admin}/children").read_text().split()
+        except OSError:
+            children = []
+        for pid in [int(c) for c in children if int(c) != os.getpid()] + [admin]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        os._exit(0)
+
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         kind, *args = message.payload
-        if kind == "restart":
+        if kind == "owner":
+            if self.owner_alive():
+                self.wakeupAfter(OWNER_CHECK_S, payload=("owner",))
+            else:
+                self.owner_gone()
+        elif kind == "teardown":
+            self.teardown()
+        elif kind == "restart":
             self.restart(args[0])
         elif kind == "status":
             self.finish_status(args[0])

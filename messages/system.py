@@ -9,6 +9,7 @@ from typing import Any
 class StartSigner:
     """system.py -> Supervisor: create every actor from this configuration."""
     config: Any  # core.config.SignerConfig
+    owner_pid: int = 0  # `signer run`: when it dies (even kill -9), the actors go too
 
 
 @dataclass

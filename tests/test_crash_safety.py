@@ -530,10 +530,6 @@ def test_crash_soak_long(dev_data, tmp_path):
     crash_soak(dev_data, tmp_path, total=3000, kills=60)
 
 
-@pytest.mark.xfail(strict=True, reason="Thespian's multiprocTCPBase admin daemonises (setsid + fork in "
-                   "thespian/system/multiprocCommon.py:154-161, started from system.py:71): the actors "
-                   "are not in `signer run`'s process group, so kill -9 of that group orphans them "
-                   "(admin port, repository and HSM session stay held; a restart is refused)")
 def test_group_kill_leaves_no_signer_process(dev_data, tmp_path):
     config = signer_config(dev_data, tmp_path)
     admin_port = yaml.safe_load(config.read_text())["actor_system"]["admin_port"]
