@@ -374,7 +374,8 @@ def test_error_codes():
                      "SanTypeNotAllowed": "san_type_not_allowed",
                      "ValidityTooLong": "validity_too_long", "HashNotAllowed": "hash_not_allowed",
                      "SignatureMismatch": "signature_invalid", "InvalidValue": "bad_request",
-                     "LintFailed": "lint_failed", "InvalidReason": "invalid_reason"}
+                     "LintFailed": "lint_failed", "InvalidReason": "invalid_reason",
+                     "CrlBuildFailed": "crl_build_failed"}
 
 
 def test_issue_timing(issuers, csrs, linter):
