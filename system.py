@@ -94,7 +94,16 @@ class RunningSigner:
             self.relay = None
 
 
+class StopRequested(BaseException):
+    """SIGTERM/SIGINT while starting: RunningSigner stops what it started, then we exit."""
+
+
+def raise_stop(signum: int, frame: object) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace) -> int:
+    handlers = {s: signal.signal(s, raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         config = load_config(args.config)
         preflight(config)
@@ -102,13 +111,19 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, StartupError) as exc:
         print(f"signer: cannot start: {exc}", file=sys.stderr)
         return 2
+    except StopRequested as exc:
+        print(f"signer: {exc} during start-up, stopped", file=sys.stderr)
+        return 0
+    # From here the signal waits in sigwait: block first, so none is lost in between.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
     print(f"signer: running, node {config.node_id}, admin port {config.actor_system.admin_port}",
           file=sys.stderr)
     if config.serial.mode == "dev-pty":
         print(f"client-pty: {signer.client_end}", flush=True)
         if config.serial.link_path:
             print(f"client-link: {config.serial.link_path}", flush=True)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
         received = signal.sigwait({signal.SIGINT, signal.SIGTERM})
         print(f"signer: {signal.Signals(received).name}, shutting down", file=sys.stderr)

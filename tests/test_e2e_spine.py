@@ -212,3 +212,21 @@ def test_admin_says_clearly_when_no_signer_runs(dev_data, tmp_path):
     config = signer_config(dev_data, tmp_path)  # a fresh admin port nobody listens on
     result = run_tool("signer-admin", "--config", str(config), "status")
     assert result.returncode == 1 and "no signer is running" in result.stderr
+
+
+def test_sigterm_during_start_up_leaves_nothing_behind(dev_data, tmp_path):
+    config = signer_config(dev_data, tmp_path)
+    process = subprocess.Popen([run_tool.__globals__["tool"]("signer"), "run", "--config", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)  # the actor system is starting, the supervisor not yet answering
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert "client-pty" not in out or "shutting down" in err
+    import yaml
+    port = yaml.safe_load(config.read_text())["actor_system"]["admin_port"]
+    deadline = time.monotonic() + 15
+    from system import port_in_use
+    while port_in_use(port) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not port_in_use(port), "the actor system outlived a SIGTERM during start-up"
