@@ -539,6 +539,11 @@ def test_group_kill_leaves_no_signer_process(dev_data, tmp_path):
         os.killpg(signer.process.pid, signal.SIGKILL)
         signer.process.wait(30)
         survivors = wait_gone(actors, timeout=10)
+        # The Supervisor's watchdog ends the actors first, then the detached admin (which
+        # holds the admin port) a moment later.
+        deadline = time.monotonic() + 15
+        while not port_free(admin_port) and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert survivors == [] and port_free(admin_port), \
             f"{len(survivors)} actor processes survived the group kill; admin port free: {port_free(admin_port)}"
     finally:
