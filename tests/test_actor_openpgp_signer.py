@@ -30,11 +30,12 @@ from core import openpgp
 from messages import CommandReply, CommandRequest, Configure, Configured, HsmSignReply, HsmSignRequest
 from messages.repository import LookupRequest, RepoReply, StoreOpenPgpSignature
 from tests.actor_harness import ActorHarness
+from tests.handler_playing import (CLIENT, asked, assert_quiet, body_of, error_of,
+                                    play_repo, reply_to)
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
 
 PEERS = {"hsm": "HSM", "repository": "REPO"}
-CLIENT = "D"  # the Dispatcher, as far as a handler knows
 COMMAND = "sign_openpgp"
 KEY_LABEL = "pgp-key"
 POLICY_URL = "http://www.cacert.org/cps.php"
@@ -201,41 +202,6 @@ def ca_signatures(ca: Ca, armoured: str) -> dict[str, list[list[str]]]:
 
 
 # --- playing the peers ----------------------------------------------------------------------
-
-def asked(h: ActorHarness, kind: type, peer: str = "REPO") -> Any:
-    """The one message of `kind` the actor sent, checked to have gone to `peer`."""
-    address, message = h.only(kind)
-    assert address == peer
-    return message
-
-
-def play_repo(h: ActorHarness, kind: type, value: Any = None, error: dict | None = None) -> Any:
-    request = asked(h, kind, "REPO")
-    h.deliver(RepoReply(request.tag, value, error), "REPO")
-    return request
-
-
-def reply_to(h: ActorHarness, tag: int = 1) -> CommandReply:
-    address, reply = h.only(CommandReply)
-    assert (address, reply.tag) == (CLIENT, tag)
-    return reply
-
-
-def body_of(h: ActorHarness, tag: int = 1) -> dict[str, Any]:
-    reply = reply_to(h, tag)
-    assert reply.error is None, reply.error
-    return reply.body
-
-
-def error_of(h: ActorHarness, tag: int = 1) -> dict[str, str]:
-    reply = reply_to(h, tag)
-    assert reply.body is None and reply.error is not None
-    return reply.error
-
-
-def assert_quiet(h: ActorHarness) -> None:
-    """The actor sent nothing besides what the test already took."""
-    assert h.sent == []
 
 
 def request(h: ActorHarness, body: dict[str, Any], tag: int = 1, request_id: str = "rid-1") -> None:

@@ -32,10 +32,11 @@ from messages import CommandReply, CommandRequest, HsmSignReply, HsmSignRequest
 from messages.repository import (CompleteCertificate, CrlState, DiscardReservation, LookupRequest,
                                  RepoReply, ReserveSerial, RevokeCertificate, StoreCrl)
 from tests.actor_harness import ActorHarness
+from tests.handler_playing import (CLIENT, asked, assert_quiet, body_of, error_of,
+                                    play_repo, reply_to)
 
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
 PEERS = {"hsm": "HSM", "repository": "REPO"}
-CLIENT = "D"  # the Dispatcher, as far as a handler knows
 MECHANISMS = {"root": "sha256-rsa-pkcs1", "class3": "sha256-ecdsa"}
 # The shipped server profiles: "server" is issued by root, "server-org" by class3.
 SERVER_PROFILE = {"root": "server", "class3": "server-org"}
@@ -98,18 +99,6 @@ def config(cas):
 
 # --- playing the peers -------------------------------------------------------------------
 
-def asked(h: ActorHarness, kind: type, peer: str = "REPO") -> Any:
-    """The one message of `kind` the actor sent, checked to have gone to `peer`."""
-    address, message = h.only(kind)
-    assert address == peer
-    return message
-
-
-def play_repo(h: ActorHarness, kind: type, value: Any = None, error: dict | None = None) -> Any:
-    request = asked(h, kind, "REPO")
-    h.deliver(RepoReply(request.tag, value, error), "REPO")
-    return request
-
 
 def play_hsm(h: ActorHarness, ca: Ca, signature: bytes | None = None, error: dict | None = None
              ) -> HsmSignRequest:
@@ -120,29 +109,6 @@ def play_hsm(h: ActorHarness, ca: Ca, signature: bytes | None = None, error: dic
         signature = hsm_sign(ca, request.mechanism, request.data)
     h.deliver(HsmSignReply(request.tag, signature, error), "HSM")
     return request
-
-
-def reply_to(h: ActorHarness, tag: int = 1) -> CommandReply:
-    address, reply = h.only(CommandReply)
-    assert (address, reply.tag) == (CLIENT, tag)
-    return reply
-
-
-def body_of(h: ActorHarness, tag: int = 1) -> dict[str, Any]:
-    reply = reply_to(h, tag)
-    assert reply.error is None, reply.error
-    return reply.body
-
-
-def error_of(h: ActorHarness, tag: int = 1) -> dict[str, str]:
-    reply = reply_to(h, tag)
-    assert reply.body is None and reply.error is not None
-    return reply.error
-
-
-def assert_quiet(h: ActorHarness) -> None:
-    """The actor sent nothing besides what the test already took."""
-    assert h.sent == []
 
 
 def expire_asks(h: ActorHarness) -> None:
