@@ -6,34 +6,23 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
-from actors.hsm import Hsm
 from actors.repository import Repository
-from core.hsm import HsmSession
-from core.softhsm import SOFTHSM_MODULE
 from messages import (HsmHealthReply, HsmHealthRequest, HsmSignReply, HsmSignRequest,
                       RepoHealthReply, RepoHealthRequest)
 from tests.actor_harness import ActorHarness
-from tests.helpers import PIN, TOKEN
+from tests.fixtures_shared import hsm_actor as start_hsm_actor, token_rsa_key
 
 KEY = "actor-test-rsa"
 
 
 @pytest.fixture(scope="module")
 def token_key(softhsm):
-    with HsmSession(SOFTHSM_MODULE, TOKEN, PIN) as session:
-        if not session.has_key(KEY):
-            session.generate_rsa_key(KEY, 2048)
-        yield session.public_key(KEY)
+    return token_rsa_key(KEY)
 
 
 @pytest.fixture
 def hsm_actor(token_key, monkeypatch):
-    monkeypatch.setenv("TEST_HSM_PIN", PIN)
-    config = SimpleNamespace(
-        hsm=SimpleNamespace(module=SOFTHSM_MODULE, token_label=TOKEN, pin_env="TEST_HSM_PIN",
-                            pin_file=None, health_key=KEY),
-        issuers=[SimpleNamespace(id="x", key_label=KEY)])
-    harness = ActorHarness(Hsm, config, {})
+    harness = start_hsm_actor(KEY, monkeypatch)
     yield harness
     harness.actor.shutdown()
 

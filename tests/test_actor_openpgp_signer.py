@@ -27,11 +27,10 @@ from thespian.actors import WakeupMessage
 from actors.handler import SWEEP_S, request_digest
 from actors.openpgp_signer import OpenPgpSigner
 from core import openpgp
-from messages import CommandReply, CommandRequest, Configure, Configured, HsmSignReply, HsmSignRequest
+from messages import CommandRequest, Configure, Configured, HsmSignReply, HsmSignRequest
 from messages.repository import LookupRequest, RepoReply, StoreOpenPgpSignature
 from tests.actor_harness import ActorHarness
-from tests.handler_playing import (CLIENT, asked, assert_quiet, body_of, error_of,
-                                    play_repo, reply_to)
+from tests.handler_playing import CLIENT, assert_quiet, body_of, error_of, play_repo
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
 

@@ -32,8 +32,8 @@ from messages import CommandReply, CommandRequest, HsmSignReply, HsmSignRequest
 from messages.repository import (CompleteCertificate, CrlState, DiscardReservation, LookupRequest,
                                  RepoReply, ReserveSerial, RevokeCertificate, StoreCrl)
 from tests.actor_harness import ActorHarness
-from tests.handler_playing import (CLIENT, asked, assert_quiet, body_of, error_of,
-                                    play_repo, reply_to)
+from tests.fixtures_shared import write_test_ca
+from tests.handler_playing import CLIENT, asked, assert_quiet, body_of, error_of, play_repo
 
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
 PEERS = {"hsm": "HSM", "repository": "REPO"}
@@ -54,20 +54,7 @@ class Ca:
 
 
 def make_ca(folder: Path, issuer_id: str, key: Any) -> Ca:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Test {issuer_id} CA")])
-    now = datetime.now(timezone.utc)
-    usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                          crl_sign=True, encipher_only=False, decipher_only=False)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    path = folder / f"{issuer_id}.pem"
-    path.write_bytes(cert.public_bytes(Encoding.PEM))
+    cert, path = write_test_ca(folder, issuer_id, key)
     return Ca(issuer_id, f"{issuer_id}-key", key, cert, path)
 
 

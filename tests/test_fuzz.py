@@ -50,6 +50,7 @@ from core.protocol import (ERROR_CODES, MAX_ID_LENGTH, RequestError, SignerError
 from messages import CommandReply, CommandRequest, FrameReceived, FrameToSend, HsmSignRequest
 from messages.repository import CrlState, LookupRequest, RepoReply, ReserveSerial, RevokeCertificate
 from tests.actor_harness import ActorHarness
+from tests.fixtures_shared import write_test_ca
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "config" / "profiles"
@@ -307,20 +308,7 @@ def test_decode_request_raises_only_typed_errors(payload):
 # --- the command handlers --------------------------------------------------------------------
 
 def make_ca(folder: Path, issuer_id: str, key: Any) -> SimpleNamespace:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"Fuzz {issuer_id} CA")])
-    now = datetime.now(timezone.utc)
-    usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                          crl_sign=True, encipher_only=False, decipher_only=False)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(days=1)).not_valid_after(now + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(usage, critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-            .sign(key, hashes.SHA256()))
-    path = folder / f"{issuer_id}.pem"
-    path.write_bytes(cert.public_bytes(Encoding.PEM))
+    _, path = write_test_ca(folder, issuer_id, key, label="Fuzz")
     return SimpleNamespace(id=issuer_id, certificate=str(path), key_label=f"{issuer_id}-key", key=key)
 
 

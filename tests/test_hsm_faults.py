@@ -45,7 +45,6 @@ import subprocess
 import time
 from contextlib import closing
 from pathlib import Path
-from types import SimpleNamespace
 
 import PyKCS11
 import pytest
@@ -57,7 +56,6 @@ from cryptography.x509.oid import NameOID
 
 from actors.handler import ASK_TIMEOUT_S
 from actors.health import PART_TIMEOUT_S
-from actors.hsm import Hsm
 from core.devca import TOKEN_LABEL as DEV_TOKEN
 from core.hsm import HsmSession
 from core.profiles import load_profiles
@@ -66,7 +64,7 @@ from core.repository import Repository
 from core.softhsm import SOFTHSM_MODULE, SOFTHSM_UTIL, softhsm_env
 from messages import HsmHealthReply, HsmHealthRequest, HsmSignReply, HsmSignRequest
 from tests import helpers
-from tests.actor_harness import ActorHarness
+from tests.fixtures_shared import hsm_actor as start_hsm_actor, token_rsa_key
 from tests.helpers import PIN, ROOT, TOKEN, SignerProcess, dev_init, signer_config, tool
 from tools.client import SignerClient
 
@@ -80,20 +78,12 @@ MECHANISM = "sha256-rsa-pkcs1"
 
 @pytest.fixture(scope="module")
 def token_key(softhsm):
-    with HsmSession(SOFTHSM_MODULE, TOKEN, PIN) as session:
-        if not session.has_key(KEY):
-            session.generate_rsa_key(KEY, 2048)
-        yield session.public_key(KEY)
+    return token_rsa_key(KEY)
 
 
 @pytest.fixture
 def hsm_actor(token_key, monkeypatch):
-    monkeypatch.setenv("TEST_HSM_PIN", PIN)
-    config = SimpleNamespace(
-        hsm=SimpleNamespace(module=SOFTHSM_MODULE, token_label=TOKEN, pin_env="TEST_HSM_PIN",
-                            pin_file=None, health_key=KEY),
-        issuers=[SimpleNamespace(id="x", key_label=KEY)])
-    harness = ActorHarness(Hsm, config, {})
+    harness = start_hsm_actor(KEY, monkeypatch)
     yield harness
     harness.actor.shutdown()
 
