@@ -138,7 +138,9 @@ class SignerConfig:
 
 # Keys whose values are paths: relative ones resolve against the config file's folder.
 PATH_KEYS = {"profiles", "device", "link_path", "module", "pin_file", "softhsm_conf", "certificate",
-             "public_key", "path", "log_file"}
+             "public_key", "path", "log_file",
+             # the WebDB client's (tools/webdb/config.py), built with the same builder
+             "files_root", "publish_dir", "state_dir", "password_file", "unix_socket"}
 
 
 def load_config(path: str | os.PathLike) -> SignerConfig:

@@ -6,7 +6,8 @@ cd "$(dirname "$0")/.."
 
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-APT_PACKAGES="softhsm2 nats-server socat gnupg opensc openssl python3-venv"
+# mariadb-server: the WebDB client daemon's end-to-end tests start a private MariaDB.
+APT_PACKAGES="softhsm2 nats-server socat gnupg opensc openssl python3-venv mariadb-server"
 
 missing=""
 for pkg in $APT_PACKAGES; do

@@ -1,5 +1,7 @@
 """`signer-client`: the command line over tools.client.SignerClient.
 
+The WebDB daemon's commands (run, status, init-webdb) are in tools/webdb/cli.py.
+
 Exit codes: 0 the command succeeded (health: healthy); 1 the signer refused the request
 (its error code and message are printed) or health is unhealthy; 2 usage or local error;
 3 no answer from the signer within the timeout.
@@ -19,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tools.client import Response, SignerClient, SignerTimeout
+from tools.webdb import cli as webdb_cli
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
 
@@ -222,11 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_pgp.add_argument("--digest", default=None, choices=["sha256", "sha384", "sha512"])
     p_pgp.add_argument("--request-id")
     p_pgp.add_argument("--out", required=True, help="the certified key, armoured")
+    webdb_cli.add_commands(sub, common)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("run", "status", "init-webdb"):
+        return webdb_cli.run_command(args)
     if not args.port:
         print("signer-client: --port is required (or set SIGNER_PORT)", file=sys.stderr)
         return EXIT_USAGE

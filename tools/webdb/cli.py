@@ -1,0 +1,80 @@
+"""`signer-client run | status | init-webdb --config FILE`: the WebDB daemon's commands.
+
+Exit codes of `status`: 0 the daemon runs and the signer is reachable and healthy; 1 it
+runs, but the signer is away or unhealthy; 3 the daemon is not running (or never ran).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from core.config import ConfigError
+from tools.webdb.config import load_client_config
+
+EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+def add_commands(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p_run = sub.add_parser("run", help="the WebDB daemon: poll the WebDB, sign, publish CRLs")
+    p_run.add_argument("--config", required=True, help="the client's YAML (docs/webdb-client.md)")
+    p_run.add_argument("--cycles", type=int, help=argparse.SUPPRESS)  # tests: stop after N rounds
+    p_status = sub.add_parser("status", parents=[common],
+                              help="the daemon's last health, queue depth and last error")
+    p_status.add_argument("--config", required=True)
+    p_init = sub.add_parser("init-webdb", help="create CAcert's tables in a development WebDB")
+    p_init.add_argument("--config", required=True)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    try:
+        config = load_client_config(args.config)
+    except ConfigError as exc:
+        print(f"signer-client: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.command == "run":
+        return cmd_run(config, args)
+    if args.command == "status":
+        return cmd_status(config, args)
+    return cmd_init_webdb(config)
+
+
+def cmd_run(config, args: argparse.Namespace) -> int:
+    from tools.webdb.daemon import ClientDaemon
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    ClientDaemon(config).run(cycles=args.cycles)
+    return EXIT_OK
+
+
+def cmd_status(config, args: argparse.Namespace) -> int:
+    from tools.webdb.status import daemon_alive, read_status, status_lines
+    status = read_status(Path(config.state_dir))
+    if status is None:
+        print(f"signer-client: no status in {config.state_dir}: the daemon has not run", file=sys.stderr)
+        return EXIT_NOT_RUNNING
+    alive = daemon_alive(status)
+    if getattr(args, "json", False):
+        print(json.dumps({**status, "alive": alive}, indent=2, sort_keys=True))
+    else:
+        print("\n".join(status_lines(status, alive)))
+    if not alive:
+        return EXIT_NOT_RUNNING
+    healthy = (status.get("signer") or {}).get("reachable") and (status.get("health") or {}).get("healthy")
+    return EXIT_OK if healthy else EXIT_PROBLEM
+
+
+def cmd_init_webdb(config) -> int:
+    from tools.webdb.db import DbUnavailable, WebDb
+    db = WebDb(config.webdb)
+    try:
+        db.create_dev_tables()
+    except DbUnavailable as exc:
+        print(f"signer-client: {exc}", file=sys.stderr)
+        return EXIT_PROBLEM
+    finally:
+        db.close()
+    print(f"WebDB tables ready ({config.webdb.driver})")
+    return EXIT_OK

@@ -1,0 +1,187 @@
+"""The WebDB client daemon's configuration (`signer-client run --config FILE`).
+
+Built with the signer's own typed builder (core.config.build): every unknown key, missing
+key or wrong type is a ConfigError naming the dotted key. The database password is never in
+the YAML: it comes from an environment variable or a file (like the signer's HSM PIN).
+docs/webdb-client.md describes every key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from core.config import ConfigError, build
+
+TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
+VARIANTS = ("", "codesign", "ocsp", "timestamp")
+
+
+@dataclass(frozen=True)
+class SignerLinkConfig:
+    device: str  # the serial port, or the dev signer's client-tty link
+    baudrate: int = 115200
+    timeout_s: float = 90.0  # per request; above the signer's own 30 s HSM/repository deadlines
+    max_in_flight: int = 4  # requests pipelined on the link
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class WebDbConfig:
+    driver: str  # "sqlite" or "mysql" (MariaDB/MySQL through PyMySQL)
+    path: str | None = None  # sqlite: the database file
+    host: str = "localhost"
+    port: int = 3306
+    unix_socket: str | None = None
+    database: str = "cacert"
+    user: str = "cacert"
+    password_env: str | None = None
+    password_file: str | None = None
+    # csr_name / crt_name / gpg.csr / gpg.crt hold file paths, as in CAcert's web app;
+    # relative ones resolve against files_root.
+    files_root: str = "."
+    poll_interval_s: float = 5.0
+    batch: int = 50  # rows fetched per table and kind of work per poll
+    max_attempts: int = 3  # the old client's `warning < 3`
+    revoke_marker: str = "1970-01-01 10:00:01"  # the web app's "please revoke" value of `revoked`
+    request_id_prefix: str = "webdb"  # request ids: <prefix>:<table>:<row id>:<action>
+
+
+@dataclass(frozen=True)
+class X509Route:
+    """Which profile and issuer a row of `table` gets; `variant` comes from the row:
+    `codesign` = 1 gives "codesign", `type` 8 "ocsp", `type` 9 "timestamp", else ""."""
+    table: str
+    profile: str
+    issuer: str
+    variant: str = ""
+    days: int | None = None  # None: the profile's default validity
+
+
+def default_routes() -> list[X509Route]:
+    # Mirrors config/profiles/*.yaml of the signer (profile -> issuer is fixed there).
+    return [X509Route("emailcerts", "client", "root"),
+            X509Route("emailcerts", "client-codesign", "class3", "codesign"),
+            X509Route("domaincerts", "server", "root"),
+            X509Route("domaincerts", "ocsp", "root", "ocsp"),
+            X509Route("domaincerts", "timestamp", "root", "timestamp"),
+            X509Route("orgemailcerts", "client-org", "class3"),
+            X509Route("orgemailcerts", "client-codesign", "class3", "codesign"),
+            X509Route("orgdomaincerts", "server-org", "class3")]
+
+
+@dataclass(frozen=True)
+class X509WorkConfig:
+    enabled: bool = True
+    routes: list[X509Route] = field(default_factory=default_routes)
+
+
+@dataclass(frozen=True)
+class OpenPgpWorkConfig:
+    enabled: bool = True
+    days: int | None = None  # None: the signer's default (366)
+
+
+@dataclass(frozen=True)
+class CrlPublication:
+    issuer: str
+    file: str  # DER file name in publish_dir; the PEM copy is <file>.pem
+
+
+@dataclass(frozen=True)
+class CrlWorkConfig:
+    publish_dir: str | None = None  # None: CRLs are not fetched
+    interval_s: float = 3600.0
+    issuers: list[CrlPublication] = field(default_factory=lambda: [
+        CrlPublication("root", "revoke.crl"), CrlPublication("class3", "class3-revoke.crl")])
+
+
+@dataclass(frozen=True)
+class HealthWorkConfig:
+    interval_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    signer: SignerLinkConfig
+    webdb: WebDbConfig
+    state_dir: str  # status.json lives here
+    x509: X509WorkConfig = field(default_factory=X509WorkConfig)
+    openpgp: OpenPgpWorkConfig = field(default_factory=OpenPgpWorkConfig)
+    crl: CrlWorkConfig = field(default_factory=CrlWorkConfig)
+    health: HealthWorkConfig = field(default_factory=HealthWorkConfig)
+    source: str = ""
+
+    def route(self, table: str, variant: str) -> X509Route | None:
+        for route in self.x509.routes:
+            if route.table == table and route.variant == variant:
+                return route
+        return None
+
+
+def load_client_config(path: str | os.PathLike) -> ClientConfig:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    config = build(ClientConfig, data, "", path.resolve().parent)
+    config = dataclasses.replace(config, source=str(path.resolve()))
+    validate(config)
+    return config
+
+
+def validate(config: ClientConfig) -> None:
+    db = config.webdb
+    if db.driver not in ("sqlite", "mysql"):
+        raise ConfigError(f"webdb.driver: expected 'sqlite' or 'mysql', got {db.driver!r}")
+    if db.driver == "sqlite" and not db.path:
+        raise ConfigError("webdb.path: required when webdb.driver is 'sqlite'")
+    if db.driver == "mysql" and not (db.password_env or db.password_file):
+        raise ConfigError("webdb.password_env or webdb.password_file: one is required for mysql "
+                          "(the password is never in the YAML)")
+    if db.poll_interval_s <= 0 or db.batch < 1 or db.max_attempts < 1:
+        raise ConfigError("webdb: poll_interval_s must be > 0, batch and max_attempts >= 1")
+    if not 0 < len(db.request_id_prefix) <= 40 or ":" in db.request_id_prefix:
+        raise ConfigError("webdb.request_id_prefix: 1 to 40 characters, no ':'")
+    link = config.signer
+    if link.timeout_s <= 0 or link.max_in_flight < 1:
+        raise ConfigError("signer: timeout_s must be > 0 and max_in_flight >= 1")
+    if not 0 < link.backoff_initial_s <= link.backoff_max_s:
+        raise ConfigError("signer: expected 0 < backoff_initial_s <= backoff_max_s")
+    seen = set()
+    for i, route in enumerate(config.x509.routes):
+        if route.table not in TABLES:
+            raise ConfigError(f"x509.routes[{i}].table: expected one of {', '.join(TABLES)}, "
+                              f"got {route.table!r}")
+        if route.variant not in VARIANTS:
+            raise ConfigError(f"x509.routes[{i}].variant: expected one of {VARIANTS}, got {route.variant!r}")
+        if (route.table, route.variant) in seen:
+            raise ConfigError(f"x509.routes[{i}]: a second route for {route.table} {route.variant!r}")
+        seen.add((route.table, route.variant))
+        if route.days is not None and route.days <= 0:
+            raise ConfigError(f"x509.routes[{i}].days: expected a positive number of days")
+    if config.crl.interval_s <= 0 or config.health.interval_s <= 0:
+        raise ConfigError("crl.interval_s and health.interval_s: expected positive seconds")
+    for i, publication in enumerate(config.crl.issuers):
+        if "/" in publication.file or publication.file in ("", ".", ".."):
+            raise ConfigError(f"crl.issuers[{i}].file: a file name, not a path: {publication.file!r}")
+
+
+def read_password(db: WebDbConfig) -> str:
+    """The database password, from the environment variable or else the file. Never logged."""
+    if db.password_env and os.environ.get(db.password_env):
+        return os.environ[db.password_env]
+    if db.password_file:
+        try:
+            return Path(db.password_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"webdb.password_file: cannot read {db.password_file}: "
+                              f"{exc.strerror}") from None
+    raise ConfigError(f"webdb.password_env: environment variable {db.password_env} is not set")

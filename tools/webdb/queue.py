@@ -1,0 +1,151 @@
+"""The WebDB as a work queue: which rows are pending, and writing results and failures back.
+
+Every write is one statement guarded so that repeating it changes nothing (`... AND
+crt_name=''`), because the daemon may be killed between any two steps: the next run finds
+the row still pending, sends the same request id, gets the signer's stored answer and
+writes the same values.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from tools.webdb.config import ClientConfig
+from tools.webdb.db import WebDb
+from tools.webdb.schema import ZERO
+from tools.webdb.work import CERT_TABLES, Job, db_time, now_text, output_name, resolve
+
+FAILED, DONE, RETRYING = "failed", "done", "retrying"
+
+
+class WorkQueue:
+    def __init__(self, config: ClientConfig, db: WebDb) -> None:
+        self.config = config
+        self.db = db
+        self.max_attempts = config.webdb.max_attempts
+
+    # -- what is pending -------------------------------------------------------------------
+    def pending_certificates(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.db.query(f"SELECT * FROM `{table}` WHERE crt_name='' AND csr_name<>'' "
+                             f"AND warning<? ORDER BY id{_limit(limit)}", (self.max_attempts,))
+
+    def pending_revocations(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        # Revocations have no warning column: the daemon's own table counts their failures.
+        return self.db.query(
+            f"SELECT t.* FROM `{table}` t LEFT JOIN signer_client_requests r ON r.tbl=? "
+            "AND r.row_id=t.id AND r.action='revoke' WHERE t.revoked=? "
+            f"AND (r.state IS NULL OR r.state<>'failed') ORDER BY t.id{_limit(limit)}",
+            (table, self.config.webdb.revoke_marker))
+
+    def pending_openpgp(self, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.db.query(f"SELECT * FROM gpg WHERE crt='' AND csr<>'' AND warning<? "
+                             f"ORDER BY id{_limit(limit)}", (self.max_attempts,))
+
+    def verified_emails(self, row: dict[str, Any]) -> set[str]:
+        """gpg.email, plus, when the row asks for `multiple` uids, every address of the member
+        the web side has verified (email.hash empty) and not deleted."""
+        emails = {str(row.get("email") or "").lower()} - {""}
+        if str(row.get("multiple", 0)) not in ("0", ""):
+            found = self.db.query("SELECT email FROM email WHERE memid=? AND hash='' AND deleted=?",
+                                  (row["memid"], ZERO.strip("'")))
+            emails |= {str(r["email"]).lower() for r in found}
+        return emails
+
+    def depth(self) -> dict[str, int]:
+        """Rows waiting, per table and action (for `signer-client status`)."""
+        counts: dict[str, int] = {}
+        if self.config.x509.enabled:
+            for table in CERT_TABLES:
+                counts[f"{table}.sign"] = len(self.pending_certificates(table))
+                counts[f"{table}.revoke"] = len(self.pending_revocations(table))
+        if self.config.openpgp.enabled:
+            counts["gpg.sign"] = len(self.pending_openpgp())
+        return counts
+
+    # -- results ---------------------------------------------------------------------------
+    def store_certificate(self, job: Job, pem: bytes, serial: str, not_after: str) -> bool:
+        name = output_name(job.row["csr_name"], ".crt")
+        write_atomically(resolve(self.config.webdb.files_root, name), pem)
+        changed = self.db.execute(
+            f"UPDATE `{job.table}` SET crt_name=?, serial=?, expire=?, modified=? "
+            "WHERE id=? AND crt_name=''",
+            # openssl's form, as the old client stored it: upper-case hex
+            (name, serial.upper(), db_time(not_after), now_text(), job.row_id))
+        self._record(job, DONE, None, count=False)
+        return changed == 1
+
+    def store_revocation(self, job: Job, revoked_at: str) -> bool:
+        changed = self.db.execute(f"UPDATE `{job.table}` SET revoked=? WHERE id=? AND revoked=?",
+                                  (db_time(revoked_at), job.row_id, self.config.webdb.revoke_marker))
+        self._record(job, DONE, None, count=False)
+        return changed == 1
+
+    def store_openpgp(self, job: Job, armoured: str, expires_at: str) -> bool:
+        name = output_name(job.row["csr"], ".crt")
+        write_atomically(resolve(self.config.webdb.files_root, name), armoured.encode())
+        changed = self.db.execute("UPDATE gpg SET crt=?, issued=?, expire=? WHERE id=? AND crt=''",
+                                  (name, now_text(), db_time(expires_at), job.row_id))
+        self._record(job, DONE, None, count=False)
+        return changed == 1
+
+    # -- failures --------------------------------------------------------------------------
+    def fail(self, job: Job, reason: str, permanent: bool) -> int:
+        """Count a failed attempt; a permanent one (the signer refused the request itself) ends
+        the retries at once. Returns the row's attempts so far."""
+        attempts = self._record(job, FAILED if permanent else RETRYING, reason, count=True,
+                                final=permanent)
+        if job.action == "sign":
+            table = job.table
+            warning = self.max_attempts if permanent else min(attempts, self.max_attempts)
+            self.db.execute(f"UPDATE `{table}` SET warning=? WHERE id=? AND warning<?",
+                            (warning, job.row_id, warning))
+        return attempts
+
+    def note_transient(self, job: Job, reason: str) -> None:
+        """The signer could not serve the request now (HSM, repository): the row is not at
+        fault, so no attempt is counted; the reason is kept for `status`."""
+        self._record(job, RETRYING, reason, count=False)
+
+    def _record(self, job: Job, state: str, reason: str | None, count: bool,
+                final: bool = False) -> int:
+        now = now_text()
+        found = self.db.query("SELECT attempts FROM signer_client_requests WHERE request_id=?",
+                              (job.request_id,))
+        attempts = (found[0]["attempts"] if found else 0) + (1 if count else 0)
+        if final:
+            attempts = max(attempts, self.max_attempts)
+        if (state == RETRYING and attempts >= self.max_attempts):
+            state = FAILED
+        if found:
+            self.db.execute("UPDATE signer_client_requests SET state=?, attempts=?, last_error=?, "
+                            "last_attempt=?, done_at=? WHERE request_id=?",
+                            (state, attempts, reason, now, now if state == DONE else None,
+                             job.request_id))
+        else:
+            self.db.execute("INSERT INTO signer_client_requests (request_id, tbl, row_id, action, "
+                            "state, attempts, last_error, first_attempt, last_attempt, done_at) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            (job.request_id, job.table, job.row_id, job.action, state, attempts,
+                             reason, now, now, now if state == DONE else None))
+        return attempts
+
+    def failures(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.db.query("SELECT * FROM signer_client_requests WHERE state<>'done' "
+                             "ORDER BY last_attempt DESC LIMIT ?", (limit,))
+
+
+def _limit(limit: int | None) -> str:
+    return "" if limit is None else f" LIMIT {int(limit)}"
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write + fsync + rename: a reader (the web app, a CRL mirror) sees the old file or the
+    new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,77 @@
+"""The daemon's status: a JSON file in state_dir, replaced atomically after every round, read
+by `signer-client status` (another process, so no socket or shared memory is needed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tools.webdb.work import now_text
+
+STATUS_NAME = "status.json"
+
+
+class StatusFile:
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / STATUS_NAME
+        self.data: dict[str, Any] = {"pid": os.getpid(), "running": True, "started_at": now_text(),
+                                     "signer": {"reachable": False}, "health": None, "queue": {},
+                                     "counters": {}, "last_error": None, "crl": {}}
+
+    def update(self, **sections: Any) -> None:
+        self.data.update(sections)
+
+    def error(self, message: str) -> None:
+        self.data["last_error"] = {"at": now_text(), "message": message}
+
+    def write(self) -> None:
+        self.data["updated_at"] = now_text()
+        self.data["updated_unix"] = time.time()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def read_status(state_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((state_dir / STATUS_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def daemon_alive(status: dict[str, Any]) -> bool:
+    if not status.get("running"):
+        return False
+    try:
+        os.kill(int(status["pid"]), 0)
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
+def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
+    signer, health = status.get("signer") or {}, status.get("health") or {}
+    queue = status.get("queue") or {}
+    lines = [f"daemon: {'running' if alive else 'NOT running'} (pid {status.get('pid')}, "
+             f"started {status.get('started_at')}, updated {status.get('updated_at')})",
+             f"signer: {'reachable' if signer.get('reachable') else 'AWAY'} since {signer.get('since')}"
+             + (f" ({signer.get('reason')})" if not signer.get("reachable") and signer.get("reason") else "")]
+    if health:
+        lines.append(f"last health {health.get('at')}: {'healthy' if health.get('healthy') else 'UNHEALTHY'}"
+                     f", version {health.get('version')}, node {health.get('node_id')}")
+        lines += [f"  problem: {p}" for p in health.get("problems") or []]
+    else:
+        lines.append("last health: none yet")
+    lines.append(f"queue: {sum(queue.values())} rows waiting"
+                 + "".join(f"\n  {name}: {count}" for name, count in sorted(queue.items()) if count))
+    counters = status.get("counters") or {}
+    lines.append("done since start: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "nothing"))
+    for issuer, crl in sorted((status.get("crl") or {}).items()):
+        lines.append(f"crl {issuer}: number {crl.get('number')} at {crl.get('at')} -> {crl.get('file')}")
+    error = status.get("last_error")
+    lines.append(f"last error: {error['at']} {error['message']}" if error else "last error: none")
+    return lines

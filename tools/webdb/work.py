@@ -1,0 +1,206 @@
+"""From a WebDB row to a signer request, and from the answer back to column values.
+
+Pure functions (no database, no serial port), so every rule is unit-tested on its own:
+which rows are work, the request id of a row, the subject and SANs out of CAcert's
+`subject` column, the profile and issuer of a row, and which signer errors are worth a retry.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from core.openpgp_packets import OpenPgpError, dearmor, parse_packets
+from tools.webdb.config import ClientConfig
+
+CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
+XMPP_OID = "1.3.6.1.5.5.7.8.5"
+ALLOWED_HASHES = ("sha256", "sha384", "sha512")
+
+# Errors that say nothing about the request itself: the same request may succeed later.
+TRANSIENT_CODES = {"handler_unavailable", "internal_error", "repository_error", "duplicate_serial",
+                   "duplicate_request", "crl_build_failed", "timeout", "bad_cobs", "bad_crc",
+                   "frame_too_short", "bad_msgpack", "bad_envelope"}
+
+
+def is_transient(code: str) -> bool:
+    return code in TRANSIENT_CODES or code.startswith("hsm_")
+
+
+class RowProblem(Exception):
+    """The row cannot become a request (missing CSR file, unparsable subject, ...)."""
+
+    def __init__(self, message: str, permanent: bool = True) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass
+class Job:
+    """One request for one row; `result` is filled from the signer's answer."""
+    table: str
+    row_id: int
+    action: str  # "sign" or "revoke"
+    request_id: str
+    command: str
+    body: dict[str, Any]
+    row: dict[str, Any] = field(repr=False)
+    issuer: str = ""
+
+
+def request_id(prefix: str, table: str, row_id: int, action: str) -> str:
+    """Stable across restarts: a retried row gets the signer's stored answer, never a second
+    certificate."""
+    return f"{prefix}:{table}:{int(row_id)}:{action}"
+
+
+def db_time(iso: str) -> str:
+    """ISO 8601 from the signer -> the WebDB's DATETIME text, in UTC."""
+    moment = dt.datetime.fromisoformat(iso).astimezone(dt.timezone.utc)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def now_text() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def resolve(files_root: str, name: str) -> Path:
+    path = Path(name)
+    return path if path.is_absolute() else Path(files_root) / path
+
+
+def output_name(input_name: str, suffix: str) -> str:
+    """Where the web application looks for the result of the request file `input_name`: as the
+    old client did, the `csr` folder becomes `crt` and `.csr` becomes `suffix`."""
+    parts = list(Path(input_name).parts)
+    if "csr" in parts:
+        parts[len(parts) - 1 - parts[::-1].index("csr")] = "crt"
+    path = Path(*parts)
+    stem = path.name[:-4] if path.name.endswith(".csr") else path.name
+    return str(path.with_name(stem + suffix))
+
+
+def parse_subject(text: str) -> tuple[list[list[str]], list[list[str]]]:
+    """CAcert's `subject` column, "/CN=a/emailAddress=b/subjectAltName=email:b", into the
+    signer's subject pairs and SAN pairs (in their order)."""
+    subject: list[list[str]] = []
+    sans: list[list[str]] = []
+    for part in (p for p in text.strip().split("/") if p.strip()):
+        key, sep, value = part.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise RowProblem(f"subject part {part!r} is not TYPE=VALUE")
+        if key != "subjectAltName":
+            subject.append([key, value])
+            continue
+        for one in (v.strip() for v in value.split(",") if v.strip()):
+            sans.append(parse_san(one))
+    return subject, sans
+
+
+def parse_san(text: str) -> list[str]:
+    kind, _, value = text.partition(":")
+    if kind.lower() in ("email", "dns") and value:
+        return [kind.lower(), value]
+    match = re.fullmatch(rf"otherName:{re.escape(XMPP_OID)};UTF8:(.+)", text)
+    if match:
+        return ["xmpp", match.group(1)]
+    raise RowProblem(f"subjectAltName {text!r} is not email:, DNS: or an XMPP otherName")
+
+
+def variant_of(row: dict[str, Any], sans: list[list[str]]) -> str:
+    if row.get("type") in (8, "8"):
+        return "ocsp"
+    if row.get("type") in (9, "9"):
+        return "timestamp"
+    if str(row.get("codesign", 0)) not in ("0", "", "None"):
+        return "codesign"
+    if any(kind == "xmpp" for kind, _ in sans):
+        return "jabber"
+    return ""
+
+
+def read_csr_der(path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        # A missing file may still be on its way (shared storage): counted, retried.
+        raise RowProblem(f"cannot read the CSR file {path}: {exc.strerror}", permanent=False) from None
+    if data.lstrip().startswith(b"SPKAC="):
+        raise RowProblem("SPKAC (Netscape keygen) requests are not supported; a PKCS#10 CSR is needed")
+    try:
+        csr = (x509.load_pem_x509_csr(data) if data.lstrip().startswith(b"-----")
+               else x509.load_der_x509_csr(data))
+    except ValueError:
+        raise RowProblem(f"the CSR file {path} holds no PKCS#10 request (PEM or DER)") from None
+    return csr.public_bytes(Encoding.DER)
+
+
+def x509_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
+    subject, sans = parse_subject(row.get("subject") or "")
+    variant = variant_of(row, sans)
+    route = config.route(table, variant)
+    if route is None:
+        raise RowProblem(f"no x509 route for table {table} variant {variant or 'default'!r} "
+                         "(x509.routes in the client configuration)")
+    body: dict[str, Any] = {"issuer": route.issuer, "profile": route.profile,
+                            "csr": read_csr_der(resolve(config.webdb.files_root, row["csr_name"])),
+                            "subject": subject, "sans": sans}
+    md = (row.get("md") or "sha256").lower()
+    # md5/sha1 are sent as they are: the signer refuses them with hash_not_allowed, and the
+    # row says so, rather than silently getting another hash than the one asked for.
+    body["hash"] = md
+    if route.days is not None:
+        body["days"] = route.days
+    rid = request_id(config.webdb.request_id_prefix, table, row["id"], "sign")
+    return Job(table, int(row["id"]), "sign", rid, "sign_x509", body, row, route.issuer)
+
+
+def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
+    serial = (row.get("serial") or "").strip()
+    if not serial or not row.get("crt_name"):
+        raise RowProblem("the row has no issued certificate (serial or crt_name is empty)")
+    subject, sans = parse_subject(row.get("subject") or "")
+    route = config.route(table, variant_of(row, sans))
+    if route is None:
+        raise RowProblem(f"no x509 route for table {table}: the issuer is unknown")
+    rid = request_id(config.webdb.request_id_prefix, table, row["id"], "revoke")
+    return Job(table, int(row["id"]), "revoke", rid, "revoke_x509",
+               {"issuer": route.issuer, "serial": serial}, row, route.issuer)
+
+
+def key_uids(data: bytes) -> list[str]:
+    """The user ids on an OpenPGP key file (armoured or binary), in the key's order."""
+    try:
+        raw = dearmor(data) if data.lstrip().startswith(b"-----") else data
+        packets = parse_packets(raw)
+    except (OpenPgpError, ValueError) as exc:
+        raise RowProblem(f"the key file is not an OpenPGP key: {exc}") from None
+    return [p.body.decode("utf-8", "replace") for p in packets if p.tag == 13]
+
+
+def uid_email(uid: str) -> str | None:
+    match = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", uid) or re.fullmatch(r"\s*(\S+@\S+)\s*", uid)
+    return match.group(1).lower() if match else None
+
+
+def openpgp_job(config: ClientConfig, row: dict[str, Any], emails: set[str]) -> Job:
+    """`emails` are the member's addresses the web side has verified (see docs/webdb-client.md)."""
+    path = resolve(config.webdb.files_root, row["csr"])
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise RowProblem(f"cannot read the key file {path}: {exc.strerror}", permanent=False) from None
+    uids = [uid for uid in key_uids(data) if uid_email(uid) in emails]
+    if not uids:
+        raise RowProblem(f"no user id on the key has a verified address ({', '.join(sorted(emails))})")
+    body: dict[str, Any] = {"key": data, "uids": uids}
+    if config.openpgp.days is not None:
+        body["days"] = config.openpgp.days
+    rid = request_id(config.webdb.request_id_prefix, "gpg", row["id"], "sign")
+    return Job("gpg", int(row["id"]), "sign", rid, "sign_openpgp", body, row)
