@@ -105,8 +105,11 @@ def open_web_side(config_path: Path) -> WebSide:
     return WebSide(db, Path(config.webdb.files_root))
 
 
-def issued_per_request(repository: Path) -> dict[str, int]:
-    """request id -> number of issued certificates, read from the signer's own repository."""
+def issued_serials(repository: Path) -> dict[str, list[str]]:
+    """request id -> serials of the certificates issued for it, from the signer's own repository."""
     with sqlite3.connect(f"file:{repository}?mode=ro", uri=True) as conn:
-        return dict(conn.execute("SELECT request_id, COUNT(*) FROM certificates WHERE status='issued' "
-                                 "GROUP BY request_id").fetchall())
+        rows = conn.execute("SELECT request_id, serial FROM certificates WHERE status='issued'").fetchall()
+    found: dict[str, list[str]] = {}
+    for request_id, serial in rows:
+        found.setdefault(request_id, []).append(serial)
+    return found

@@ -17,7 +17,7 @@ import yaml
 from core.config import ConfigError, build
 
 TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
-VARIANTS = ("", "codesign", "ocsp", "timestamp")
+VARIANTS = ("", "codesign", "ocsp", "timestamp", "jabber")
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ class WebDbConfig:
 @dataclass(frozen=True)
 class X509Route:
     """Which profile and issuer a row of `table` gets; `variant` comes from the row:
-    `codesign` = 1 gives "codesign", `type` 8 "ocsp", `type` 9 "timestamp", else ""."""
+    `codesign` = 1 gives "codesign", `type` 8 "ocsp", `type` 9 "timestamp", an XMPP
+    subjectAltName "jabber", else ""."""
     table: str
     profile: str
     issuer: str
@@ -67,6 +68,7 @@ def default_routes() -> list[X509Route]:
     return [X509Route("emailcerts", "client", "root"),
             X509Route("emailcerts", "client-codesign", "class3", "codesign"),
             X509Route("domaincerts", "server", "root"),
+            X509Route("domaincerts", "server-jabber", "root", "jabber"),
             X509Route("domaincerts", "ocsp", "root", "ocsp"),
             X509Route("domaincerts", "timestamp", "root", "timestamp"),
             X509Route("orgemailcerts", "client-org", "class3"),

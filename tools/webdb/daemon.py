@@ -67,6 +67,7 @@ class ClientDaemon:
                 self.status.error(str(exc))
                 log.error("%s (retry in %.0f s)", exc, self.backoff)
                 wait, self.backoff = self.backoff, min(self.backoff * 2, self.config.signer.backoff_max_s)
+            self._refresh_queue()  # also while the signer is away: the work waiting is news
             self.status.write()
             self.stopping.wait(wait)
         self._close_link()
@@ -84,19 +85,25 @@ class ClientDaemon:
             self.poll_health()
         full = False
         if self.config.x509.enabled:
-            for table in CERT_TABLES:
-                full |= self._work(table, "sign", self.queue.pending_certificates(table, self.config.webdb.batch),
-                                   lambda row, t=table: x509_job(self.config, t, row))
+            # Revocations first: a compromised key should not wait behind a signing backlog.
             for table in CERT_TABLES:
                 full |= self._work(table, "revoke", self.queue.pending_revocations(table, self.config.webdb.batch),
                                    lambda row, t=table: revoke_job(self.config, t, row))
+            for table in CERT_TABLES:
+                full |= self._work(table, "sign", self.queue.pending_certificates(table, self.config.webdb.batch),
+                                   lambda row, t=table: x509_job(self.config, t, row))
         if self.config.openpgp.enabled:
             full |= self._work("gpg", "sign", self.queue.pending_openpgp(self.config.webdb.batch),
                                lambda row: openpgp_job(self.config, row, self.queue.verified_emails(row)))
         if self.config.crl.publish_dir and (self.crl_dirty or now >= self.next_crl):
             self.publish_crls()
-        self.status.update(queue=self.queue.depth())
         return full
+
+    def _refresh_queue(self) -> None:
+        try:
+            self.status.update(queue=self.queue.depth())
+        except DbUnavailable as exc:
+            self.status.error(str(exc))
 
     def _away(self, reason: str) -> float:
         if self.status.data.get("signer", {}).get("reachable", True):

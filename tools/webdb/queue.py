@@ -26,21 +26,34 @@ class WorkQueue:
         self.max_attempts = config.webdb.max_attempts
 
     # -- what is pending -------------------------------------------------------------------
-    def pending_certificates(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.db.query(f"SELECT * FROM `{table}` WHERE crt_name='' AND csr_name<>'' "
-                             f"AND warning<? ORDER BY id{_limit(limit)}", (self.max_attempts,))
+    # Each kind of work is one WHERE clause, used both to fetch a batch and to count the queue.
+    def _certificates_where(self, table: str) -> tuple[str, tuple]:
+        return (f"FROM `{table}` t WHERE t.crt_name='' AND t.csr_name<>'' AND t.warning<?",
+                (self.max_attempts,))
 
-    def pending_revocations(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def _revocations_where(self, table: str) -> tuple[str, tuple]:
         # Revocations have no warning column: the daemon's own table counts their failures.
-        return self.db.query(
-            f"SELECT t.* FROM `{table}` t LEFT JOIN signer_client_requests r ON r.tbl=? "
-            "AND r.row_id=t.id AND r.action='revoke' WHERE t.revoked=? "
-            f"AND (r.state IS NULL OR r.state<>'failed') ORDER BY t.id{_limit(limit)}",
-            (table, self.config.webdb.revoke_marker))
+        return (f"FROM `{table}` t LEFT JOIN signer_client_requests r ON r.tbl=? AND r.row_id=t.id "
+                "AND r.action='revoke' WHERE t.revoked=? AND (r.state IS NULL OR r.state<>'failed')",
+                (table, self.config.webdb.revoke_marker))
 
-    def pending_openpgp(self, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.db.query(f"SELECT * FROM gpg WHERE crt='' AND csr<>'' AND warning<? "
-                             f"ORDER BY id{_limit(limit)}", (self.max_attempts,))
+    def _openpgp_where(self) -> tuple[str, tuple]:
+        return "FROM gpg t WHERE t.crt='' AND t.csr<>'' AND t.warning<?", (self.max_attempts,)
+
+    def _rows(self, where: tuple[str, tuple], limit: int) -> list[dict[str, Any]]:
+        return self.db.query(f"SELECT t.* {where[0]} ORDER BY t.id LIMIT {int(limit)}", where[1])
+
+    def _count(self, where: tuple[str, tuple]) -> int:
+        return int(self.db.query(f"SELECT COUNT(*) AS n {where[0]}", where[1])[0]["n"])
+
+    def pending_certificates(self, table: str, limit: int) -> list[dict[str, Any]]:
+        return self._rows(self._certificates_where(table), limit)
+
+    def pending_revocations(self, table: str, limit: int) -> list[dict[str, Any]]:
+        return self._rows(self._revocations_where(table), limit)
+
+    def pending_openpgp(self, limit: int) -> list[dict[str, Any]]:
+        return self._rows(self._openpgp_where(), limit)
 
     def verified_emails(self, row: dict[str, Any]) -> set[str]:
         """gpg.email, plus, when the row asks for `multiple` uids, every address of the member
@@ -57,10 +70,10 @@ class WorkQueue:
         counts: dict[str, int] = {}
         if self.config.x509.enabled:
             for table in CERT_TABLES:
-                counts[f"{table}.sign"] = len(self.pending_certificates(table))
-                counts[f"{table}.revoke"] = len(self.pending_revocations(table))
+                counts[f"{table}.sign"] = self._count(self._certificates_where(table))
+                counts[f"{table}.revoke"] = self._count(self._revocations_where(table))
         if self.config.openpgp.enabled:
-            counts["gpg.sign"] = len(self.pending_openpgp())
+            counts["gpg.sign"] = self._count(self._openpgp_where())
         return counts
 
     # -- results ---------------------------------------------------------------------------
@@ -133,10 +146,6 @@ class WorkQueue:
     def failures(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.db.query("SELECT * FROM signer_client_requests WHERE state<>'done' "
                              "ORDER BY last_attempt DESC LIMIT ?", (limit,))
-
-
-def _limit(limit: int | None) -> str:
-    return "" if limit is None else f" LIMIT {int(limit)}"
 
 
 def write_atomically(path: Path, data: bytes) -> None:
