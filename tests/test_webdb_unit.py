@@ -633,9 +633,6 @@ def test_depth_only_counts_enabled_work(tmp_path, sections, keys):
         w.close()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: pending_revocations joins signer_client_requests on "
-                   "(tbl, row_id, action) only; after request_id_prefix changes, a row with a record under "
-                   "each prefix is listed (and counted in depth) twice")
 def test_revocation_listed_once_with_records_under_two_prefixes(web):
     row_id = issued_row(web)
     web.side.request_revocation("emailcerts", row_id)
@@ -660,6 +657,10 @@ def test_transient_local_failures_count_up_to_max_attempts(web):
         assert book["last_error"] == f"cannot read the CSR file ({attempt})"
         assert book["request_id"] == job.request_id and book["done_at"] is None
         assert (row_id in web.ids(web.queue.pending_certificates("emailcerts", 10))) is (attempt < 3)
+    # warning stays within max_attempts even if the row is failed once more
+    assert web.queue.fail(job, "again", permanent=False) == 4
+    assert web.row("emailcerts", row_id)["warning"] == 3
+    assert web.book("emailcerts", row_id, "sign")["state"] == "failed"
 
 
 def test_permanent_failure_uses_up_all_attempts_at_once(web):
@@ -683,10 +684,11 @@ def test_permanent_failure_after_a_transient_one(web):
     assert web.book("emailcerts", row_id, "sign")["state"] == "failed"
 
 
-def test_warning_is_never_lowered(web):
+def test_warning_left_by_the_old_client_counts_on(web):
     row_id = web.side.add_certificate("emailcerts", "/CN=a", warning=2)  # from the old client
     web.queue.fail(local_job(web, "emailcerts", row_id), "missing file", permanent=False)
-    assert web.row("emailcerts", row_id)["warning"] == 2
+    assert web.row("emailcerts", row_id)["warning"] == 3  # its last try: not pending any more
+    assert web.queue.pending_certificates("emailcerts", 10) == []
     assert web.book("emailcerts", row_id, "sign")["attempts"] == 1
 
 

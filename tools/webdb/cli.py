@@ -6,6 +6,7 @@ runs, but the signer is away or unhealthy; 3 the daemon is not running (or never
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import sys
@@ -45,7 +46,17 @@ def cmd_run(config, args: argparse.Namespace) -> int:
     from tools.webdb.daemon import ClientDaemon
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    ClientDaemon(config).run(cycles=args.cycles)
+    state_dir = Path(config.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    # One daemon per WebDB: two would send the same rows twice (harmless for the signer,
+    # which answers by request id, but each would overwrite the other's status).
+    with open(state_dir / "daemon.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            print(f"signer-client: another daemon runs with state_dir {state_dir}", file=sys.stderr)
+            return EXIT_USAGE
+        ClientDaemon(config).run(cycles=args.cycles)
     return EXIT_OK
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -150,8 +151,8 @@ def validate(config: ClientConfig) -> None:
                           "(the password is never in the YAML)")
     if db.poll_interval_s <= 0 or db.batch < 1 or db.max_attempts < 1:
         raise ConfigError("webdb: poll_interval_s must be > 0, batch and max_attempts >= 1")
-    if not 0 < len(db.request_id_prefix) <= 40 or ":" in db.request_id_prefix:
-        raise ConfigError("webdb.request_id_prefix: 1 to 40 characters, no ':'")
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,40}", db.request_id_prefix):
+        raise ConfigError("webdb.request_id_prefix: 1 to 40 letters, digits or '-'")
     link = config.signer
     if link.timeout_s <= 0 or link.max_in_flight < 1:
         raise ConfigError("signer: timeout_s must be > 0 and max_in_flight >= 1")

@@ -33,9 +33,12 @@ class WorkQueue:
 
     def _revocations_where(self, table: str) -> tuple[str, tuple]:
         # Revocations have no warning column: the daemon's own table counts their failures.
+        # Only this prefix's records count (ids of another prefix are other requests); the
+        # prefix holds no LIKE wildcards (config.validate).
         return (f"FROM `{table}` t LEFT JOIN signer_client_requests r ON r.tbl=? AND r.row_id=t.id "
-                "AND r.action='revoke' WHERE t.revoked=? AND (r.state IS NULL OR r.state<>'failed')",
-                (table, self.config.webdb.revoke_marker))
+                "AND r.action='revoke' AND r.request_id LIKE ? "
+                "WHERE t.revoked=? AND (r.state IS NULL OR r.state<>'failed')",
+                (table, f"{self.config.webdb.request_id_prefix}:%", self.config.webdb.revoke_marker))
 
     def _openpgp_where(self) -> tuple[str, tuple]:
         return "FROM gpg t WHERE t.crt='' AND t.csr<>'' AND t.warning<?", (self.max_attempts,)
@@ -109,10 +112,14 @@ class WorkQueue:
         attempts = self._record(job, FAILED if permanent else RETRYING, reason, count=True,
                                 final=permanent)
         if job.action == "sign":
-            table = job.table
-            warning = self.max_attempts if permanent else min(attempts, self.max_attempts)
-            self.db.execute(f"UPDATE `{table}` SET warning=? WHERE id=? AND warning<?",
-                            (warning, job.row_id, warning))
+            # The row's own counter, as the old client kept it: +1 per failed attempt (so a
+            # row the old client left at 2 gets one more try), the limit at once when permanent.
+            if permanent:
+                self.db.execute(f"UPDATE `{job.table}` SET warning=? WHERE id=? AND warning<?",
+                                (self.max_attempts, job.row_id, self.max_attempts))
+            else:
+                self.db.execute(f"UPDATE `{job.table}` SET warning=warning+1 WHERE id=? AND warning<?",
+                                (job.row_id, self.max_attempts))
         return attempts
 
     def note_transient(self, job: Job, reason: str) -> None:
