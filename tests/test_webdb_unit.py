@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import time
 import shutil
 import subprocess
 import sys
@@ -26,10 +27,11 @@ from tools.webdb import config as webdb_config
 from tools.webdb.config import (WebDbConfig, X509Route, default_routes, load_client_config,
                                 read_password)
 from tools.webdb.db import DbUnavailable, WebDb
-from tools.webdb.queue import WorkQueue, write_atomically
+from tools.files import write_atomically
+from tools.webdb.queue import WorkQueue
 from tools.webdb.schema import REQUESTS_TABLE, create_statements
 from tools.webdb.status import StatusFile, daemon_alive, read_status, status_lines
-from tools.webdb.work import (Job, RowProblem, db_time, is_transient, key_uids, openpgp_job,
+from tools.webdb.work import (Job, RowProblem, db_time, classify, key_uids, openpgp_job,
                               output_name, parse_san, parse_subject, read_csr_der, request_id,
                               revoke_job, uid_email, variant_of, x509_job)
 from tests.webdb_side import client_config, csr_pem, open_web_side
@@ -61,8 +63,10 @@ class Web:
     """A SQLite WebDB with the web side, the loaded client config and a WorkQueue on it."""
 
     def __init__(self, folder: Path, webdb: dict[str, Any] | None = None, **sections: Any) -> None:
+        # retry_delay_s 0: a failed row is listed again at once (the delay has its own test)
         path = client_config(folder, "/dev/no-signer",
-                             {"driver": "sqlite", "path": str(folder / "webdb.sqlite"), **(webdb or {})},
+                             {"driver": "sqlite", "path": str(folder / "webdb.sqlite"), "retry_delay_s": 0,
+                              **(webdb or {})},
                              **sections)
         self.side = open_web_side(path)
         self.config = load_client_config(path)
@@ -293,14 +297,18 @@ def test_variant_of(row, sans, variant):
     assert variant_of(row, sans) == variant
 
 
-@pytest.mark.parametrize("code, transient", [
-    ("handler_unavailable", True), ("timeout", True), ("repository_error", True),
-    ("duplicate_request", True), ("hsm_login_failed", True), ("hsm_", True),
-    ("bad_csr", False), ("hash_not_allowed", False), ("san_type_not_allowed", False),
-    ("unknown_issuer", False), ("", False),
+@pytest.mark.parametrize("code, verdict", [
+    ("malformed_csr", "row"), ("hash_not_allowed", "row"), ("request_id_conflict", "row"),
+    ("unknown_serial", "row"), ("openpgp_no_uid", "row"), ("bad_request", "row"),
+    ("internal_error", "retry"), ("handler_unavailable", "retry"), ("duplicate_serial", "retry"),
+    ("a_code_from_a_newer_signer", "retry"), ("", "retry"),
+    ("duplicate_request", "wait"), ("bad_crc", "wait"),
+    ("hsm_unavailable", "signer"), ("hsm_login_failed", "signer"), ("repository_error", "signer"),
+    ("unknown_profile", "setup"), ("unknown_issuer", "setup"), ("unknown_command", "setup"),
+    ("validity_too_long", "setup"),
 ])
-def test_is_transient(code, transient):
-    assert is_transient(code) is transient
+def test_classify(code, verdict):
+    assert classify(code) == verdict
 
 
 def test_read_csr_der_accepts_pem_and_der(tmp_path):
@@ -998,8 +1006,8 @@ def test_status_file_round_trip(tmp_path):
     assert data["last_error"]["message"] == "emailcerts 5: bad_csr: not a CSR"
     assert isinstance(data["updated_unix"], float) and data["updated_at"]
     assert [p.name for p in state.iterdir()] == ["status.json"]
-    assert daemon_alive(data) is True
-    lines = status_lines(data, daemon_alive(data))
+    assert daemon_alive(data, 60) is True
+    lines = status_lines(data, daemon_alive(data, 60))
     assert lines[0].startswith(f"daemon: running (pid {os.getpid()}")
     assert lines[-1] == f"last error: {data['last_error']['at']} emailcerts 5: bad_csr: not a CSR"
 
@@ -1016,11 +1024,12 @@ def test_read_status_missing_or_garbage(tmp_path):
     {"running": True, "pid": "abc"},
 ])
 def test_daemon_alive_false(status):
-    assert daemon_alive(status) is False
+    assert daemon_alive(status, 60) is False
 
 
 def test_daemon_alive_false_for_a_dead_pid():
-    assert daemon_alive({"running": True, "pid": dead_pid()}) is False
+    assert daemon_alive({"running": True, "pid": dead_pid(), "updated_unix": time.time()}, 60) is False
+    assert daemon_alive({"running": True, "pid": os.getpid(), "updated_unix": time.time() - 120}, 60) is False  # stale
 
 
 def test_status_lines_signer_away_queue_and_last_error():
@@ -1062,10 +1071,20 @@ def test_status_json_is_what_status_lines_reads(tmp_path):
     status.update(running=False)
     status.write()
     data = json.loads((tmp_path / "status.json").read_text())
-    assert daemon_alive(data) is False
-    assert status_lines(data, daemon_alive(data))[0].startswith("daemon: NOT running")
+    assert daemon_alive(data, 60) is False
+    assert status_lines(data, daemon_alive(data, 60))[0].startswith("daemon: NOT running")
 
 
 def test_config_module_tables_match_work_tables():
     from tools.webdb.work import CERT_TABLES
     assert webdb_config.TABLES == CERT_TABLES
+
+
+def test_a_counted_failure_delays_the_row_by_retry_delay_s(tmp_path):
+    for delay, due in ((0, True), (3600, False)):
+        (tmp_path / str(delay)).mkdir()
+        w = Web(tmp_path / str(delay), webdb={"retry_delay_s": delay})
+        row_id = w.side.add_certificate("emailcerts", "/CN=a")
+        w.queue.fail(local_job(w, "emailcerts", row_id), "cannot read the CSR file", permanent=False)
+        assert (w.ids(w.queue.pending_certificates("emailcerts", 10)) == [row_id]) is due
+        assert w.queue.depth()["emailcerts.sign"] == 1

@@ -36,10 +36,12 @@ class Response:
 
 
 class SignerClient:
-    def __init__(self, port: str, baudrate: int = 115200, timeout: float = 10.0) -> None:
+    def __init__(self, port: str, baudrate: int = 115200, timeout: float = 10.0,
+                 exclusive: bool = False) -> None:
         self.port_path = port
         self.timeout = timeout
-        self.serial = serial.Serial(port, baudrate, timeout=0.05)
+        # exclusive: refuse the port while another exclusive client holds it (flock)
+        self.serial = serial.Serial(port, baudrate, timeout=0.05, exclusive=exclusive or None)
         self.serial.reset_input_buffer()  # stale answers of an earlier client are not ours
         # A delimiter first: it ends any half frame an earlier client left on the line, so our
         # first frame is not glued to it (empty frames are skipped by the signer).

@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tools.client import Response, SignerClient, SignerTimeout
+from tools.files import write_atomically
 from tools.webdb import cli as webdb_cli
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
@@ -81,12 +82,6 @@ def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
                             for i in body.get("issuers", [])]
                + [f"openpgp CA key: {'present' if body.get('openpgp') else 'none'}"])
     return EXIT_OK
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def print_body(args: argparse.Namespace, body: dict[str, Any], lines: list[str]) -> None:

@@ -4,7 +4,6 @@ its signature against the issuer certificate, then replace the file atomically."
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.crldiff import DiffError, apply_diff
 from tools.client import Response, SignerClient
+from tools.files import write_atomically
 
 PEM_SUFFIXES = (".pem", ".crl.pem")
 
@@ -50,20 +50,30 @@ def issuer_certificate(client: SignerClient, issuer: str) -> x509.Certificate:
     raise ValueError(f"the signer does not list issuer {issuer!r}")
 
 
-def fetch_crl_into(client: SignerClient, issuer: str, out: Path,
-                   issuer_cert: x509.Certificate | None = None) -> FetchOutcome:
-    """Bring `out` up to date. Without `issuer_cert` the issuer's certificate is asked for
-    with ca_info (a few KB more on the link) to check the CRL's signature."""
-    held = read_crl(out)
+@dataclass
+class FetchedCrl:
+    """What one fetch_crl exchange gave: the new CRL's DER (None when unchanged or refused)."""
+    summary: dict[str, Any]
+    der: bytes | None = None
+    error: Response | None = None
+
+
+def fetch_crl(client: SignerClient, issuer: str, held: bytes | None,
+              issuer_cert: x509.Certificate | None = None) -> FetchedCrl:
+    """One exchange with the signer, no file touched: the DER of a newer CRL than `held`,
+    checked byte for byte (sha256), by signature, and for a CRL number above the held one (a
+    signer restored from an old backup, or another signer, must not roll a CRL back).
+    Raises ValueError when the answer must not be used."""
     body: dict[str, Any] = {"issuer": issuer}
-    if held is not None and crl_number(held) is not None:
-        body["have_number"] = crl_number(held)
+    held_number = crl_number(held) if held is not None else None
+    if held_number is not None:
+        body["have_number"] = held_number
     response = client.call("fetch_crl", body)
     if not response.ok:
-        return FetchOutcome({}, response)
+        return FetchedCrl({}, None, response)
     answer = response.body
     if answer["status"] == "unchanged":
-        return FetchOutcome(summary(answer, 0))
+        return FetchedCrl(summary(answer, 0))
     if answer["status"] == "diff":
         try:
             der = apply_diff(held, answer["diff"], answer["sha256"])
@@ -79,11 +89,28 @@ def fetch_crl_into(client: SignerClient, issuer: str, out: Path,
     issuer_cert = issuer_cert or issuer_certificate(client, issuer)
     if not crl.is_signature_valid(issuer_cert.public_key()):
         raise ValueError("the CRL's signature does not verify with the issuer certificate")
-    data = crl.public_bytes(Encoding.PEM) if out.name.endswith(PEM_SUFFIXES) else der
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, out)
-    return FetchOutcome(summary(answer, moved))
+    number = crl_number(der)
+    if held_number is not None and (number is None or number <= held_number):
+        raise ValueError(f"the signer's CRL number {number} is not above the one held ({held_number}): "
+                         "not replaced")
+    return FetchedCrl(summary(answer, moved), der)
+
+
+def fetch_crl_into(client: SignerClient, issuer: str, out: Path,
+                   issuer_cert: x509.Certificate | None = None) -> FetchOutcome:
+    """Bring `out` up to date. Without `issuer_cert` the issuer's certificate is asked for
+    with ca_info (a few KB more on the link) to check the CRL's signature."""
+    fetched = fetch_crl(client, issuer, read_crl(out), issuer_cert)
+    if fetched.der is not None:
+        write_crl(out, fetched.der)
+    return FetchOutcome(fetched.summary, fetched.error)
+
+
+def write_crl(out: Path, der: bytes) -> None:
+    """DER, or PEM when the name says so; replaced atomically."""
+    data = (x509.load_der_x509_crl(der).public_bytes(Encoding.PEM)
+            if out.name.endswith(PEM_SUFFIXES) else der)
+    write_atomically(out, data)
 
 
 def summary(answer: dict[str, Any], moved: int) -> dict[str, Any]:

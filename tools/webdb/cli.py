@@ -1,7 +1,8 @@
 """`signer-client run | status | init-webdb --config FILE`: the WebDB daemon's commands.
 
-Exit codes of `status`: 0 the daemon runs and the signer is reachable and healthy; 1 it
-runs, but the signer is away or unhealthy; 3 the daemon is not running (or never ran).
+Exit codes of `status`: 0 the daemon runs, the signer is reachable and healthy, the WebDB
+reachable and no kind of work blocked; 1 it runs, but one of these is not so; 3 the daemon
+is not running (never ran, stopped, died, or has not written its status for too long).
 """
 from __future__ import annotations
 
@@ -66,14 +67,16 @@ def cmd_status(config, args: argparse.Namespace) -> int:
     if status is None:
         print(f"signer-client: no status in {config.state_dir}: the daemon has not run", file=sys.stderr)
         return EXIT_NOT_RUNNING
-    alive = daemon_alive(status)
+    # A round may wait up to timeout_s per request window before the file is written again.
+    alive = daemon_alive(status, 3 * (config.webdb.poll_interval_s + config.signer.timeout_s) + 60)
     if getattr(args, "json", False):
         print(json.dumps({**status, "alive": alive}, indent=2, sort_keys=True))
     else:
         print("\n".join(status_lines(status, alive)))
     if not alive:
         return EXIT_NOT_RUNNING
-    healthy = (status.get("signer") or {}).get("reachable") and (status.get("health") or {}).get("healthy")
+    healthy = ((status.get("signer") or {}).get("reachable") and (status.get("health") or {}).get("healthy")
+               and (status.get("webdb") or {}).get("reachable", True) and not status.get("blocked"))
     return EXIT_OK if healthy else EXIT_PROBLEM
 
 

@@ -29,6 +29,9 @@ class SignerLinkConfig:
     max_in_flight: int = 4  # requests pipelined on the link
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 60.0
+    # The issuer certificates of the first signer met are kept in state_dir; a signer with
+    # others (another CA, a test signer, a wrong cable) is refused until the file is removed.
+    pin_issuers: bool = True
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class WebDbConfig:
     poll_interval_s: float = 5.0
     batch: int = 50  # rows fetched per table and kind of work per poll
     max_attempts: int = 3  # the old client's `warning < 3`
+    retry_delay_s: float = 60.0  # after a counted failure, before the row is tried again
     revoke_marker: str = "1970-01-01 10:00:01"  # the web app's "please revoke" value of `revoked`
     request_id_prefix: str = "webdb"  # request ids: <prefix>:<table>:<row id>:<action>
 
@@ -149,8 +153,9 @@ def validate(config: ClientConfig) -> None:
     if db.driver == "mysql" and not (db.password_env or db.password_file):
         raise ConfigError("webdb.password_env or webdb.password_file: one is required for mysql "
                           "(the password is never in the YAML)")
-    if db.poll_interval_s <= 0 or db.batch < 1 or db.max_attempts < 1:
-        raise ConfigError("webdb: poll_interval_s must be > 0, batch and max_attempts >= 1")
+    if db.poll_interval_s <= 0 or db.batch < 1 or db.max_attempts < 1 or db.retry_delay_s < 0:
+        raise ConfigError("webdb: poll_interval_s must be > 0, batch and max_attempts >= 1, "
+                          "retry_delay_s >= 0")
     if not re.fullmatch(r"[A-Za-z0-9-]{1,40}", db.request_id_prefix):
         raise ConfigError("webdb.request_id_prefix: 1 to 40 letters, digits or '-'")
     link = config.signer

@@ -7,14 +7,13 @@ writes the same values.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
+from tools.files import write_atomically
 from tools.webdb.config import ClientConfig
 from tools.webdb.db import WebDb
 from tools.webdb.schema import ZERO
-from tools.webdb.work import CERT_TABLES, Job, db_time, now_text, output_name, resolve
+from tools.webdb.work import CERT_TABLES, Job, db_time, later, now_text, output_name, resolve
 
 FAILED, DONE, RETRYING = "failed", "done", "retrying"
 
@@ -26,22 +25,32 @@ class WorkQueue:
         self.max_attempts = config.webdb.max_attempts
 
     # -- what is pending -------------------------------------------------------------------
-    # Each kind of work is one WHERE clause, used both to fetch a batch and to count the queue.
-    def _certificates_where(self, table: str) -> tuple[str, tuple]:
-        return (f"FROM `{table}` t WHERE t.crt_name='' AND t.csr_name<>'' AND t.warning<?",
-                (self.max_attempts,))
+    # Each kind of work is one FROM/WHERE, used to fetch a batch (due_only: rows whose last
+    # counted failure is older than webdb.retry_delay_s) and to count the queue (all).
+    # Only this prefix's bookkeeping counts (another prefix's ids are other requests); the
+    # prefix holds no LIKE wildcards (config.validate).
+    def _where(self, table: str, action: str, condition: str, params: tuple,
+               due_only: bool) -> tuple[str, tuple]:
+        sql = (f"FROM `{table}` t LEFT JOIN signer_client_requests r ON r.tbl=? AND r.row_id=t.id "
+               f"AND r.action=? AND r.request_id LIKE ? WHERE {condition}")
+        params = (table, action, f"{self.config.webdb.request_id_prefix}:%", *params)
+        if due_only:
+            sql += " AND (r.retry_after IS NULL OR r.retry_after<=?)"
+            params += (now_text(),)
+        return sql, params
 
-    def _revocations_where(self, table: str) -> tuple[str, tuple]:
+    def _certificates_where(self, table: str, due_only: bool = True) -> tuple[str, tuple]:
+        return self._where(table, "sign", "t.crt_name='' AND t.csr_name<>'' AND t.warning<?",
+                           (self.max_attempts,), due_only)
+
+    def _revocations_where(self, table: str, due_only: bool = True) -> tuple[str, tuple]:
         # Revocations have no warning column: the daemon's own table counts their failures.
-        # Only this prefix's records count (ids of another prefix are other requests); the
-        # prefix holds no LIKE wildcards (config.validate).
-        return (f"FROM `{table}` t LEFT JOIN signer_client_requests r ON r.tbl=? AND r.row_id=t.id "
-                "AND r.action='revoke' AND r.request_id LIKE ? "
-                "WHERE t.revoked=? AND (r.state IS NULL OR r.state<>'failed')",
-                (table, f"{self.config.webdb.request_id_prefix}:%", self.config.webdb.revoke_marker))
+        return self._where(table, "revoke", "t.revoked=? AND (r.state IS NULL OR r.state<>'failed')",
+                           (self.config.webdb.revoke_marker,), due_only)
 
-    def _openpgp_where(self) -> tuple[str, tuple]:
-        return "FROM gpg t WHERE t.crt='' AND t.csr<>'' AND t.warning<?", (self.max_attempts,)
+    def _openpgp_where(self, due_only: bool = True) -> tuple[str, tuple]:
+        return self._where("gpg", "sign", "t.crt='' AND t.csr<>'' AND t.warning<?",
+                           (self.max_attempts,), due_only)
 
     def _rows(self, where: tuple[str, tuple], limit: int) -> list[dict[str, Any]]:
         return self.db.query(f"SELECT t.* {where[0]} ORDER BY t.id LIMIT {int(limit)}", where[1])
@@ -73,10 +82,10 @@ class WorkQueue:
         counts: dict[str, int] = {}
         if self.config.x509.enabled:
             for table in CERT_TABLES:
-                counts[f"{table}.sign"] = self._count(self._certificates_where(table))
-                counts[f"{table}.revoke"] = self._count(self._revocations_where(table))
+                counts[f"{table}.sign"] = self._count(self._certificates_where(table, False))
+                counts[f"{table}.revoke"] = self._count(self._revocations_where(table, False))
         if self.config.openpgp.enabled:
-            counts["gpg.sign"] = self._count(self._openpgp_where())
+            counts["gpg.sign"] = self._count(self._openpgp_where(False))
         return counts
 
     # -- results ---------------------------------------------------------------------------
@@ -110,7 +119,7 @@ class WorkQueue:
         """Count a failed attempt; a permanent one (the signer refused the request itself) ends
         the retries at once. Returns the row's attempts so far."""
         attempts = self._record(job, FAILED if permanent else RETRYING, reason, count=True,
-                                final=permanent)
+                                final=permanent, retry_after=later(self.config.webdb.retry_delay_s))
         if job.action == "sign":
             # The row's own counter, as the old client kept it: +1 per failed attempt (so a
             # row the old client left at 2 gets one more try), the limit at once when permanent.
@@ -128,7 +137,7 @@ class WorkQueue:
         self._record(job, RETRYING, reason, count=False)
 
     def _record(self, job: Job, state: str, reason: str | None, count: bool,
-                final: bool = False) -> int:
+                final: bool = False, retry_after: str | None = None) -> int:
         now = now_text()
         found = self.db.query("SELECT attempts FROM signer_client_requests WHERE request_id=?",
                               (job.request_id,))
@@ -139,29 +148,18 @@ class WorkQueue:
             state = FAILED
         if found:
             self.db.execute("UPDATE signer_client_requests SET state=?, attempts=?, last_error=?, "
-                            "last_attempt=?, done_at=? WHERE request_id=?",
+                            "last_attempt=?, done_at=?, retry_after=? WHERE request_id=?",
                             (state, attempts, reason, now, now if state == DONE else None,
-                             job.request_id))
+                             retry_after, job.request_id))
         else:
             self.db.execute("INSERT INTO signer_client_requests (request_id, tbl, row_id, action, "
-                            "state, attempts, last_error, first_attempt, last_attempt, done_at) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            "state, attempts, last_error, first_attempt, last_attempt, done_at, "
+                            "retry_after) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                             (job.request_id, job.table, job.row_id, job.action, state, attempts,
-                             reason, now, now, now if state == DONE else None))
+                             reason, now, now, now if state == DONE else None, retry_after))
         return attempts
 
     def failures(self, limit: int = 20) -> list[dict[str, Any]]:
         return self.db.query("SELECT * FROM signer_client_requests WHERE state<>'done' "
                              "ORDER BY last_attempt DESC LIMIT ?", (limit,))
 
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write + fsync + rename: a reader (the web app, a CRL mirror) sees the old file or the
-    new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

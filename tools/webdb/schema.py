@@ -69,7 +69,9 @@ REQUESTS_TABLE = """CREATE TABLE IF NOT EXISTS signer_client_requests (
     last_error text,
     first_attempt varchar(32),
     last_attempt varchar(32),
-    done_at varchar(32)
+    done_at varchar(32),
+    retry_after varchar(32),
+    UNIQUE (tbl, row_id, action, request_id)
 )"""
 
 

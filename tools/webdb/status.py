@@ -27,6 +27,10 @@ class StatusFile:
     def error(self, message: str) -> None:
         self.data["last_error"] = {"at": now_text(), "message": message}
 
+    def count(self, name: str) -> None:
+        counters = self.data.setdefault("counters", {})
+        counters[name] = counters.get(name, 0) + 1
+
     def write(self) -> None:
         self.data["updated_at"] = now_text()
         self.data["updated_unix"] = time.time()
@@ -43,14 +47,19 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def daemon_alive(status: dict[str, Any]) -> bool:
+def daemon_alive(status: dict[str, Any], stale_after_s: float) -> bool:
+    """The daemon that wrote `status` still runs and still writes it: its pid exists (a pid of
+    another user's process answers EPERM: it exists) and the file is younger than
+    `stale_after_s` (a hung daemon, or a reused pid, is not alive)."""
     if not status.get("running"):
         return False
     try:
         os.kill(int(status["pid"]), 0)
+    except PermissionError:
+        pass
     except (OSError, KeyError, ValueError):
         return False
-    return True
+    return time.time() - float(status.get("updated_unix", 0)) <= stale_after_s
 
 
 def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
@@ -60,6 +69,10 @@ def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
              f"started {status.get('started_at')}, updated {status.get('updated_at')})",
              f"signer: {'reachable' if signer.get('reachable') else 'AWAY'} since {signer.get('since')}"
              + (f" ({signer.get('reason')})" if not signer.get("reachable") and signer.get("reason") else "")]
+    webdb = status.get("webdb") or {}
+    if webdb.get("reachable") is False:
+        lines.append(f"webdb: UNREACHABLE ({webdb.get('error')})")
+    lines += [f"blocked: {kind}: {why}" for kind, why in sorted((status.get("blocked") or {}).items())]
     if health:
         lines.append(f"last health {health.get('at')}: {'healthy' if health.get('healthy') else 'UNHEALTHY'}"
                      f", version {health.get('version')}, node {health.get('node_id')}")

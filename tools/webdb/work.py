@@ -22,14 +22,34 @@ CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
 XMPP_OID = "1.3.6.1.5.5.7.8.5"
 ALLOWED_HASHES = ("sha256", "sha384", "sha512")
 
-# Errors that say nothing about the request itself: the same request may succeed later.
-TRANSIENT_CODES = {"handler_unavailable", "internal_error", "repository_error", "duplicate_serial",
-                   "duplicate_request", "crl_build_failed", "timeout", "bad_cobs", "bad_crc",
-                   "frame_too_short", "bad_msgpack", "bad_envelope"}
+# What an error code says about the request that got it (docs/webdb-client.md#failures):
+# "row"    the request itself is wrong: the row fails at once, not retried;
+# "retry"  perhaps the row, perhaps not (an unexpected failure): counted, retried after
+#          webdb.retry_delay_s, failed after max_attempts, so one odd row cannot stall the rest;
+# "wait"   the request did not get through (damaged frame, still in flight): not counted;
+# "signer" the signer cannot sign anything now (HSM, repository): rows untouched, back off;
+# "setup"  this kind of work does not fit this signer (profile, issuer or command unknown,
+#          validity above the profile's): rows untouched, the kind skipped, an operator's job.
+ROW_CODES = {"bad_request", "malformed_csr", "bad_csr_signature", "key_too_weak", "key_type_not_allowed",
+             "attribute_not_allowed", "san_type_not_allowed", "hash_not_allowed", "lint_failed",
+             "invalid_reason", "unknown_serial", "request_id_conflict"}
+WAIT_CODES = {"duplicate_request", "bad_cobs", "bad_crc", "frame_too_short", "frame_too_large",
+              "bad_msgpack", "bad_envelope"}
+SIGNER_CODES = {"repository_error", "crl_build_failed", "signature_invalid", "timeout"}
+SETUP_CODES = {"unknown_profile", "unknown_issuer", "unknown_command", "unsupported_version",
+               "validity_too_long"}
 
 
-def is_transient(code: str) -> bool:
-    return code in TRANSIENT_CODES or code.startswith("hsm_")
+def classify(code: str) -> str:
+    if code in ROW_CODES or code.startswith("openpgp_"):
+        return "row"
+    if code in WAIT_CODES:
+        return "wait"
+    if code in SIGNER_CODES or code.startswith("hsm_"):
+        return "signer"
+    if code in SETUP_CODES:
+        return "setup"
+    return "retry"  # internal_error, handler_unavailable, duplicate_serial, and any new code
 
 
 class RowProblem(Exception):
@@ -66,7 +86,13 @@ def db_time(iso: str) -> str:
 
 
 def now_text() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    return later(0)
+
+
+def later(seconds: float) -> str:
+    """UTC in the WebDB's DATETIME text form; such texts compare in time order."""
+    moment = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def resolve(files_root: str, name: str) -> Path:
