@@ -25,14 +25,10 @@ from tools.webdb.db import DbUnavailable, WebDb
 from tools.webdb.link import SignerAway, SignerLink
 from tools.webdb.queue import WorkQueue
 from tools.webdb.status import StatusFile
-from tools.webdb.work import (CERT_TABLES, Job, RowProblem, classify, now_text, openpgp_job,
+from tools.webdb.work import (CERT_TABLES, Job, RowProblem, classify, later, now_text, openpgp_job,
                               request_id, revoke_job, x509_job)
 
 log = logging.getLogger("signer-client")
-
-
-class KindBlocked(Exception):
-    """This kind of work (table and action) cannot be served by this signer as configured."""
 
 
 class ClientDaemon:
@@ -115,7 +111,7 @@ class ClientDaemon:
         if signer.get("reachable", True) or signer.get("reason") != reason:
             log.warning("signer away: %s; work stays pending", reason)
         self.link.close()
-        since = signer.get("since") if not signer.get("reachable", True) else now_text()
+        since = (signer.get("since") if not signer.get("reachable", True) else None) or now_text()
         wait = self._next_backoff()
         self.status.update(signer={"reachable": False, "since": since, "reason": reason, "retry_in_s": wait})
         self.status.error(f"signer away: {reason}")
@@ -133,9 +129,13 @@ class ClientDaemon:
 
     def _refresh_queue(self) -> None:
         try:
-            self.status.update(queue=self.queue.depth())
+            queue = self.queue.depth()
         except DbUnavailable as exc:
             self._webdb_state(False, str(exc))
+            return
+        self.status.update(queue=queue)
+        for key in [k for k in self.blocked if not queue.get(k.split(" ")[0])]:
+            del self.blocked[key]  # nothing of that kind waits any more
 
     def _write_status(self) -> None:
         self.status.update(crl=self.crls.published, blocked=self.blocked)
@@ -168,19 +168,8 @@ class ClientDaemon:
     # -- requests --------------------------------------------------------------------------
     def _kind(self, table: str, action: str, fetch: Callable[[str], list[dict[str, Any]]],
               make: Callable[[dict[str, Any], str], Job]) -> bool:
-        kind = f"{table}.{action}"
         rows = fetch(table)
-        try:
-            served = self._work(table, action, rows, make)
-        except KindBlocked as exc:
-            if self.blocked.get(kind) != str(exc):
-                log.error("%s cannot be served: %s; rows stay pending", kind, exc)
-            self.blocked[kind] = str(exc)
-            self.status.error(f"{kind}: {exc}")
-            return False
-        if kind in self.blocked and served:
-            log.info("%s served again", kind)
-            del self.blocked[kind]
+        served = self._work(table, action, rows, make)
         return len(rows) >= self.config.webdb.batch and served > 0
 
     def _work(self, table: str, action: str, rows: list[dict[str, Any]],
@@ -200,10 +189,34 @@ class ClientDaemon:
             chunk = jobs[start:start + window]
             for job in chunk:
                 self.link.call(lambda client, j=job: client.send(j.command, j.body, j.request_id))
+            away: SignerAway | None = None
             for job in chunk:
+                # Every answer of the window is taken off the link, even after a "signer"
+                # verdict: a stale answer must not meet the same request id next round.
                 response = self.link.call(lambda client, j=job: client.wait_for(j.request_id))
-                served += self._settle(job, response)
+                try:
+                    served += self._settle(job, response)
+                except SignerAway as exc:
+                    away = away or exc
+            if away is not None:
+                raise away
         return served
+
+    @staticmethod
+    def _block_key(job: Job) -> str:
+        # Per profile: one route the signer lacks must not hold up the table's other routes.
+        profile = job.body.get("profile")
+        return f"{job.table}.{job.action}" + (f" ({profile})" if profile else "")
+
+    def _blocked(self, job: Job, reason: str) -> None:
+        key = self._block_key(job)
+        if self.blocked.get(key) != reason:
+            log.error("%s cannot be served: %s; its rows stay pending", key, reason)
+        self.blocked[key] = reason
+        self.status.error(f"{key}: {reason}")
+        # Not the row's fault: nothing counted, but the row steps aside for retry_delay_s so
+        # that a batch full of such rows does not hide the rows behind it.
+        self.queue.note_transient(job, reason, later(self.config.webdb.retry_delay_s))
 
     def _row_failed(self, job: Job, reason: str, permanent: bool) -> None:
         attempts = self.queue.fail(job, reason, permanent)
@@ -222,7 +235,8 @@ class ClientDaemon:
                 self.queue.note_transient(job, reason)
                 raise SignerAway(f"the signer cannot serve requests now ({reason})")
             if verdict == "setup":
-                raise KindBlocked(reason)
+                self._blocked(job, reason)
+                return 0
             if verdict == "wait":
                 self.queue.note_transient(job, reason)
                 return 0
@@ -236,6 +250,8 @@ class ClientDaemon:
             log.exception("%s row %s: the answer could not be written back", job.table, job.row_id)
             self._row_failed(job, f"write-back failed: {type(exc).__name__}: {exc}", permanent=False)
             return 0
+        if self.blocked.pop(self._block_key(job), None) is not None:
+            log.info("%s served again", self._block_key(job))
         return 1
 
     def _write_back(self, job: Job, body: dict[str, Any]) -> None:

@@ -131,10 +131,10 @@ class WorkQueue:
                                 (job.row_id, self.max_attempts))
         return attempts
 
-    def note_transient(self, job: Job, reason: str) -> None:
-        """The signer could not serve the request now (HSM, repository): the row is not at
-        fault, so no attempt is counted; the reason is kept for `status`."""
-        self._record(job, RETRYING, reason, count=False)
+    def note_transient(self, job: Job, reason: str, retry_after: str | None = None) -> None:
+        """The signer could not serve the request now (HSM, repository, a profile it lacks):
+        the row is not at fault, so no attempt is counted; the reason is kept for `status`."""
+        self._record(job, RETRYING, reason, count=False, retry_after=retry_after)
 
     def _record(self, job: Job, state: str, reason: str | None, count: bool,
                 final: bool = False, retry_after: str | None = None) -> int:
