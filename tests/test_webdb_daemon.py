@@ -26,7 +26,7 @@ from tests.webdb_side import PREFIX, WebSide, client_config, open_web_side
 from tools import client_cli
 from tools.webdb.config import load_client_config
 from tools.webdb.daemon import ClientDaemon
-from tools.webdb.link import PIN_NAME
+from tools.webdb.link import PIN_NAME, SignerAway
 from tools.webdb.work import db_time
 
 SUBJECT = "/CN=Alice/emailAddress=alice@example.org"
@@ -470,26 +470,27 @@ def test_a_garbage_certificate_is_a_counted_write_back_failure(env, fake):
     assert_issued(env, fake, "emailcerts", bad, "root", warning=1)
 
 
-def test_an_unwritable_crt_folder_retries_the_row_and_is_not_signer_away(env, fake):
+def test_an_unwritable_crt_folder_counts_against_no_row_and_is_not_signer_away(env, fake):
     row_id = env.side.add_certificate("emailcerts", SUBJECT)
     (env.side.files_root / "crt").write_text("a file where the crt folder should be")
 
     daemon = env.daemon()
     daemon.run(cycles=1)
     row = env.row("emailcerts", row_id)
-    assert (row["warning"], row["crt_name"]) == (1, "")
-    book = env.book("emailcerts", row_id)
-    assert book["state"] == "retrying" and book["last_error"].startswith("write-back failed:")
+    assert (row["warning"], row["crt_name"]) == (0, "")  # the folder's fault, not the row's
+    assert env.book("emailcerts", row_id) is None
     status = env.status()
     assert status["signer"]["reachable"] is True
     assert "away" not in status["last_error"]["message"]
+    assert "Not a directory" in status["blocked"]["local files"]
 
     (env.side.files_root / "crt").unlink()
     daemon.run(cycles=1)
-    cert = assert_issued(env, fake, "emailcerts", row_id, "root", warning=1)
+    cert = assert_issued(env, fake, "emailcerts", row_id, "root")
     # the same request id got the signer's stored answer: one certificate for the row
     assert format(cert.serial_number, "x") == fake.stored[rid("emailcerts", row_id)]["serial"]
     assert fake.ids("sign_x509") == [rid("emailcerts", row_id)] * 2
+    assert "local files" not in env.status()["blocked"]
 
 
 # -- 10. revocations and CRLs -------------------------------------------------------------------
@@ -580,3 +581,51 @@ def test_a_damaged_pem_copy_is_rewritten_when_the_crl_is_unchanged(env, fake, da
     assert pem_path.read_bytes() == x509.load_der_x509_crl(der).public_bytes(Encoding.PEM)
     crl_status = env.status()["crl"]["root"]
     assert (crl_status["status"], crl_status["number"], crl_status["bytes_moved"]) == ("unchanged", 1, 0)
+
+
+# -- later hardening: revocation of a pending row, circuit breaker, prefix, explicit pins -------
+
+def test_a_revocation_asked_for_before_the_certificate_is_written_is_not_lost(env, fake):
+    row_id = env.side.add_certificate("emailcerts", SUBJECT)
+    env.side.request_revocation("emailcerts", row_id)  # before the daemon ever saw the row
+    daemon = env.daemon()
+    env.round(daemon)  # revocation waits (no serial yet), then the certificate is issued
+    cert = assert_issued(env, fake, "emailcerts", row_id, "root")
+    assert env.row("emailcerts", row_id)["revoked"] == MARKER
+    assert env.book("emailcerts", row_id, "revoke")["attempts"] == 0
+    env.round(daemon)  # now it has a serial: revoked, and in the CRL
+    assert env.row("emailcerts", row_id)["revoked"] not in (MARKER, "0000-00-00 00:00:00")
+    crl = x509.load_der_x509_crl((env.crl_dir() / "revoke.crl").read_bytes())
+    assert crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
+
+
+def test_a_signer_failing_every_request_alike_stops_the_counting(env, fake):
+    rows = [env.side.add_certificate("emailcerts", SUBJECT) for _ in range(12)]
+    answering(fake, lambda cmd, body, request_id: ("error", "internal_error", "handler bug")
+              if cmd == "sign_x509" else ...)
+    daemon = env.daemon()
+    with pytest.raises(SignerAway, match="failed 8 requests in a row"):
+        env.round(daemon)
+    warnings = [env.row("emailcerts", r)["warning"] for r in rows]
+    assert warnings == [1] * 8 + [0] * 4  # two windows of 4 counted, the rest untouched
+
+
+def test_a_changed_request_id_prefix_stops_the_daemon_before_any_request(env, fake):
+    env.round(env.daemon())  # the WebDB is now served with prefix "webdb"
+    env.side.add_certificate("emailcerts", SUBJECT)
+    env.configure(fake.device, webdb={"request_id_prefix": "other"})
+    sent = len(fake.seen)
+    daemon = env.daemon()
+    daemon.run(cycles=3)
+    assert daemon.exit_code == 2
+    assert len(fake.seen) == sent  # not even ca_info: the check comes first
+    assert "request_id_prefix" in env.status()["last_error"]["message"]
+
+
+def test_configured_issuer_pins_refuse_another_ca_from_the_first_contact(env, fake):
+    env.configure(fake.device, signer={"issuer_sha256": [{"issuer": "root", "sha256": "ab" * 32}]})
+    env.side.add_certificate("emailcerts", SUBJECT)
+    daemon = env.daemon()
+    daemon.run(cycles=1)
+    assert "not the configured one" in env.status()["signer"]["reason"]
+    assert fake.commands() == ["ca_info"]

@@ -122,7 +122,7 @@ def test_transient_local_failures_count_up_to_max_attempts(web):
     row_id = web.side.add_certificate("emailcerts", "/CN=a")
     job = local_job(web, "emailcerts", row_id)
     for attempt, state in ((1, "retrying"), (2, "retrying"), (3, "failed")):
-        assert web.queue.fail(job, f"cannot read the CSR file ({attempt})", permanent=False) == attempt
+        assert web.queue.fail(job, f"cannot read the CSR file ({attempt})", permanent=False) == (attempt, attempt >= 3)
         assert web.row("emailcerts", row_id)["warning"] == attempt
         book = web.book("emailcerts", row_id, "sign")
         assert (book["state"], book["attempts"]) == (state, attempt)
@@ -130,7 +130,7 @@ def test_transient_local_failures_count_up_to_max_attempts(web):
         assert book["request_id"] == job.request_id and book["done_at"] is None
         assert (row_id in web.ids(web.queue.pending_certificates("emailcerts", 10))) is (attempt < 3)
     # warning stays within max_attempts even if the row is failed once more
-    assert web.queue.fail(job, "again", permanent=False) == 4
+    assert web.queue.fail(job, "again", permanent=False)[0] == 4
     assert web.row("emailcerts", row_id)["warning"] == 3
     assert web.book("emailcerts", row_id, "sign")["state"] == "failed"
 
@@ -139,7 +139,7 @@ def test_permanent_failure_uses_up_all_attempts_at_once(web):
     row_id = web.side.add_certificate("domaincerts", "/CN=a.example.org")
     other = web.side.add_certificate("domaincerts", "/CN=b.example.org")
     job = local_job(web, "domaincerts", row_id)
-    assert web.queue.fail(job, "bad_csr: not a CSR", permanent=True) == 3
+    assert web.queue.fail(job, "bad_csr: not a CSR", permanent=True)[0] == 3
     assert web.row("domaincerts", row_id)["warning"] == 3
     assert web.row("domaincerts", other)["warning"] == 0
     book = web.book("domaincerts", row_id, "sign")
@@ -151,7 +151,7 @@ def test_permanent_failure_after_a_transient_one(web):
     row_id = web.side.add_certificate("emailcerts", "/CN=a")
     job = local_job(web, "emailcerts", row_id)
     web.queue.fail(job, "missing file", permanent=False)
-    assert web.queue.fail(job, "refused", permanent=True) == 3
+    assert web.queue.fail(job, "refused", permanent=True)[0] == 3
     assert web.row("emailcerts", row_id)["warning"] == 3
     assert web.book("emailcerts", row_id, "sign")["state"] == "failed"
 
@@ -173,7 +173,7 @@ def test_note_transient_does_not_count_an_attempt(web):
     assert (book["state"], book["attempts"], book["last_error"]) == ("retrying", 0, "hsm_unavailable: token away")
     assert web.row("emailcerts", row_id)["warning"] == 0
     assert web.ids(web.queue.pending_certificates("emailcerts", 10)) == [row_id]
-    assert web.queue.fail(job, "missing file", permanent=False) == 1
+    assert web.queue.fail(job, "missing file", permanent=False)[0] == 1
     failures = web.queue.failures()
     assert [(f["request_id"], f["last_error"]) for f in failures] == [(job.request_id, "missing file")]
 
@@ -192,7 +192,7 @@ def test_revocation_permanent_failure_stops_listing_the_row(web):
     row_id = issued_row(web)
     web.side.request_revocation("emailcerts", row_id)
     job = revoke_job(web.config, "emailcerts", web.row("emailcerts", row_id))
-    assert web.queue.fail(job, "unknown_serial: not issued here", permanent=True) == 3
+    assert web.queue.fail(job, "unknown_serial: not issued here", permanent=True)[0] == 3
     assert web.queue.pending_revocations("emailcerts", 10) == []
     row = web.row("emailcerts", row_id)
     assert (row["revoked"], row["warning"]) == (MARKER, 0)  # the row itself is not touched
@@ -205,7 +205,7 @@ def test_revocation_transient_failures_stop_listing_at_max_attempts(web):
     job = local_job(web, "emailcerts", row_id, "revoke")
     for attempt in (1, 2, 3):
         assert web.ids(web.queue.pending_revocations("emailcerts", 10)) == [row_id]
-        assert web.queue.fail(job, "subject unparsable", permanent=False) == attempt
+        assert web.queue.fail(job, "subject unparsable", permanent=False)[0] == attempt
     assert web.queue.pending_revocations("emailcerts", 10) == []
     assert web.row("emailcerts", row_id)["warning"] == 0
 

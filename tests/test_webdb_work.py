@@ -118,7 +118,7 @@ def test_variant_of(row, sans, variant):
 @pytest.mark.parametrize("code, verdict", [
     ("malformed_csr", "row"), ("hash_not_allowed", "row"), ("request_id_conflict", "row"),
     ("unknown_serial", "row"), ("openpgp_no_uid", "row"), ("bad_request", "row"),
-    ("internal_error", "retry"), ("handler_unavailable", "retry"), ("duplicate_serial", "retry"),
+    ("internal_error", "retry"), ("handler_unavailable", "wait"), ("duplicate_serial", "retry"),
     ("a_code_from_a_newer_signer", "retry"), ("", "retry"),
     ("duplicate_request", "wait"), ("bad_crc", "wait"),
     ("hsm_unavailable", "signer"), ("hsm_login_failed", "signer"), ("repository_error", "signer"),
@@ -225,7 +225,7 @@ def test_x509_job_route_days_and_prefix(tmp_path):
         other = w.side.add_certificate("domaincerts", "/CN=a.example.org")
         with pytest.raises(RowProblem, match="no x509 route for table domaincerts") as caught:
             x509_job(w.config, "domaincerts", w.row("domaincerts", other))
-        assert caught.value.permanent is True
+        assert caught.value.verdict == "setup"  # the configuration's fault, not the row's
     finally:
         w.close()
 
@@ -234,7 +234,7 @@ def test_x509_job_without_route_for_the_variant(web):
     row_id = web.side.add_certificate("emailcerts", "/CN=Alice", type=8)
     with pytest.raises(RowProblem, match="no x509 route") as caught:
         x509_job(web.config, "emailcerts", web.row("emailcerts", row_id))
-    assert caught.value.permanent is True
+    assert caught.value.verdict == "setup"
 
 
 def test_x509_job_missing_csr_file_is_not_permanent(web):
@@ -279,12 +279,25 @@ def test_revoke_job(web, table, columns, issuer):
 
 @pytest.mark.parametrize("serial, crt_name", [("", "crt/x.crt"), ("   ", "crt/x.crt"), (None, "crt/x.crt"),
                                                ("0A1B", "")])
-def test_revoke_job_refuses_rows_without_a_certificate(web, serial, crt_name):
+def test_revoke_job_waits_for_a_certificate_still_being_issued(web, serial, crt_name):
     row_id = web.side.add_certificate("emailcerts", "/CN=Alice")
     row = {**web.row("emailcerts", row_id), "serial": serial, "crt_name": crt_name}
-    with pytest.raises(RowProblem, match="no issued certificate") as caught:
+    with pytest.raises(RowProblem, match="no certificate written back yet") as caught:
         revoke_job(web.config, "emailcerts", row)
+    assert caught.value.verdict == "wait"  # revoked once it is issued, not dropped
+
+
+def test_revoke_job_refuses_a_row_that_never_got_a_certificate(web):
+    row_id = web.side.add_certificate("emailcerts", "/CN=Alice", warning=3)  # signing gave up
+    with pytest.raises(RowProblem, match="never got a certificate") as caught:
+        revoke_job(web.config, "emailcerts", web.row("emailcerts", row_id))
     assert caught.value.permanent is True
+
+
+def test_revoke_job_does_not_need_a_parsable_subject(web):
+    row_id = issued_row(web)
+    row = {**web.row("emailcerts", row_id), "subject": "legacy subject without slashes"}
+    assert revoke_job(web.config, "emailcerts", row).body["issuer"] == "root"
 
 
 # -- OpenPGP -------------------------------------------------------------------------------

@@ -37,9 +37,12 @@ class Response:
 
 class SignerClient:
     def __init__(self, port: str, baudrate: int = 115200, timeout: float = 10.0,
-                 exclusive: bool = False) -> None:
+                 exclusive: bool = False, timeout_is_silence: bool = False) -> None:
         self.port_path = port
         self.timeout = timeout
+        # timeout_is_silence: the timeout counts from the last byte received, not from the
+        # request, so a 4 MB CRL taking minutes at 115200 baud is not "no answer".
+        self.timeout_is_silence = timeout_is_silence
         # exclusive: refuse the port while another exclusive client holds it (flock)
         self.serial = serial.Serial(port, baudrate, timeout=0.05, exclusive=exclusive or None)
         self.serial.reset_input_buffer()  # stale answers of an earlier client are not ours
@@ -86,16 +89,19 @@ class SignerClient:
             self._read_some(deadline)
 
     def wait_for(self, request_id: str | int, timeout: float | None = None) -> Response:
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        budget = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
         while request_id not in self.waiting:
-            self._read_some(deadline)
+            if self._read_some(deadline) and self.timeout_is_silence:
+                deadline = time.monotonic() + budget
         return self.waiting.pop(request_id)
 
     def call(self, command: str, body: dict[str, Any] | None = None,
              request_id: str | int | None = None, timeout: float | None = None) -> Response:
         return self.wait_for(self.send(command, body, request_id), timeout)
 
-    def _read_some(self, deadline: float) -> None:
+    def _read_some(self, deadline: float) -> bool:
+        """Read what is there (up to 50 ms); True when some bytes came."""
         if time.monotonic() > deadline:
             raise SignerTimeout(f"no answer from the signer on {self.port_path} in time")
         data = self.serial.read(self.serial.in_waiting or 1)
@@ -106,6 +112,7 @@ class SignerClient:
                 self.unmatched.append(response)
             else:
                 self.waiting[response.request_id] = response
+        return bool(data)
 
 
 def parse_response(payload: bytes) -> Response:

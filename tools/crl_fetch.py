@@ -89,6 +89,10 @@ def fetch_crl(client: SignerClient, issuer: str, held: bytes | None,
     issuer_cert = issuer_cert or issuer_certificate(client, issuer)
     if not crl.is_signature_valid(issuer_cert.public_key()):
         raise ValueError("the CRL's signature does not verify with the issuer certificate")
+    if held is not None and not x509.load_der_x509_crl(held).is_signature_valid(issuer_cert.public_key()):
+        # The CRL held came from another key: this signer is not the one that CRL belongs to.
+        raise ValueError("the CRL held is signed by another key than this issuer certificate's: "
+                         "not replaced")
     number = crl_number(der)
     if held_number is not None and (number is None or number <= held_number):
         raise ValueError(f"the signer's CRL number {number} is not above the one held ({held_number}): "

@@ -57,8 +57,9 @@ def cmd_run(config, args: argparse.Namespace) -> int:
         except OSError:
             print(f"signer-client: another daemon runs with state_dir {state_dir}", file=sys.stderr)
             return EXIT_USAGE
-        ClientDaemon(config).run(cycles=args.cycles)
-    return EXIT_OK
+        daemon = ClientDaemon(config)
+        daemon.run(cycles=args.cycles)
+    return daemon.exit_code
 
 
 def cmd_status(config, args: argparse.Namespace) -> int:
@@ -76,7 +77,8 @@ def cmd_status(config, args: argparse.Namespace) -> int:
     if not alive:
         return EXIT_NOT_RUNNING
     healthy = ((status.get("signer") or {}).get("reachable") and (status.get("health") or {}).get("healthy")
-               and (status.get("webdb") or {}).get("reachable", True) and not status.get("blocked"))
+               and (status.get("webdb") or {}).get("reachable", True) and not status.get("blocked")
+               and not status.get("crl_errors"))
     return EXIT_OK if healthy else EXIT_PROBLEM
 
 

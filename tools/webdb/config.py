@@ -22,6 +22,12 @@ VARIANTS = ("", "codesign", "ocsp", "timestamp", "jabber")
 
 
 @dataclass(frozen=True)
+class IssuerPin:
+    issuer: str
+    sha256: str  # of the issuer certificate's DER, hex (colons allowed)
+
+
+@dataclass(frozen=True)
 class SignerLinkConfig:
     device: str  # the serial port, or the dev signer's client-tty link
     baudrate: int = 115200
@@ -32,6 +38,8 @@ class SignerLinkConfig:
     # The issuer certificates of the first signer met are kept in state_dir; a signer with
     # others (another CA, a test signer, a wrong cable) is refused until the file is removed.
     pin_issuers: bool = True
+    # Pins given here are checked instead of the first signer's (no trust on first use).
+    issuer_sha256: list[IssuerPin] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,9 @@ def validate(config: ClientConfig) -> None:
         raise ConfigError("signer: timeout_s must be > 0 and max_in_flight >= 1")
     if not 0 < link.backoff_initial_s <= link.backoff_max_s:
         raise ConfigError("signer: expected 0 < backoff_initial_s <= backoff_max_s")
+    for i, pin in enumerate(link.issuer_sha256):
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", pin.sha256.replace(":", "")):
+            raise ConfigError(f"signer.issuer_sha256[{i}].sha256: expected 64 hex digits")
     seen = set()
     for i, route in enumerate(config.x509.routes):
         if route.table not in TABLES:

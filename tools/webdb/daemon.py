@@ -23,10 +23,10 @@ from tools.webdb.config import ClientConfig
 from tools.webdb.crl_publisher import CrlPublisher
 from tools.webdb.db import DbUnavailable, WebDb
 from tools.webdb.link import SignerAway, SignerLink
-from tools.webdb.queue import WorkQueue
+from tools.webdb.queue import PrefixChanged, WorkQueue
 from tools.webdb.status import StatusFile
-from tools.webdb.work import (CERT_TABLES, Job, RowProblem, classify, later, now_text, openpgp_job,
-                              request_id, revoke_job, x509_job)
+from tools.webdb.work import (CERT_TABLES, Job, LocalTrouble, RowProblem, classify, later, now_text,
+                              openpgp_job, request_id, revoke_job, x509_job)
 
 log = logging.getLogger("signer-client")
 
@@ -44,7 +44,11 @@ class ClientDaemon:
         self.next_health = 0.0
         self.next_crl = 0.0
         self.crl_dirty: set[str] = set()  # issuers with revocations not yet in a published CRL
-        self.blocked: dict[str, str] = {}  # kind of work -> why the signer cannot serve it
+        self.blocked: dict[str, str] = {}  # kind of work -> why it cannot be served now
+        self.prefix_checked = False
+        self.exit_code = 0
+        self.failing_streak = 0  # "retry" answers in a row from the signer
+        self.last_failure = ""
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, cycles: int | None = None) -> None:
@@ -58,11 +62,25 @@ class ClientDaemon:
                 if self.cycle():
                     wait = 0.0  # a full batch went through: more rows are waiting
                 self.backoff = self.config.signer.backoff_initial_s
+                self.blocked.pop("local files", None)
             except SignerAway as exc:
                 wait = self._away(str(exc))
             except DbUnavailable as exc:
                 self._webdb_state(False, str(exc))
                 wait = self._next_backoff()
+            except LocalTrouble as exc:
+                # Answers of the window may still be on the link: start it afresh.
+                self.link.close()
+                if self.blocked.get("local files") != str(exc):
+                    log.error("%s; nothing counted against rows, retrying", exc)
+                self.blocked["local files"] = str(exc)
+                self.status.error(str(exc))
+                wait = self._next_backoff()
+            except PrefixChanged as exc:
+                log.critical("%s", exc)
+                self.status.error(str(exc))
+                self.exit_code = 2
+                break
             except Exception as exc:  # a bug must not end the daemon: log it, back off, go on
                 log.exception("round failed")
                 self.status.error(f"round failed: {type(exc).__name__}: {exc}")
@@ -80,6 +98,9 @@ class ClientDaemon:
         """One round; True when a batch was full and went through (poll again at once)."""
         self.db.connect()
         self._webdb_state(True)
+        if not self.prefix_checked:
+            self.queue.check_prefix()
+            self.prefix_checked = True
         if self.link.open():
             self.next_health = 0.0  # a new link starts with a health check
         if time.monotonic() >= self.next_health:
@@ -91,7 +112,8 @@ class ClientDaemon:
             for table in CERT_TABLES:
                 full |= self._kind(table, "revoke", lambda t: self.queue.pending_revocations(t, self.config.webdb.batch),
                                    lambda row, t: revoke_job(self.config, t, row))
-        if self.config.crl.publish_dir and (self.crl_dirty or time.monotonic() >= self.next_crl):
+        if (self.config.crl.publish_dir and not self.stopping.is_set()
+                and (self.crl_dirty or time.monotonic() >= self.next_crl)):
             self.publish_crls()
         if self.config.x509.enabled:
             for table in CERT_TABLES:
@@ -134,11 +156,11 @@ class ClientDaemon:
             self._webdb_state(False, str(exc))
             return
         self.status.update(queue=queue)
-        for key in [k for k in self.blocked if not queue.get(k.split(" ")[0])]:
-            del self.blocked[key]  # nothing of that kind waits any more
+        for key in [k for k in self.blocked if "." in k and not queue.get(k.split(" ")[0])]:
+            del self.blocked[key]  # nothing of that kind (table.action) waits any more
 
     def _write_status(self) -> None:
-        self.status.update(crl=self.crls.published, blocked=self.blocked)
+        self.status.update(crl=self.crls.published, crl_errors=self.crls.errors, blocked=self.blocked)
         try:
             self.status.write()
         except OSError as exc:  # state_dir full or gone: the daemon's work matters more
@@ -168,6 +190,8 @@ class ClientDaemon:
     # -- requests --------------------------------------------------------------------------
     def _kind(self, table: str, action: str, fetch: Callable[[str], list[dict[str, Any]]],
               make: Callable[[dict[str, Any], str], Job]) -> bool:
+        if self.stopping.is_set():
+            return False
         rows = fetch(table)
         served = self._work(table, action, rows, make)
         return len(rows) >= self.config.webdb.batch and served > 0
@@ -181,8 +205,9 @@ class ClientDaemon:
                 jobs.append(make(row, table))
             except RowProblem as exc:
                 rid = request_id(self.config.webdb.request_id_prefix, table, row["id"], action)
-                self._row_failed(Job(table, int(row["id"]), action, rid, "", {}, row), str(exc), exc.permanent)
+                self._local_problem(Job(table, int(row["id"]), action, rid, "", {}, row), exc)
         served, window = 0, self.config.signer.max_in_flight
+        self.failing_streak = 0
         for start in range(0, len(jobs), window):
             if self.stopping.is_set():
                 break
@@ -198,9 +223,25 @@ class ClientDaemon:
                     served += self._settle(job, response)
                 except SignerAway as exc:
                     away = away or exc
+            self.link.drain_unmatched()
+            if away is None and self.failing_streak >= 2 * window:
+                # Not one odd row: the signer fails everything alike (a handler crash-looping).
+                # Stop counting attempts against the rows that follow.
+                away = SignerAway(f"the signer failed {self.failing_streak} requests in a row "
+                                  f"(last: {self.last_failure})")
+            self._write_status()  # a long round still shows it is alive
             if away is not None:
                 raise away
         return served
+
+    def _local_problem(self, job: Job, exc: RowProblem) -> None:
+        """No request could be built for the row; what happens follows exc.verdict."""
+        if exc.verdict == "setup":
+            self._blocked(job, str(exc))
+        elif exc.verdict == "wait":
+            self.queue.note_transient(job, str(exc))
+        else:
+            self._row_failed(job, str(exc), exc.permanent)
 
     @staticmethod
     def _block_key(job: Job) -> str:
@@ -219,9 +260,8 @@ class ClientDaemon:
         self.queue.note_transient(job, reason, later(self.config.webdb.retry_delay_s))
 
     def _row_failed(self, job: Job, reason: str, permanent: bool) -> None:
-        attempts = self.queue.fail(job, reason, permanent)
+        attempts, final = self.queue.fail(job, reason, permanent)
         self.status.count("failed")
-        final = permanent or attempts >= self.config.webdb.max_attempts
         log.error("%s row %s (%s): %s [attempt %d%s]", job.table, job.row_id, job.action, reason,
                   attempts, ", not retried" if final else f", retry in {self.config.webdb.retry_delay_s:.0f} s")
         self.status.error(f"{job.table} {job.row_id}: {reason}")
@@ -240,13 +280,20 @@ class ClientDaemon:
             if verdict == "wait":
                 self.queue.note_transient(job, reason)
                 return 0
+            if verdict == "retry":
+                self.failing_streak += 1
+                self.last_failure = reason
             self._row_failed(job, f"refused: {reason}" if verdict == "row" else reason, verdict == "row")
             return 0
+        self.failing_streak = 0
         try:
             self._write_back(job, response.body or {})
         except DbUnavailable:
             raise
-        except Exception as exc:  # an odd answer, or the crt file not writable: retried later
+        except OSError as exc:  # the crt folder or the disk: every row alike, none counted
+            raise LocalTrouble(f"cannot write the result of {job.table} row {job.row_id}: "
+                               f"{exc.strerror or exc}") from None
+        except Exception as exc:  # an odd answer: counted against the row, retried later
             log.exception("%s row %s: the answer could not be written back", job.table, job.row_id)
             self._row_failed(job, f"write-back failed: {type(exc).__name__}: {exc}", permanent=False)
             return 0
@@ -277,8 +324,9 @@ class ClientDaemon:
 
     # -- CRLs ------------------------------------------------------------------------------
     def publish_crls(self) -> None:
+        # Set first: a CRL step that ends the round (signer away) is not retried every round.
+        self.next_crl = time.monotonic() + self.config.crl.interval_s
         errors = self.crls.publish_all(self.link)
         for line in errors:
             self.status.error(line)
         self.crl_dirty &= set(self.crls.errors)  # published ones are clean; failed ones are tried again
-        self.next_crl = time.monotonic() + self.config.crl.interval_s

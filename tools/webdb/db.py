@@ -12,7 +12,7 @@ import sqlite3
 from typing import Any
 
 from tools.webdb.config import WebDbConfig, read_password
-from tools.webdb.schema import REQUESTS_TABLE, create_statements
+from tools.webdb.schema import META_TABLE, REQUESTS_TABLE, create_statements
 
 
 class DbUnavailable(Exception):
@@ -42,6 +42,7 @@ class WebDb:
             self.connection = None
             raise DbUnavailable(f"cannot connect to the WebDB: {type(exc).__name__}: {exc}") from None
         self.execute(REQUESTS_TABLE)
+        self.execute(META_TABLE)
 
     def close(self) -> None:
         if self.connection is not None:

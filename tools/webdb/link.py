@@ -41,9 +41,10 @@ class SignerLink:
         if self.client is not None:
             return False
         try:
-            # exclusive: a second client on the port would read our answers (and we its)
+            # exclusive: a second client on the port would read our answers (and we its);
+            # timeout_is_silence: a long answer (a full CRL at 115200 baud) is not "away"
             self.client = SignerClient(self.config.device, self.config.baudrate, self.config.timeout_s,
-                                       exclusive=True)
+                                       exclusive=True, timeout_is_silence=True)
         except (serial.SerialException, OSError) as exc:
             raise SignerAway(f"cannot open {self.config.device}: {exc}") from None
         try:
@@ -51,7 +52,19 @@ class SignerLink:
         except SignerAway:
             self.close()
             raise
+        except BaseException as exc:  # an unusable ca_info answer, an unwritable pin file:
+            self.close()              # the link stays closed, so no request goes unchecked
+            raise SignerAway(f"cannot check which signer this is: {type(exc).__name__}: {exc}") from None
         return True
+
+    def drain_unmatched(self) -> None:
+        """Error frames with no id (a request frame damaged on the line): the request itself
+        then gets no answer and times out; log them, do not keep them."""
+        if self.client is not None and self.client.unmatched:
+            codes = sorted({str((r.error or {}).get("code")) for r in self.client.unmatched})
+            log.warning("%d error frame(s) without id from the signer (%s): line noise?",
+                        len(self.client.unmatched), ", ".join(codes))
+            self.client.unmatched.clear()
 
     def close(self) -> None:
         if self.client is not None:
@@ -89,6 +102,13 @@ class SignerLink:
     def _check_pin(self) -> None:
         seen = {issuer: hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
                 for issuer, cert in self.issuer_certs.items()}
+        if self.config.issuer_sha256:
+            wrong = [pin.issuer for pin in self.config.issuer_sha256
+                     if seen.get(pin.issuer) != pin.sha256.replace(":", "").lower()]
+            if wrong:
+                raise SignerAway(f"the signer on {self.config.device} is not the configured one "
+                                 f"(signer.issuer_sha256 differs for: {', '.join(wrong)}); refusing it")
+            return
         try:
             pinned = json.loads(self.pin_path.read_text())
         except FileNotFoundError:

@@ -18,11 +18,30 @@ from tools.webdb.work import CERT_TABLES, Job, db_time, later, now_text, output_
 FAILED, DONE, RETRYING = "failed", "done", "retrying"
 
 
+class PrefixChanged(Exception):
+    """webdb.request_id_prefix differs from the one this WebDB was served with."""
+
+
 class WorkQueue:
     def __init__(self, config: ClientConfig, db: WebDb) -> None:
         self.config = config
         self.db = db
         self.max_attempts = config.webdb.max_attempts
+
+    def check_prefix(self) -> None:
+        """The first prefix used with this WebDB stays: with another one, a row whose answer
+        was lost would be asked for again under a new id and get a second certificate."""
+        prefix = self.config.webdb.request_id_prefix
+        found = self.db.query("SELECT value FROM signer_client_meta WHERE name='request_id_prefix'")
+        if not found:
+            self.db.execute("INSERT INTO signer_client_meta (name, value) VALUES ('request_id_prefix', ?)",
+                            (prefix,))
+        elif found[0]["value"] != prefix:
+            raise PrefixChanged(
+                f"webdb.request_id_prefix is {prefix!r}, but this WebDB was served with "
+                f"{found[0]['value']!r}: a new prefix would ask again for rows whose answers were "
+                "lost and could give them a second certificate. Set it back (or, if no answer can "
+                "be missing, update signer_client_meta by hand)")
 
     # -- what is pending -------------------------------------------------------------------
     # Each kind of work is one FROM/WHERE, used to fetch a batch (due_only: rows whose last
@@ -115,9 +134,10 @@ class WorkQueue:
         return changed == 1
 
     # -- failures --------------------------------------------------------------------------
-    def fail(self, job: Job, reason: str, permanent: bool) -> int:
+    def fail(self, job: Job, reason: str, permanent: bool) -> tuple[int, bool]:
         """Count a failed attempt; a permanent one (the signer refused the request itself) ends
-        the retries at once. Returns the row's attempts so far."""
+        the retries at once. Returns the attempts counted here and whether the row is done
+        with (its warning, or for revocations its attempts, reached max_attempts)."""
         attempts = self._record(job, FAILED if permanent else RETRYING, reason, count=True,
                                 final=permanent, retry_after=later(self.config.webdb.retry_delay_s))
         if job.action == "sign":
@@ -129,7 +149,9 @@ class WorkQueue:
             else:
                 self.db.execute(f"UPDATE `{job.table}` SET warning=warning+1 WHERE id=? AND warning<?",
                                 (job.row_id, self.max_attempts))
-        return attempts
+            found = self.db.query(f"SELECT warning FROM `{job.table}` WHERE id=?", (job.row_id,))
+            return attempts, not found or int(found[0]["warning"]) >= self.max_attempts
+        return attempts, permanent or attempts >= self.max_attempts
 
     def note_transient(self, job: Job, reason: str, retry_after: str | None = None) -> None:
         """The signer could not serve the request now (HSM, repository, a profile it lacks):

@@ -70,8 +70,14 @@ REQUESTS_TABLE = """CREATE TABLE IF NOT EXISTS signer_client_requests (
     first_attempt varchar(32),
     last_attempt varchar(32),
     done_at varchar(32),
-    retry_after varchar(32),
-    UNIQUE (tbl, row_id, action, request_id)
+    retry_after varchar(32)
+)"""
+
+# Settings the daemon keeps in the WebDB itself, because they must not change under it:
+# request_id_prefix (a new prefix would ask again for rows whose answers were lost).
+META_TABLE = """CREATE TABLE IF NOT EXISTS signer_client_meta (
+    name varchar(64) NOT NULL PRIMARY KEY,
+    value varchar(255) NOT NULL
 )"""
 
 

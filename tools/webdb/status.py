@@ -85,6 +85,7 @@ def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
     lines.append("done since start: " + (", ".join(f"{k} {v}" for k, v in sorted(counters.items())) or "nothing"))
     for issuer, crl in sorted((status.get("crl") or {}).items()):
         lines.append(f"crl {issuer}: number {crl.get('number')} at {crl.get('at')} -> {crl.get('file')}")
+    lines += [f"crl {issuer}: ERROR {line}" for issuer, line in sorted((status.get("crl_errors") or {}).items())]
     error = status.get("last_error")
     lines.append(f"last error: {error['at']} {error['message']}" if error else "last error: none")
     return lines

@@ -7,6 +7,7 @@ which rows are work, the request id of a row, the subject and SANs out of CAcert
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ ALLOWED_HASHES = ("sha256", "sha384", "sha512")
 ROW_CODES = {"bad_request", "malformed_csr", "bad_csr_signature", "key_too_weak", "key_type_not_allowed",
              "attribute_not_allowed", "san_type_not_allowed", "hash_not_allowed", "lint_failed",
              "invalid_reason", "unknown_serial", "request_id_conflict"}
-WAIT_CODES = {"duplicate_request", "bad_cobs", "bad_crc", "frame_too_short", "frame_too_large",
+WAIT_CODES = {"duplicate_request", "handler_unavailable", "bad_cobs", "bad_crc", "frame_too_short", "frame_too_large",
               "bad_msgpack", "bad_envelope"}
 SIGNER_CODES = {"repository_error", "crl_build_failed", "signature_invalid", "timeout"}
 SETUP_CODES = {"unknown_profile", "unknown_issuer", "unknown_command", "unsupported_version",
@@ -49,15 +50,37 @@ def classify(code: str) -> str:
         return "signer"
     if code in SETUP_CODES:
         return "setup"
-    return "retry"  # internal_error, handler_unavailable, duplicate_serial, and any new code
+    return "retry"  # internal_error, duplicate_serial, and any new code
 
 
 class RowProblem(Exception):
-    """The row cannot become a request (missing CSR file, unparsable subject, ...)."""
+    """The row cannot become a request now. `verdict` as classify() says of error codes:
+    "row" (its content is wrong), "retry" (its file is missing: perhaps still on its way),
+    "wait" (not yet: a revocation of a row whose certificate is still being issued),
+    "setup" (no route for it in the configuration)."""
 
-    def __init__(self, message: str, permanent: bool = True) -> None:
+    def __init__(self, message: str, permanent: bool = True, verdict: str | None = None) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.verdict = verdict or ("row" if permanent else "retry")
+
+    @property
+    def permanent(self) -> bool:
+        return self.verdict == "row"
+
+
+class LocalTrouble(Exception):
+    """The daemon's own side fails for every row alike (a folder not readable or writable, a
+    full disk): nothing is counted against rows; the daemon backs off."""
+
+
+# errno values of a missing file (per row) versus a folder or disk the daemon cannot use (all rows)
+_MISSING = {errno.ENOENT}
+
+
+def file_problem(action: str, path: Path, exc: OSError) -> Exception:
+    if exc.errno in _MISSING:
+        return RowProblem(f"cannot {action} {path}: {exc.strerror}", verdict="retry")
+    return LocalTrouble(f"cannot {action} {path}: {exc.strerror or exc}")
 
 
 @dataclass
@@ -155,8 +178,9 @@ def read_csr_der(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        # A missing file may still be on its way (shared storage): counted, retried.
-        raise RowProblem(f"cannot read the CSR file {path}: {exc.strerror}", permanent=False) from None
+        # A missing file may still be on its way (shared storage): counted, retried; an
+        # unreadable tree is the daemon's problem, not the row's.
+        raise file_problem("read the CSR file", path, exc) from None
     if data.lstrip().startswith(b"SPKAC="):
         raise RowProblem("SPKAC (Netscape keygen) requests are not supported; a PKCS#10 CSR is needed")
     try:
@@ -173,7 +197,7 @@ def x509_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
     route = config.route(table, variant)
     if route is None:
         raise RowProblem(f"no x509 route for table {table} variant {variant or 'default'!r} "
-                         "(x509.routes in the client configuration)")
+                         "(x509.routes in the client configuration)", verdict="setup")
     body: dict[str, Any] = {"issuer": route.issuer, "profile": route.profile,
                             "csr": read_csr_der(resolve(config.webdb.files_root, row["csr_name"])),
                             "subject": subject, "sans": sans}
@@ -190,11 +214,18 @@ def x509_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
 def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
     serial = (row.get("serial") or "").strip()
     if not serial or not row.get("crt_name"):
-        raise RowProblem("the row has no issued certificate (serial or crt_name is empty)")
-    subject, sans = parse_subject(row.get("subject") or "")
-    route = config.route(table, variant_of(row, sans))
+        if int(row.get("warning") or 0) < config.webdb.max_attempts and row.get("csr_name"):
+            # Its certificate is still being asked for (or its answer was lost): revoke it
+            # once it is written back, rather than leave a certificate nobody revokes.
+            raise RowProblem("no certificate written back yet; revoked once it is", verdict="wait")
+        raise RowProblem("the row never got a certificate: nothing to revoke")
+    try:
+        _, sans = parse_subject(row.get("subject") or "")
+    except RowProblem:
+        sans = []  # the subject only picks the variant; an old, odd one must not block a revocation
+    route = config.route(table, variant_of(row, sans)) or config.route(table, "")
     if route is None:
-        raise RowProblem(f"no x509 route for table {table}: the issuer is unknown")
+        raise RowProblem(f"no x509 route for table {table}: the issuer is unknown", verdict="setup")
     rid = request_id(config.webdb.request_id_prefix, table, row["id"], "revoke")
     return Job(table, int(row["id"]), "revoke", rid, "revoke_x509",
                {"issuer": route.issuer, "serial": serial}, row, route.issuer)
@@ -221,7 +252,7 @@ def openpgp_job(config: ClientConfig, row: dict[str, Any], emails: set[str]) -> 
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise RowProblem(f"cannot read the key file {path}: {exc.strerror}", permanent=False) from None
+        raise file_problem("read the key file", path, exc) from None
     uids = [uid for uid in key_uids(data) if uid_email(uid) in emails]
     if not uids:
         raise RowProblem(f"no user id on the key has a verified address ({', '.join(sorted(emails))})")
