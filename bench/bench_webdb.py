@@ -42,7 +42,10 @@ def direct_rate(device: str, rows: int) -> float:
 
 
 def daemon_rate(folder: Path, device: str, webdb: dict, env: dict, rows: int, in_flight: int) -> float:
+    """One fresh WebDB per run: a WebDB keeps the request-id prefix it was first served with."""
     folder.mkdir(parents=True)
+    if webdb["driver"] == "sqlite":
+        webdb = {**webdb, "path": str(folder / "webdb.sqlite")}
     config = client_config(folder, device, {**webdb, "request_id_prefix": f"b{secrets.token_hex(4)}",
                                             "batch": 50, "poll_interval_s": 0.05},
                            signer={"max_in_flight": in_flight}, crl={"publish_dir": None},
@@ -55,6 +58,8 @@ def daemon_rate(folder: Path, device: str, webdb: dict, env: dict, rows: int, in
     try:
         last = ids[-1]
         while not web.row("domaincerts", last)["crt_name"]:
+            if daemon.poll() is not None:
+                raise RuntimeError(f"the daemon exited {daemon.returncode}: {(folder / 'daemon.log').read_text()[-2000:]}")
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
     finally:
@@ -62,6 +67,13 @@ def daemon_rate(folder: Path, device: str, webdb: dict, env: dict, rows: int, in
         daemon.wait(30)
     assert all(web.row("domaincerts", i)["crt_name"] for i in ids)
     return rows / elapsed
+
+
+def fresh_database(server: MariaDbServer, name: str) -> str:
+    with server.root_connect() as conn:
+        conn.cursor().execute(f"CREATE DATABASE `{name}` CHARACTER SET latin1")
+        conn.cursor().execute(f"GRANT ALL ON `{name}`.* TO 'cacert'@'127.0.0.1'")
+    return name
 
 
 def main() -> None:
@@ -77,7 +89,7 @@ def main() -> None:
     try:
         direct_rate(signer.client_path, 20)  # warm-up: linter, throwaway keys
         print(f"direct client, pipelined:          {direct_rate(signer.client_path, args.rows):7.1f} certs/s")
-        backends = [("sqlite", {"driver": "sqlite", "path": str(base / "webdb.sqlite")}, {})]
+        backends = [("sqlite", {"driver": "sqlite"}, {})]
         if mariadb_available():
             mariadb = MariaDbServer(base / "mariadb")
             mariadb.start()
@@ -87,6 +99,8 @@ def main() -> None:
             os.environ["BENCH_DB_PASSWORD"] = mariadb.password
         for name, webdb, env in backends:
             for in_flight in (1, 4):
+                if name == "mariadb":
+                    webdb = {**webdb, "database": fresh_database(mariadb, f"bench{in_flight}")}
                 rate = daemon_rate(base / f"{name}-{in_flight}", signer.client_path, webdb, env,
                                    args.rows, in_flight)
                 print(f"daemon, {name:7s}, {in_flight} in flight:      {rate:7.1f} rows/s")
