@@ -100,6 +100,12 @@ class Env:
         self.daemons.append(ClientDaemon(load_client_config(self.config_path)))
         return self.daemons[-1]
 
+    def round_catching(self, daemon: ClientDaemon) -> None:
+        """One round through run()'s own handling (away, local trouble), left running."""
+        daemon.run(cycles=1)
+        daemon.status.update(running=True)
+        daemon._write_status()
+
     def round(self, daemon: ClientDaemon) -> None:
         """One round as run() makes it, but with the status left as a running daemon's."""
         daemon.cycle()
@@ -470,26 +476,40 @@ def test_a_garbage_certificate_is_a_counted_write_back_failure(env, fake):
     assert_issued(env, fake, "emailcerts", bad, "root", warning=1)
 
 
-def test_an_unwritable_crt_folder_counts_against_no_row_and_is_not_signer_away(env, fake):
+def test_an_unwritable_crt_folder_retries_the_row_and_is_not_signer_away(env, fake):
     row_id = env.side.add_certificate("emailcerts", SUBJECT)
     (env.side.files_root / "crt").write_text("a file where the crt folder should be")
 
     daemon = env.daemon()
     daemon.run(cycles=1)
     row = env.row("emailcerts", row_id)
-    assert (row["warning"], row["crt_name"]) == (0, "")  # the folder's fault, not the row's
-    assert env.book("emailcerts", row_id) is None
+    assert (row["warning"], row["crt_name"]) == (1, "")  # one row alone: it may be its own problem
+    book = env.book("emailcerts", row_id)
+    assert book["state"] == "retrying" and book["last_error"].startswith("write-back failed:")
     status = env.status()
     assert status["signer"]["reachable"] is True
     assert "away" not in status["last_error"]["message"]
-    assert "Not a directory" in status["blocked"]["local files"]
 
     (env.side.files_root / "crt").unlink()
     daemon.run(cycles=1)
-    cert = assert_issued(env, fake, "emailcerts", row_id, "root")
+    cert = assert_issued(env, fake, "emailcerts", row_id, "root", warning=1)
     # the same request id got the signer's stored answer: one certificate for the row
     assert format(cert.serial_number, "x") == fake.stored[rid("emailcerts", row_id)]["serial"]
     assert fake.ids("sign_x509") == [rid("emailcerts", row_id)] * 2
+
+
+def test_a_crt_folder_failing_every_row_stops_the_counting(env, fake):
+    rows = [env.side.add_certificate("emailcerts", SUBJECT) for _ in range(12)]
+    (env.side.files_root / "crt").write_text("a file where the crt folder should be")
+    daemon = env.daemon()
+    for _ in range(3):
+        env.round_catching(daemon)
+    assert [env.row("emailcerts", r)["warning"] for r in rows] == [1] * 8 + [0] * 4
+    assert "rows in a row failed on this side" in env.status()["blocked"]["local files"]
+    (env.side.files_root / "crt").unlink()
+    daemon.run(cycles=2)
+    for row_id in rows:
+        assert env.row("emailcerts", row_id)["crt_name"]
     assert "local files" not in env.status()["blocked"]
 
 
@@ -601,13 +621,21 @@ def test_a_revocation_asked_for_before_the_certificate_is_written_is_not_lost(en
 
 def test_a_signer_failing_every_request_alike_stops_the_counting(env, fake):
     rows = [env.side.add_certificate("emailcerts", SUBJECT) for _ in range(12)]
+    failing = [True]
     answering(fake, lambda cmd, body, request_id: ("error", "internal_error", "handler bug")
-              if cmd == "sign_x509" else ...)
+              if cmd == "sign_x509" and failing else ...)
     daemon = env.daemon()
-    with pytest.raises(SignerAway, match="failed 8 requests in a row"):
+    with pytest.raises(SignerAway, match="8 requests in a row failed at the signer"):
         env.round(daemon)
+    for _ in range(3):  # later rounds: still failing, and nothing more is counted
+        with pytest.raises(SignerAway):
+            daemon.link.open()
+            env.round(daemon)
     warnings = [env.row("emailcerts", r)["warning"] for r in rows]
     assert warnings == [1] * 8 + [0] * 4  # two windows of 4 counted, the rest untouched
+    failing.clear()
+    daemon.run(cycles=2)
+    assert all(env.row("emailcerts", r)["crt_name"] for r in rows)
 
 
 def test_a_changed_request_id_prefix_stops_the_daemon_before_any_request(env, fake):
@@ -629,3 +657,39 @@ def test_configured_issuer_pins_refuse_another_ca_from_the_first_contact(env, fa
     daemon.run(cycles=1)
     assert "not the configured one" in env.status()["signer"]["reason"]
     assert fake.commands() == ["ca_info"]
+
+
+def test_line_noise_does_not_keep_a_silence_timeout_waiting_for_ever():
+    """timeout_is_silence: clean bytes push the deadline on, error frames do not."""
+    import os
+    import random
+    import threading
+
+    from tools.client import SignerClient, SignerTimeout
+    master, slave = os.openpty()
+    stop = threading.Event()
+
+    def noise() -> None:
+        rng = random.Random(7)
+        while not stop.is_set():
+            os.write(master, bytes(rng.randrange(256) for _ in range(64)))  # zeros end bad frames
+            time.sleep(0.01)
+    writer = threading.Thread(target=noise, daemon=True)
+    writer.start()
+    client = SignerClient(os.ttyname(slave), timeout=1.0, timeout_is_silence=True)
+    try:
+        started = time.monotonic()
+        with pytest.raises(SignerTimeout, match="error frames|in time"):
+            client.call("health")
+        assert time.monotonic() - started < 10
+        aborted = [False]
+        client.abort = lambda: aborted[0]
+        aborted[0] = True
+        with pytest.raises(SignerTimeout, match="stopped"):
+            client.call("health", timeout=60)
+    finally:
+        stop.set()
+        writer.join(5)
+        client.close()
+        os.close(master)
+        os.close(slave)

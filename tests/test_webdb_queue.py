@@ -309,3 +309,15 @@ def test_a_counted_failure_delays_the_row_by_retry_delay_s(tmp_path):
         w.queue.fail(local_job(w, "emailcerts", row_id), "cannot read the CSR file", permanent=False)
         assert (w.ids(w.queue.pending_certificates("emailcerts", 10)) == [row_id]) is due
         assert w.queue.depth()["emailcerts.sign"] == 1
+
+
+def test_the_request_id_prefix_is_kept_also_from_before_the_meta_table(web):
+    from tools.webdb.queue import PrefixChanged
+    web.side.db.execute("INSERT INTO signer_client_requests (request_id, tbl, row_id, action, state) "
+                        "VALUES ('older:emailcerts:1:sign', 'emailcerts', 1, 'sign', 'done')")
+    with pytest.raises(PrefixChanged, match="'older'"):
+        web.queue.check_prefix()  # no meta row yet, but an earlier daemon used 'older'
+    web.side.db.execute("DELETE FROM signer_client_requests")
+    web.queue.check_prefix()  # a fresh WebDB adopts the configured prefix ...
+    web.queue.check_prefix()  # ... and keeps it
+    assert web.side.db.query("SELECT value FROM signer_client_meta")[0]["value"] == "webdb"

@@ -5,9 +5,14 @@ tests/webdb_side.py fills the way CAcert's web application does.
 """
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
 
 from tools.webdb.work import (RowProblem, db_time, classify, key_uids, openpgp_job, output_name,
                               parse_san, parse_subject, read_csr_der, request_id, revoke_job,
@@ -277,14 +282,32 @@ def test_revoke_job(web, table, columns, issuer):
     assert job.request_id == f"webdb:{table}:{row_id}:revoke"
 
 
-@pytest.mark.parametrize("serial, crt_name", [("", "crt/x.crt"), ("   ", "crt/x.crt"), (None, "crt/x.crt"),
-                                               ("0A1B", "")])
-def test_revoke_job_waits_for_a_certificate_still_being_issued(web, serial, crt_name):
+@pytest.mark.parametrize("serial", ["", "0A1B", None])
+def test_revoke_job_waits_for_a_certificate_still_being_issued(web, serial):
     row_id = web.side.add_certificate("emailcerts", "/CN=Alice")
-    row = {**web.row("emailcerts", row_id), "serial": serial, "crt_name": crt_name}
+    row = {**web.row("emailcerts", row_id), "serial": serial, "crt_name": ""}
     with pytest.raises(RowProblem, match="no certificate written back yet") as caught:
         revoke_job(web.config, "emailcerts", row)
     assert caught.value.verdict == "wait"  # revoked once it is issued, not dropped
+
+
+@pytest.mark.parametrize("serial", ["", "   ", None])
+def test_revoke_job_reads_a_missing_serial_from_the_certificate_file(web, serial):
+    row_id = web.side.add_certificate("emailcerts", "/CN=Alice")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "old")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(0xABCDEF0123).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (web.root / "crt").mkdir(exist_ok=True)
+    (web.root / "crt" / "old.crt").write_bytes(cert.public_bytes(Encoding.PEM))
+    row = {**web.row("emailcerts", row_id), "serial": serial, "crt_name": "crt/old.crt"}
+    assert revoke_job(web.config, "emailcerts", row).body["serial"] == "ABCDEF0123"
+    row["crt_name"] = "crt/missing.crt"
+    with pytest.raises(RowProblem, match="cannot be read") as caught:
+        revoke_job(web.config, "emailcerts", row)
+    assert caught.value.permanent is True
 
 
 def test_revoke_job_refuses_a_row_that_never_got_a_certificate(web):

@@ -12,12 +12,16 @@ import itertools
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import serial
 
 from core.framing import FrameDecoder, FrameError, encode_frame
 from core.protocol import encode_request, unpack
+
+
+MAX_ANSWER_BYTES = 32 * 1024 * 1024  # bounds a silence-based wait (a full 1M-entry CRL is 45 MB: diffs)
+MAX_ERROR_FRAMES = 100  # error frames in one wait that mean noise, not a slow answer
 
 
 class SignerTimeout(Exception):
@@ -43,6 +47,7 @@ class SignerClient:
         # timeout_is_silence: the timeout counts from the last byte received, not from the
         # request, so a 4 MB CRL taking minutes at 115200 baud is not "no answer".
         self.timeout_is_silence = timeout_is_silence
+        self.abort: Callable[[], bool] | None = None  # checked while waiting: True ends the wait
         # exclusive: refuse the port while another exclusive client holds it (flock)
         self.serial = serial.Serial(port, baudrate, timeout=0.05, exclusive=exclusive or None)
         self.serial.reset_input_buffer()  # stale answers of an earlier client are not ours
@@ -90,10 +95,22 @@ class SignerClient:
 
     def wait_for(self, request_id: str | int, timeout: float | None = None) -> Response:
         budget = self.timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
+        started = time.monotonic()
+        deadline = started + budget
+        # With timeout_is_silence, only clean bytes (no frame error among them) push the
+        # deadline on, and never past the time the largest answer takes at this baud rate:
+        # line noise must not keep the client waiting for ever.
+        cap = started + budget + MAX_ANSWER_BYTES * 10 / max(self.serial.baudrate, 1)
+        errors_before = len(self.unmatched)
         while request_id not in self.waiting:
-            if self._read_some(deadline) and self.timeout_is_silence:
-                deadline = time.monotonic() + budget
+            if self.abort is not None and self.abort():
+                raise SignerTimeout("stopped while waiting for the signer")
+            clean = self._read_some(deadline)
+            if len(self.unmatched) - errors_before > MAX_ERROR_FRAMES:
+                raise SignerTimeout(f"{len(self.unmatched) - errors_before} error frames while waiting "
+                                    f"on {self.port_path}: line noise?")
+            if clean and self.timeout_is_silence:
+                deadline = min(time.monotonic() + budget, cap)
         return self.waiting.pop(request_id)
 
     def call(self, command: str, body: dict[str, Any] | None = None,
@@ -101,22 +118,27 @@ class SignerClient:
         return self.wait_for(self.send(command, body, request_id), timeout)
 
     def _read_some(self, deadline: float) -> bool:
-        """Read what is there (up to 50 ms); True when some bytes came."""
+        """Read what is there (up to 50 ms); True when bytes came and none was a frame error."""
         if time.monotonic() > deadline:
             raise SignerTimeout(f"no answer from the signer on {self.port_path} in time")
         data = self.serial.read(self.serial.in_waiting or 1)
+        clean = bool(data)
         for result in self.decoder.feed(data):
             response = (Response(None, error={"code": result.code, "message": result.message})
                         if isinstance(result, FrameError) else parse_response(result))
             if response.request_id is None:
                 self.unmatched.append(response)
+                clean = False
             else:
                 self.waiting[response.request_id] = response
-        return bool(data)
+        return clean
 
 
 def parse_response(payload: bytes) -> Response:
-    obj = unpack(payload)
+    try:
+        obj = unpack(payload)
+    except Exception as exc:  # a CRC-valid frame that is not msgpack: a bug or a foreign device
+        return Response(None, error={"code": "bad_msgpack", "message": f"answer is not msgpack: {exc}"})
     if not isinstance(obj, dict):
         return Response(None, error={"code": "bad_envelope", "message": "answer is not a map"})
     return Response(obj.get("id"), body=obj.get("body"), error=obj.get("error"))

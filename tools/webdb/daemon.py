@@ -37,9 +37,9 @@ class ClientDaemon:
         self.db = WebDb(config.webdb)
         self.queue = WorkQueue(config, self.db)
         self.status = StatusFile(Path(config.state_dir))
-        self.link = SignerLink(config.signer, Path(config.state_dir))
-        self.crls = CrlPublisher(config.crl)
         self.stopping = threading.Event()
+        self.link = SignerLink(config.signer, Path(config.state_dir), abort=self.stopping.is_set)
+        self.crls = CrlPublisher(config.crl)
         self.backoff = config.signer.backoff_initial_s
         self.next_health = 0.0
         self.next_crl = 0.0
@@ -47,8 +47,10 @@ class ClientDaemon:
         self.blocked: dict[str, str] = {}  # kind of work -> why it cannot be served now
         self.prefix_checked = False
         self.exit_code = 0
-        self.failing_streak = 0  # "retry" answers in a row from the signer
-        self.last_failure = ""
+        # failures in a row that may be the row's or everyone's; reset by a success
+        self.failing_streak = 0
+        self.streak_limit = 2 * config.signer.max_in_flight
+        self.last_failure, self.last_failure_local = "", False
 
     # -- the loop --------------------------------------------------------------------------
     def run(self, cycles: int | None = None) -> None:
@@ -85,8 +87,11 @@ class ClientDaemon:
                 log.exception("round failed")
                 self.status.error(f"round failed: {type(exc).__name__}: {exc}")
                 wait = self._next_backoff()
-            self._refresh_queue()  # also while the signer is away: the work waiting is news
-            self._write_status()
+            try:
+                self._refresh_queue()  # also while the signer is away: the work waiting is news
+                self._write_status()
+            except Exception:  # never let the bookkeeping end the daemon
+                log.exception("status not updated")
             self.stopping.wait(wait)
         self.link.close()
         self.db.close()
@@ -201,17 +206,26 @@ class ClientDaemon:
         """Send the rows' requests, max_in_flight at a time; returns how many were served."""
         jobs = []
         for row in rows:
+            rid = request_id(self.config.webdb.request_id_prefix, table, row["id"], action)
+            bare = Job(table, int(row["id"]), action, rid, "", {}, row)
             try:
                 jobs.append(make(row, table))
             except RowProblem as exc:
-                rid = request_id(self.config.webdb.request_id_prefix, table, row["id"], action)
-                self._local_problem(Job(table, int(row["id"]), action, rid, "", {}, row), exc)
+                self._local_problem(bare, exc)
+            except DbUnavailable:
+                raise
+            except Exception as exc:  # LocalTrouble (a file the daemon cannot read), or a path
+                # the OS refuses: this row's problem, unless every row fails alike (streak)
+                self._retry_failure(bare, f"cannot build the request: {exc}", local=True)
+                if self.failing_streak >= self.streak_limit:
+                    raise LocalTrouble(f"{self.failing_streak} rows in a row failed on this side "
+                                       f"(last: {self.last_failure})") from None
         served, window = 0, self.config.signer.max_in_flight
-        self.failing_streak = 0
         for start in range(0, len(jobs), window):
             if self.stopping.is_set():
                 break
             chunk = jobs[start:start + window]
+            streak_before = self.failing_streak
             for job in chunk:
                 self.link.call(lambda client, j=job: client.send(j.command, j.body, j.request_id))
             away: SignerAway | None = None
@@ -224,24 +238,40 @@ class ClientDaemon:
                 except SignerAway as exc:
                     away = away or exc
             self.link.drain_unmatched()
-            if away is None and self.failing_streak >= 2 * window:
-                # Not one odd row: the signer fails everything alike (a handler crash-looping).
-                # Stop counting attempts against the rows that follow.
-                away = SignerAway(f"the signer failed {self.failing_streak} requests in a row "
-                                  f"(last: {self.last_failure})")
             self._write_status()  # a long round still shows it is alive
             if away is not None:
                 raise away
+            if self.failing_streak >= self.streak_limit and self.failing_streak > streak_before:
+                # Not one odd row: everything fails alike (a handler crash-looping, a full
+                # disk). The round ends; rows are counted again only after a success.
+                what = "rows in a row failed on this side" if self.last_failure_local else \
+                    "requests in a row failed at the signer"
+                problem = f"{self.failing_streak} {what} (last: {self.last_failure})"
+                raise LocalTrouble(problem) if self.last_failure_local else SignerAway(problem)
         return served
+
+    def _retry_failure(self, job: Job, reason: str, local: bool) -> None:
+        """A failure that may be the row's or may be everyone's: counted against the row while
+        successes come between them; once streak_limit failures follow each other with no
+        success, the rows are not counted any more (they step aside, uncounted)."""
+        self.failing_streak += 1
+        self.last_failure, self.last_failure_local = reason, local
+        if self.failing_streak > self.streak_limit:
+            self.queue.note_transient(job, reason, later(self.config.webdb.retry_delay_s))
+        else:
+            self._row_failed(job, reason, permanent=False)
 
     def _local_problem(self, job: Job, exc: RowProblem) -> None:
         """No request could be built for the row; what happens follows exc.verdict."""
         if exc.verdict == "setup":
             self._blocked(job, str(exc))
         elif exc.verdict == "wait":
-            self.queue.note_transient(job, str(exc))
+            # step aside briefly: the certificate it waits for is asked for in this round
+            self.queue.note_transient(job, str(exc), later(min(5.0, self.config.webdb.retry_delay_s)))
+        elif exc.verdict == "retry":
+            self._retry_failure(job, str(exc), local=True)
         else:
-            self._row_failed(job, str(exc), exc.permanent)
+            self._row_failed(job, str(exc), permanent=True)
 
     @staticmethod
     def _block_key(job: Job) -> str:
@@ -281,22 +311,23 @@ class ClientDaemon:
                 self.queue.note_transient(job, reason)
                 return 0
             if verdict == "retry":
-                self.failing_streak += 1
-                self.last_failure = reason
-            self._row_failed(job, f"refused: {reason}" if verdict == "row" else reason, verdict == "row")
+                self._retry_failure(job, reason, local=False)
+            else:
+                self._row_failed(job, f"refused: {reason}", permanent=True)
             return 0
-        self.failing_streak = 0
         try:
             self._write_back(job, response.body or {})
         except DbUnavailable:
             raise
-        except OSError as exc:  # the crt folder or the disk: every row alike, none counted
-            raise LocalTrouble(f"cannot write the result of {job.table} row {job.row_id}: "
-                               f"{exc.strerror or exc}") from None
+        except OSError as exc:  # the crt file or folder, the disk: the streak tells which
+            self._retry_failure(job, f"write-back failed: {exc.strerror or exc} ({exc.filename})", local=True)
+            return 0
         except Exception as exc:  # an odd answer: counted against the row, retried later
             log.exception("%s row %s: the answer could not be written back", job.table, job.row_id)
-            self._row_failed(job, f"write-back failed: {type(exc).__name__}: {exc}", permanent=False)
+            self._retry_failure(job, f"write-back failed: {type(exc).__name__}: {exc}", local=False)
             return 0
+        self.failing_streak = 0
+        self.blocked.pop("local files", None)
         if self.blocked.pop(self._block_key(job), None) is not None:
             log.info("%s served again", self._block_key(job))
         return 1

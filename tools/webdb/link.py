@@ -26,8 +26,10 @@ class SignerAway(Exception):
 
 
 class SignerLink:
-    def __init__(self, config: SignerLinkConfig, state_dir: Path) -> None:
+    def __init__(self, config: SignerLinkConfig, state_dir: Path,
+                 abort: Callable[[], bool] | None = None) -> None:
         self.config = config
+        self.abort = abort  # True: stop waiting for an answer (the daemon is stopping)
         self.pin_path = state_dir / PIN_NAME
         self.client: SignerClient | None = None
         self.issuer_certs: dict[str, x509.Certificate] = {}
@@ -47,6 +49,7 @@ class SignerLink:
                                        exclusive=True, timeout_is_silence=True)
         except (serial.SerialException, OSError) as exc:
             raise SignerAway(f"cannot open {self.config.device}: {exc}") from None
+        self.client.abort = self.abort
         try:
             self._learn_issuers()
         except SignerAway:

@@ -34,6 +34,12 @@ class WorkQueue:
         prefix = self.config.webdb.request_id_prefix
         found = self.db.query("SELECT value FROM signer_client_meta WHERE name='request_id_prefix'")
         if not found:
+            # First start with the meta table; an earlier version may have served this WebDB.
+            other = self.db.query("SELECT request_id FROM signer_client_requests WHERE request_id NOT LIKE ? "
+                                  "LIMIT 1", (f"{prefix}:%",))
+            if other:
+                found = [{"value": str(other[0]["request_id"]).split(":", 1)[0]}]
+        if not found:
             self.db.execute("INSERT INTO signer_client_meta (name, value) VALUES ('request_id_prefix', ?)",
                             (prefix,))
         elif found[0]["value"] != prefix:

@@ -213,12 +213,14 @@ def x509_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
 
 def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
     serial = (row.get("serial") or "").strip()
-    if not serial or not row.get("crt_name"):
+    if not row.get("crt_name"):
         if int(row.get("warning") or 0) < config.webdb.max_attempts and row.get("csr_name"):
             # Its certificate is still being asked for (or its answer was lost): revoke it
             # once it is written back, rather than leave a certificate nobody revokes.
             raise RowProblem("no certificate written back yet; revoked once it is", verdict="wait")
         raise RowProblem("the row never got a certificate: nothing to revoke")
+    if not serial:  # an old row with a certificate file but no serial column value
+        serial = serial_from_file(resolve(config.webdb.files_root, row["crt_name"]))
     try:
         _, sans = parse_subject(row.get("subject") or "")
     except RowProblem:
@@ -229,6 +231,17 @@ def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
     rid = request_id(config.webdb.request_id_prefix, table, row["id"], "revoke")
     return Job(table, int(row["id"]), "revoke", rid, "revoke_x509",
                {"issuer": route.issuer, "serial": serial}, row, route.issuer)
+
+
+def serial_from_file(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+        cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
+                else x509.load_der_x509_certificate(data))
+    except (OSError, ValueError) as exc:
+        raise RowProblem(f"the row has no serial and its certificate file {path} cannot be read: "
+                         f"{getattr(exc, 'strerror', None) or exc}") from None
+    return f"{cert.serial_number:X}"
 
 
 def key_uids(data: bytes) -> list[str]:
