@@ -45,6 +45,7 @@ class ClientDaemon:
         self.next_crl = 0.0
         self.crl_dirty: set[str] = set()  # issuers with revocations not yet in a published CRL
         self.blocked: dict[str, str] = {}  # kind of work -> why it cannot be served now
+        self.status_written = 0.0
         self.prefix_checked = False
         self.exit_code = 0
         # failures in a row that may be the row's or everyone's; reset by a success
@@ -165,6 +166,7 @@ class ClientDaemon:
             del self.blocked[key]  # nothing of that kind (table.action) waits any more
 
     def _write_status(self) -> None:
+        self.status_written = time.monotonic()
         self.status.update(crl=self.crls.published, crl_errors=self.crls.errors, blocked=self.blocked)
         try:
             self.status.write()
@@ -238,7 +240,8 @@ class ClientDaemon:
                 except SignerAway as exc:
                     away = away or exc
             self.link.drain_unmatched()
-            self._write_status()  # a long round still shows it is alive
+            if time.monotonic() - self.status_written > 1.0:
+                self._write_status()  # a long round still shows it is alive (at most once a second)
             if away is not None:
                 raise away
             if self.failing_streak >= self.streak_limit and self.failing_streak > streak_before:
