@@ -144,6 +144,14 @@ PATH_KEYS = {"profiles", "device", "link_path", "module", "pin_file", "softhsm_c
 
 
 def load_config(path: str | os.PathLike) -> SignerConfig:
+    config = load_yaml_as(SignerConfig, path)
+    validate(config)
+    return config
+
+
+def load_yaml_as(cls: type, path: str | os.PathLike) -> Any:
+    """Read the YAML file and build dataclass `cls` from it (relative paths against the file's
+    folder, `source` set to the file); every mistake is a ConfigError naming the key."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -151,10 +159,8 @@ def load_config(path: str | os.PathLike) -> SignerConfig:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    config = build(SignerConfig, data, "", path.resolve().parent)
-    config = dataclasses.replace(config, source=str(path.resolve()))
-    validate(config)
-    return config
+    config = build(cls, data, "", path.resolve().parent)
+    return dataclasses.replace(config, source=str(path.resolve()))
 
 
 def build(cls: type, data: Any, where: str, base: Path) -> Any:

@@ -7,15 +7,12 @@ docs/webdb-client.md describes every key.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from core.config import ConfigError, build
+from core.config import ConfigError, load_yaml_as
 
 TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
 VARIANTS = ("", "codesign", "ocsp", "timestamp", "jabber")
@@ -139,15 +136,7 @@ class ClientConfig:
 
 
 def load_client_config(path: str | os.PathLike) -> ClientConfig:
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    config = build(ClientConfig, data, "", path.resolve().parent)
-    config = dataclasses.replace(config, source=str(path.resolve()))
+    config = load_yaml_as(ClientConfig, path)
     validate(config)
     return config
 
