@@ -12,18 +12,32 @@ canonical JSON. No field can hold a raw newline (canonical JSON escapes it, seq 
 number, at and kind are fixed vocabularies), so the joined text names one entry only.
 
 Changing or inserting an entry breaks the chain at that entry, deleting one at the entry
-after it, even when the database's append-only triggers were bypassed. What a chain cannot show by itself is a
-rewrite of the entry and of everything after it, or a cut-off tail: that needs the head
-hash (AuditReport.last_hash) recorded somewhere else, e.g. in the operator's log book.
+after it, even when the database's append-only triggers were bypassed. What a chain cannot
+show by itself is a rewrite of the entry and of everything after it (anyone can recompute
+sha256), or a cut-off tail. Two things close that gap (docs/decisions/0002-audit-seals-on-the-hsm.md):
+
+- seals: the Hsm actor signs the head (seq, hash) with the token's audit key, which signs
+  nothing else and never leaves the token; a seal is stored in audit_seals. A rewritten
+  entry no longer has the hash a seal names, a cut log lacks the sealed entry, and only
+  the token can make a new seal (seal_message, verify_sealed_chain);
+- heads kept elsewhere: every state-changing answer and `health` carry the head
+  {seq, hash}; the WebDB daemon keeps the latest, and `signer-admin verify-audit --head
+  SEQ:HASH` fails when that entry is no longer in the log.
 """
 from __future__ import annotations
 
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 GENESIS_HASH = "0" * 64
 KINDS = frozenset({"x509_issued", "x509_revoked", "crl_issued", "openpgp_signed"})
@@ -96,25 +110,42 @@ class AuditReport:
     last_hash: str = GENESIS_HASH
 
 
+class _ChainWalk:
+    """verify_chain one entry at a time, so a caller can check more per entry (seals)."""
+
+    def __init__(self) -> None:
+        self.checked, self.expected_seq, self.previous_hash = 0, 1, GENESIS_HASH
+
+    def accept(self, row: AuditRow) -> str | None:
+        """None if the row continues the chain, else why it does not."""
+        seq, at, kind, body, prev_hash, stored_hash = row
+        try:  # the fast path, about 3 s per million entries with the database reads
+            intact = (seq == self.expected_seq and prev_hash == self.previous_hash
+                      and entry_hash(prev_hash, seq, at, kind, body) == stored_hash)
+        except (TypeError, AttributeError):  # a column of the wrong type
+            intact = False
+        if not intact:
+            return _entry_problem(self.expected_seq, self.previous_hash, *row)
+        self.checked, self.expected_seq, self.previous_hash = (self.checked + 1, seq + 1,
+                                                               stored_hash)
+        return None
+
+    def report(self, bad_seq: Any = None, problem: str | None = None) -> AuditReport:
+        return AuditReport(problem is None, self.checked, bad_seq, problem, self.previous_hash)
+
+
 def verify_chain(rows: Iterable[AuditRow]) -> AuditReport:
     """Check rows (seq, at, kind, body, prev_hash, hash) in seq order, one at a time (a
     cursor streams through without the log ever being in memory). Stops at the first
     entry that breaks the chain: a seq that is not the previous one plus one (entry 1
     first), a prev_hash that is not the previous entry's hash, or a stored hash that is
     not the hash of the entry's own fields."""
-    checked, expected_seq, previous_hash = 0, 1, GENESIS_HASH
-    for seq, at, kind, body, prev_hash, stored_hash in rows:
-        try:  # the fast path, about 3 s per million entries with the database reads
-            intact = (seq == expected_seq and prev_hash == previous_hash
-                      and entry_hash(prev_hash, seq, at, kind, body) == stored_hash)
-        except (TypeError, AttributeError):  # a column of the wrong type
-            intact = False
-        if not intact:
-            problem = _entry_problem(expected_seq, previous_hash,
-                                     seq, at, kind, body, prev_hash, stored_hash)
-            return AuditReport(False, checked, seq, problem, previous_hash)
-        checked, expected_seq, previous_hash = checked + 1, seq + 1, stored_hash
-    return AuditReport(True, checked, last_hash=previous_hash)
+    walk = _ChainWalk()
+    for row in rows:
+        problem = walk.accept(row)
+        if problem is not None:
+            return walk.report(row[0], problem)
+    return walk.report()
 
 
 def _entry_problem(expected_seq: int, previous_hash: str, seq: Any, at: Any, kind: Any,
@@ -141,3 +172,136 @@ def _entry_problem(expected_seq: int, previous_hash: str, seq: Any, at: Any, kin
         return (f"stored hash {stored_hash[:16]}... is not the hash of the entry's"
                 f" contents {recomputed[:16]}... (the entry was changed)")
     return "the entry does not verify"  # not reached: one of the checks above failed
+
+
+# -- seals: the head signed by the token's audit key --------------------------------------
+
+SEAL_DOMAIN = "CAcert signer audit seal v1"  # no other signature of the key can read as a seal
+SEAL_CURVE = ec.SECP256R1
+SEAL_MECHANISM = "sha256-ecdsa"  # core.hsm's name for what seal_signature_ok checks
+MAX_SEAL_PROBLEMS = 20  # enough to act on, not a flood
+_HEAD_FORM = re.compile(r"([0-9]+):([0-9a-f]{64})")
+
+SealRow = tuple[int, str, str, bytes]  # (seq, hash, sealed_at, signature)
+
+
+def seal_message(seq: int, head_hash: str, sealed_at: str) -> bytes:
+    """The bytes the audit key signs for a seal of entry `seq` whose hash is head_hash."""
+    return "\n".join((SEAL_DOMAIN, str(seq), head_hash, sealed_at)).encode("ascii")
+
+
+def load_seal_public_key(pem: bytes) -> ec.EllipticCurvePublicKey:
+    """The audit public key (PEM SubjectPublicKeyInfo); ValueError if it is not P-256."""
+    key = load_pem_public_key(pem)
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, SEAL_CURVE):
+        raise ValueError("the audit public key must be an EC P-256 key")
+    return key
+
+
+def seal_signature_ok(public_key: ec.EllipticCurvePublicKey, seq: int, head_hash: str,
+                      sealed_at: str, signature: bytes) -> bool:
+    try:
+        public_key.verify(bytes(signature), seal_message(seq, head_hash, sealed_at),
+                          ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, TypeError, ValueError):
+        return False
+    return True
+
+
+def parse_head(text: str) -> tuple[int, str]:
+    """"SEQ:HASH" (as `signer-client status` shows it) -> (seq, hash); ValueError if not."""
+    match = _HEAD_FORM.fullmatch(text.strip().lower())
+    if match is None:
+        raise ValueError(f"{text!r} is not SEQ:HASH (a number, a colon, 64 hex digits)")
+    return int(match.group(1)), match.group(2)
+
+
+@dataclass(frozen=True)
+class SealedAuditReport:
+    """verify_sealed_chain's findings. chain: the hash chain (AuditReport). seals_checked:
+    seals whose signature verified and whose hash is the entry's. last_sealed_seq: the
+    newest such seal (0: none). unsealed_entries: intact entries after it (not an error by
+    itself: the newest entries wait for their seal, or the token lacks the audit key).
+    seal_problems: forged seals, seals naming another hash (a rewrite) or a missing entry
+    (a cut). head/head_problem: the head asked for with --head and why it is not in the log."""
+
+    chain: AuditReport
+    seals_checked: int = 0
+    last_sealed_seq: int = 0
+    unsealed_entries: int = 0
+    seal_problems: list[str] = field(default_factory=list)
+    head: str | None = None
+    head_problem: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.chain.ok and not self.seal_problems and self.head_problem is None
+
+
+def verify_sealed_chain(rows: Iterable[AuditRow], seals: Iterable[SealRow],
+                        public_key: ec.EllipticCurvePublicKey,
+                        head: tuple[int, str] | None = None) -> SealedAuditReport:
+    """The chain as verify_chain checks it, and with it, streaming both in seq order: every
+    seal's signature, that the entry it names exists and has its hash, and that `head`
+    (seq, hash) is an entry of the log. Stops at the first break of the chain."""
+    walk, problems = _ChainWalk(), []
+    seal_iter: Iterator[SealRow] = iter(seals)
+    seal = next(seal_iter, None)
+    chain_report, head_problem = None, None
+    seals_checked, last_sealed = 0, 0
+    for row in rows:
+        problem = walk.accept(row)
+        if problem is not None:
+            chain_report = walk.report(row[0], problem)
+            break
+        seq, entry = row[0], row[5]
+        while seal is not None and seal[0] <= seq:
+            if _seal_problem(seal, seq, entry, public_key, problems) is None:
+                seals_checked, last_sealed = seals_checked + 1, seq
+            seal = next(seal_iter, None)
+        if head is not None and seq == head[0] and entry != head[1]:
+            head_problem = (f"head {head[0]}:{head[1][:16]}... is not in the log: entry"
+                            f" {seq} now has hash {entry[:16]}... (the log was rewritten)")
+    if chain_report is None:
+        chain_report = walk.report()
+        last_seq = walk.expected_seq - 1
+        while seal is not None:  # seals beyond the last entry: the log's tail is gone
+            _note(problems, f"seal of entry {seal[0]}: the log ends at entry {last_seq}"
+                            " (entries after it were cut)")
+            seal = next(seal_iter, None)
+        if head is not None and head[0] > last_seq:
+            head_problem = (f"head {head[0]}:{head[1][:16]}... is not in the log: it ends at"
+                            f" entry {last_seq} (entries were cut)")
+    return SealedAuditReport(
+        chain_report, seals_checked, last_sealed,
+        walk.checked - last_sealed if chain_report.ok else 0, problems,
+        None if head is None else f"{head[0]}:{head[1]}", head_problem)
+
+
+def _seal_problem(seal: SealRow, seq: int, entry: str, public_key: ec.EllipticCurvePublicKey,
+                  problems: list[str]) -> str | None:
+    """Why the seal does not hold for entry `seq` (hash `entry`), noted in problems; None
+    if it holds. A seal naming a seq the walk passed over (not a positive integer in the
+    chain's range) names no entry."""
+    sealed_seq, sealed_hash, sealed_at, signature = seal
+    if sealed_seq != seq:
+        problem = f"seal of entry {sealed_seq!r}: no such entry"
+    elif not (isinstance(sealed_at, str) and isinstance(signature, (bytes, memoryview))
+              and seal_signature_ok(public_key, seq, str(sealed_hash), sealed_at,
+                                    bytes(signature))):
+        problem = (f"seal of entry {seq}: its signature does not verify with the audit"
+                   " public key (a forged seal)")
+    elif sealed_hash != entry:
+        problem = (f"seal of entry {seq}: it seals hash {str(sealed_hash)[:16]}... but the"
+                   f" entry's hash is {entry[:16]}... (the log was rewritten)")
+    else:
+        return None
+    _note(problems, problem)
+    return problem
+
+
+def _note(problems: list[str], problem: str) -> None:
+    if len(problems) < MAX_SEAL_PROBLEMS:
+        problems.append(problem)
+    elif len(problems) == MAX_SEAL_PROBLEMS:
+        problems.append(f"... more seal problems (only the first {MAX_SEAL_PROBLEMS} shown)")

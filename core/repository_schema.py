@@ -158,9 +158,32 @@ _AUDIT_LOG: Migration = (
     """,
 )
 
-MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG]
+# Seals of the audit log (core/audit.py): the head (seq, hash) signed by the token's audit
+# key, one row per seal the Hsm actor made (a seal covers every entry up to its seq).
+# Append-only like the log; verify-audit checks every row's signature.
+_AUDIT_SEALS: Migration = (
+    """
+    CREATE TABLE audit_seals (
+        seq       INTEGER PRIMARY KEY,
+        hash      TEXT NOT NULL,
+        sealed_at TEXT NOT NULL,
+        signature BLOB NOT NULL
+    )
+    """,
+    """
+    CREATE TRIGGER audit_seals_no_update BEFORE UPDATE ON audit_seals
+    BEGIN SELECT RAISE(ABORT, 'audit seals are append-only'); END
+    """,
+    """
+    CREATE TRIGGER audit_seals_no_delete BEFORE DELETE ON audit_seals
+    BEGIN SELECT RAISE(ABORT, 'audit seals are append-only'); END
+    """,
+)
+
+MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG, _AUDIT_SEALS]
 SCHEMA_VERSION = len(MIGRATIONS)
 AUDIT_SCHEMA_VERSION = 3  # the first version with audit_log
+AUDIT_SEALS_SCHEMA_VERSION = MIGRATIONS.index(_AUDIT_SEALS) + 1  # the first with audit_seals
 
 
 def to_db_time(moment: datetime) -> str:
