@@ -180,7 +180,29 @@ _AUDIT_SEALS: Migration = (
     """,
 )
 
-MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG, _AUDIT_SEALS]
+# Replication that cannot be forged (core/event_signing.py, core/peer_validation.py):
+# events.signature keeps the Ed25519 signature of an applied peer event, so it is published
+# on unchanged (this signer's own events are signed when published: NULL here); a peer event
+# that fails its checks is parked in sync_quarantine instead of being applied (digest: of the
+# event as received, so the same delivery twice is parked once).
+_SYNC_QUARANTINE: Migration = (
+    "ALTER TABLE events ADD COLUMN signature BLOB",
+    """
+    CREATE TABLE sync_quarantine (
+        id             INTEGER PRIMARY KEY AUTOINCREMENT,
+        digest         TEXT NOT NULL UNIQUE,
+        event_id       TEXT,
+        origin_node    TEXT,
+        type           TEXT,
+        reason         TEXT NOT NULL,
+        event          BLOB NOT NULL,
+        quarantined_at TEXT NOT NULL
+    )
+    """,
+)
+
+MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG, _AUDIT_SEALS,
+                               _SYNC_QUARANTINE]
 SCHEMA_VERSION = len(MIGRATIONS)
 AUDIT_SCHEMA_VERSION = 3  # the first version with audit_log
 AUDIT_SEALS_SCHEMA_VERSION = MIGRATIONS.index(_AUDIT_SEALS) + 1  # the first with audit_seals
