@@ -3,6 +3,11 @@
 `run` starts the Thespian actor system (multiprocTCPBase, loopback only), asks the
 Supervisor to create and configure every actor, prints the client end of the serial link
 when it is a development pty, and shuts everything down on SIGTERM/SIGINT.
+
+Who watches whom: `signer run` watches the Supervisor (its death stops the signer with exit
+code 1, for the service manager to restart it: docs/decisions/
+0004-supervisor-death-restarts-the-signer.md), the Supervisor restarts the other actors,
+and the reaper (core/owner_reaper.py) ends every actor process once `signer run` is gone.
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from core.config import ConfigError, SignerConfig, load_config, read_pin
 
 SYSTEM_BASE = "multiprocTCPBase"
 START_TIMEOUT_S = 90
+SUPERVISOR_CHECK_S = 1.0
+EXIT_SUPERVISOR_DIED = 1  # a failure: the service manager restarts on it (Restart=on-failure)
 
 
 class StartupError(Exception):
@@ -62,8 +69,12 @@ class RunningSigner:
         from actors.supervisor import SUPERVISOR_NAME, Supervisor
         from core.loopback import restrict_thespian_to_loopback
         from messages import SignerStarted, StartSigner
+        from core.owner_reaper import start_reaper, track_thespian_session
         from tools.ptyrelay import PtyRelay
 
+        # Before the actor system exists: its admin announces its session to the reaper.
+        self.reaper = start_reaper(config.actor_system.log_file)
+        track_thespian_session(self.reaper)
         if config.hsm.softhsm_conf:
             os.environ["SOFTHSM2_CONF"] = config.hsm.softhsm_conf
         restrict_thespian_to_loopback()
@@ -77,15 +88,23 @@ class RunningSigner:
                 config = dataclasses.replace(
                     config, serial=dataclasses.replace(config.serial, device=self.relay.path_a))
             self.supervisor = self.asys.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-            reply = self.asys.ask(self.supervisor, StartSigner(config, os.getpid()), START_TIMEOUT_S)
+            reply = self.asys.ask(self.supervisor, StartSigner(config), START_TIMEOUT_S)
             if not isinstance(reply, SignerStarted):
                 raise StartupError(f"the supervisor did not answer within {START_TIMEOUT_S} s")
             if not reply.ok:
                 raise StartupError("; ".join(reply.errors))
+            self.supervisor_pid = reply.supervisor_pid
         except BaseException:
             self.stop()
             raise
         self.client_end = self.relay.path_b if self.relay else config.serial.device
+
+    def supervisor_alive(self) -> bool:
+        try:
+            state = Path(f"/proc/{self.supervisor_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
 
     def stop(self) -> None:
         self.asys.shutdown()
@@ -124,12 +143,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"client-pty: {signer.client_end}", flush=True)
         if config.serial.link_path:
             print(f"client-link: {config.serial.link_path}", flush=True)
+    exit_code = 0
     try:
-        received = signal.sigwait({signal.SIGINT, signal.SIGTERM})
-        print(f"signer: {signal.Signals(received).name}, shutting down", file=sys.stderr)
+        while True:
+            received = signal.sigtimedwait({signal.SIGINT, signal.SIGTERM}, SUPERVISOR_CHECK_S)
+            if received is not None:
+                print(f"signer: {signal.Signals(received.si_signo).name}, shutting down", file=sys.stderr)
+                break
+            if not signer.supervisor_alive():
+                # Nobody restarts a dead Supervisor's children any more: a half-alive signer
+                # would stop answering some commands for good. Stop all; the service manager
+                # starts a whole new signer (the repository is crash-safe).
+                print(f"signer: the Supervisor (pid {signer.supervisor_pid}) died: stopping every "
+                      f"actor, exit {EXIT_SUPERVISOR_DIED}", file=sys.stderr)
+                exit_code = EXIT_SUPERVISOR_DIED
+                break
     finally:
         signer.stop()
-    return 0
+    return exit_code
 
 
 def dev_init(args: argparse.Namespace) -> int:

@@ -42,6 +42,7 @@ class SignerActor(ActorTypeDispatcher):
         super().__init__(*args, **kwargs)
         self.config: Any = None
         self.addresses: dict[str, Any] = {}
+        self.peers_down: frozenset[str] = frozenset()  # as the Supervisor last said
         self.handled = 0
         self.errors = 0
         self.last_error: str | None = None
@@ -67,6 +68,7 @@ class SignerActor(ActorTypeDispatcher):
 
     def receiveMsg_Configure(self, message: Configure, sender: Any) -> Any:
         self.addresses = dict(message.addresses)
+        self.peers_down = frozenset(message.down)
         self.actor_name = message.name
         self.log = logging.getLogger(f"signer.{self.actor_name}")
         if not message.first:

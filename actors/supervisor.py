@@ -1,16 +1,21 @@
 """Supervisor: creates every actor, wires their addresses, restarts a crashed child with
-backoff, and answers `signer-admin status` with one record per actor.
+backoff, tells Health which children are down, and answers `signer-admin status` with one
+record per actor.
 
 It is the only actor with a global name (SUPERVISOR_NAME), so an admin process that joins
 the running actor system can find it.
+
+Who supervises the Supervisor: `signer run` (system.py) watches its pid and, when it dies,
+stops the whole signer and exits non-zero so that the service manager restarts it
+(docs/decisions/0004-supervisor-death-restarts-the-signer.md). Nothing of the signer
+outlives `signer run`: that is the reaper's job (core/owner_reaper.py), not an actor's,
+because any actor can be the one that died.
 """
 from __future__ import annotations
 
 import os
-import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
@@ -35,8 +40,6 @@ SUPERVISOR_NAME = "cacert-signer-supervisor"
 STARTUP_TIMEOUT_S = 60.0
 STATUS_TIMEOUT_S = 3.0
 MAX_RESTART_BACKOFF_S = 10.0
-OWNER_CHECK_S = 1.0
-TEARDOWN_GRACE_S = 1.0
 
 # Creation order: what others depend on comes first. Later issues add handlers here.
 CHILDREN: dict[str, type] = {
@@ -75,14 +78,12 @@ class Supervisor(SignerActor):
         self.startup_errors: list[str] = []
         self.stopping = False
         self.status_queries: dict[int, StatusQuery] = {}
+        self.down: set[str] = set()  # exited, not yet configured again
 
     # -- start-up ---------------------------------------------------------------------
     def receiveMsg_StartSigner(self, message: StartSigner, sender: Any) -> None:
         self.config = message.config
         self.starter = sender
-        self.owner_pid = message.owner_pid
-        if self.owner_pid:
-            self.wakeupAfter(OWNER_CHECK_S, payload=("owner",))
         wanted = [name for name in CHILDREN if name != "sync" or message.config.sync is not None]
         for name in wanted:
             self.children[name] = self.createActor(CHILDREN[name])
@@ -93,7 +94,12 @@ class Supervisor(SignerActor):
         self.wakeupAfter(STARTUP_TIMEOUT_S, payload=("startup",))
 
     def configure_child(self, name: str, first: bool = True) -> None:
-        self.send(self.children[name], Configure(name, self.config, dict(self.children), first))
+        self.send(self.children[name], Configure(name, self.config, dict(self.children), first,
+                                                 tuple(sorted(self.down))))
+
+    def tell_health_who_is_down(self) -> None:
+        if "health" in self.children and "health" not in self.down:
+            self.configure_child("health", first=False)
 
     def receiveMsg_Configured(self, message: Configured, sender: Any) -> None:
         if not message.ok:
@@ -103,10 +109,15 @@ class Supervisor(SignerActor):
             self.awaiting.discard(message.name)
             if not self.awaiting:
                 self.report_startup()
+        if message.ok and message.name in self.down:
+            self.down.discard(message.name)
+            self.log.info("actor %s is back", message.name)
+            self.tell_health_who_is_down()
 
     def report_startup(self) -> None:
         if self.starter is not None:
-            self.send(self.starter, SignerStarted(not self.startup_errors, self.startup_errors))
+            self.send(self.starter, SignerStarted(not self.startup_errors, self.startup_errors,
+                                                  supervisor_pid=os.getpid()))
             self.starter = None
 
     # -- restarts ---------------------------------------------------------------------
@@ -115,7 +126,9 @@ class Supervisor(SignerActor):
         if name is None or self.stopping:
             return
         self.restarts[name] += 1
+        self.down.add(name)
         self.log.error("actor %s exited; restart %d", name, self.restarts[name])
+        self.tell_health_who_is_down()
         # Back off when a child keeps dying, so a broken one cannot spin the machine.
         recent = time.monotonic() - self.last_exit.get(name, 0) < 30
         self.last_exit[name] = time.monotonic()
@@ -163,50 +176,9 @@ class Supervisor(SignerActor):
             records.append(record)
         self.send(query.requester, SystemStatusReply(records))
 
-    # -- timers -----------------------------------------------------------------------
-    # -- the owner watchdog -------------------------------------------------------------
-    # Thespian's admin detaches itself (setsid + fork), so the actor processes are not in
-    # `signer run`'s process group: a kill -9 of it (or of its group) would leave them
-    # holding the serial port, the repository, the HSM session and the admin port.
-    def owner_alive(self) -> bool:
-        try:
-            state = Path(f"/proc/{self.owner_pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            return False
-        return state not in ("Z", "X")  # a zombie is dead, only not yet reaped
-
-    def owner_gone(self) -> None:
-        self.log.error("signer run (pid %d) is gone: stopping every actor", self.owner_pid)
-        self.stopping = True
-        for address in self.children.values():
-            self.send(address, ActorExitRequest())
-        self.wakeupAfter(TEARDOWN_GRACE_S, payload=("teardown",))
-
-    def teardown(self) -> None:
-        """End the detached admin and what it still runs (the logger, any actor that did
-        not exit), then this process: nothing of the signer outlives `signer run`."""
-        admin = os.getppid()
-        try:
-            children = Path(f"/proc/{admin}/task/{admin}/children").read_text().split()
-        except OSError:
-            children = []
-        for pid in [int(c) for c in children if int(c) != os.getpid()] + [admin]:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        os._exit(0)
-
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         kind, *args = message.payload
-        if kind == "owner":
-            if self.owner_alive():
-                self.wakeupAfter(OWNER_CHECK_S, payload=("owner",))
-            else:
-                self.owner_gone()
-        elif kind == "teardown":
-            self.teardown()
-        elif kind == "restart":
+        if kind == "restart":
             self.restart(args[0])
         elif kind == "status":
             self.finish_status(args[0])
@@ -215,4 +187,5 @@ class Supervisor(SignerActor):
             self.report_startup()
 
     def figures(self) -> dict[str, Any]:
-        return {"children": len(self.children), "restarts": dict(self.restarts)}
+        return {"children": len(self.children), "restarts": dict(self.restarts),
+                "down": sorted(self.down)}

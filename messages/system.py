@@ -9,7 +9,6 @@ from typing import Any
 class StartSigner:
     """system.py -> Supervisor: create every actor from this configuration."""
     config: Any  # core.config.SignerConfig
-    owner_pid: int = 0  # `signer run`: when it dies (even kill -9), the actors go too
 
 
 @dataclass
@@ -17,6 +16,7 @@ class SignerStarted:
     """Supervisor -> system.py: every actor configured (ok) or the start-up errors."""
     ok: bool
     errors: list[str] = field(default_factory=list)
+    supervisor_pid: int = 0  # `signer run` watches it: the Supervisor's death ends the signer
 
 
 @dataclass
@@ -29,6 +29,7 @@ class Configure:
     config: Any
     addresses: dict[str, Any]
     first: bool = True  # False when re-sent only to refresh addresses
+    down: tuple[str, ...] = ()  # children that exited and are not configured again yet
 
 
 @dataclass

@@ -169,3 +169,29 @@ def test_supervisor_status_has_a_record_per_actor_even_when_one_hangs():
     assert set(by_name) == set(WITHOUT_SYNC) | {"supervisor"}
     assert by_name["hsm"]["alive"] is False and by_name["health"]["alive"] is True
     assert all("restarts" in r for r in reply.records)
+
+
+def test_supervisor_tells_health_which_child_is_down_until_it_is_configured_again():
+    h, configures = started_supervisor()
+    health = configures[0][1].addresses["health"]
+    old = configures[0][1].addresses["revoker"]
+    h.deliver(ChildActorExited(old), "admin")
+    (address, told), = h.take(Configure)
+    assert address == health and not told.first and told.down == ("revoker",)
+    (delay, payload), = h.wakeups[-1:]
+    h.deliver(WakeupMessage(delay, payload))
+    h.take(Configure)
+    h.deliver(Configured("revoker", True), h.actor.children["revoker"])
+    (address, told), = h.take(Configure)
+    assert address == health and told.down == ()
+
+
+def test_health_reports_actors_that_are_down(config):
+    h = ActorHarness(Health, config, PEERS)
+    h.deliver(Configure("health", config, PEERS, first=False, down=("revoker",)), "supervisor")
+    hsm_request, repo_request = ask_health(h)
+    h.deliver(HsmHealthReply(hsm_request.tag, {"logged_in": True}))
+    h.deliver(RepoHealthReply(repo_request.tag, {"quick_check": "ok"}))
+    (_, reply), = h.take(CommandReply)
+    assert not reply.body["healthy"] and reply.body["actors_down"] == ["revoker"]
+    assert "actors not running (being restarted): revoker" in reply.body["problems"]
