@@ -105,11 +105,15 @@ class Health(SignerActor):
             cas.append({"id": issuer.id, "subject": issuer.certificate.subject.rfc4514_string(),
                         "not_after": issuer.certificate.not_valid_after_utc.isoformat(),
                         "days_to_expiry": round(days, 2), "ok": ok})
+        if self.peers_down:
+            # The Supervisor restarts them (with back-off); until then their commands wait.
+            problems.append(f"actors not running (being restarted): {', '.join(sorted(self.peers_down))}")
         if "sync" in parts and "error" not in parts["sync"] and not parts["sync"].get("ok"):
             problems.append(f"sync: {parts['sync'].get('error') or 'the local NATS server is not reachable'}")
         report = {"healthy": not problems, "problems": problems, "version": self.version,
                   "node_id": self.config.node_id, "time": now.isoformat(), "ca_certificates": cas,
-                  "hsm": parts["hsm"], "repository": repo}
+                  "hsm": parts["hsm"], "repository": repo,
+                  "actors_down": sorted(self.peers_down)}
         if "sync" in parts:
             report["sync"] = parts["sync"]
         return report
