@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import SignerProcess, signer_config
+from tests.helpers import SignerProcess, run_tool, signer_config
 from tests.test_crash_safety import signer_processes, wait_gone
 from tools.client import SignerClient
 
@@ -97,4 +97,18 @@ def test_a_handler_killed_alone_is_restarted_by_the_supervisor(dev_data: Path, t
         record = next(r for r in signer.status() if r["name"] == "revoker")
         assert record["restarts"] == 1 and record["pid"] != revoker
     finally:
+        signer.stop()
+
+
+def test_admin_status_says_when_the_supervisor_does_not_answer(dev_data: Path, tmp_path: Path) -> None:
+    config = signer_config(dev_data, tmp_path)
+    signer = SignerProcess(config, log_dir=tmp_path)
+    supervisor = pid_of(signer, "supervisor")
+    try:
+        os.kill(supervisor, signal.SIGSTOP)  # hung: alive for `signer run`, silent for the admin
+        result = run_tool("signer-admin", "--config", str(config), "status", timeout=60)
+        assert result.returncode == 1
+        assert "Supervisor did not answer" in result.stderr, result.stderr
+    finally:
+        os.kill(supervisor, signal.SIGCONT)
         signer.stop()
