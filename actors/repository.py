@@ -27,21 +27,29 @@ class Repository(SignerActor):
         self.quick_check: tuple[float, str] | None = None  # (monotonic time, result)
         self.checker: threading.Thread | None = None
         self.operations: dict[str, int] = {}
+        # The first check starts now, not at the first health poll: otherwise a signer that
+        # idled for minutes still answers its first health with "pending".
+        self.start_quick_check()
+
+    def start_quick_check(self) -> None:
+        # It reads every page: seconds at 1M certificates, tens of seconds with a cold
+        # cache. A thread with its own read-only connection keeps this actor answering.
+        self.checker = threading.Thread(target=self.run_quick_check, daemon=True)
+        self.checker.start()
 
     def receiveMsg_RepoHealthRequest(self, message: RepoHealthRequest, sender: Any) -> None:
         health = self.store.health(run_quick_check=False)
+        checked = self.quick_check  # read once: the checker thread may replace it meanwhile
         now = time.monotonic()
-        if (self.quick_check is None or now - self.quick_check[0] >= QUICK_CHECK_INTERVAL_S) \
+        if (checked is None or now - checked[0] >= QUICK_CHECK_INTERVAL_S) \
                 and not (self.checker and self.checker.is_alive()):
-            # It reads every page: seconds at 1M certificates, tens of seconds with a cold
-            # cache. A thread with its own read-only connection keeps this actor answering.
-            self.checker = threading.Thread(target=self.run_quick_check, daemon=True)
-            self.checker.start()
-        if self.quick_check is None:
+            self.start_quick_check()
+        if checked is None:
             health["quick_check"] = "pending"  # the first check is still running
         else:
-            health["quick_check"] = self.quick_check[1]
-            health["quick_check_age_s"] = round(now - self.quick_check[0], 1)
+            health["quick_check"] = checked[1]
+            # Never negative (nor -0.0): the thread's clock reading may follow this one.
+            health["quick_check_age_s"] = max(0.0, round(now - checked[0], 1))
         self.send(sender, RepoHealthReply(message.tag, health))
 
     def run_quick_check(self) -> None:

@@ -4,9 +4,18 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from core.softhsm import init_softhsm_token
 from tests.helpers import PIN, SO_PIN, TOKEN, SignerProcess, dev_init, signer_config
+
+# One Hypothesis profile for the whole suite. CI is a loaded 2-core box: example generation
+# and each example's run can be slow there through no fault of the code, so neither a
+# deadline nor the "input generation is slow" / "data too large" health checks may fail a
+# test. Explicit @settings(...) in a module start from this profile.
+settings.register_profile("signer", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("signer")
 
 
 @pytest.fixture(scope="session")
