@@ -14,6 +14,12 @@ import msgpack
 
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
+# How deep a request may nest maps and arrays, the envelope map being level 1 (the deepest
+# request the commands need is 4: envelope, body, the `sans` array, one pair). The decoded
+# body is pickled to reach its handler, and pickling recurses: some 500 levels raise a
+# RecursionError there, and msgpack's decoder itself stops at 1024 levels.
+MAX_NESTING_DEPTH = 32
+_CONTAINER_TYPES = frozenset({list, dict})  # what msgpack decodes arrays and maps into
 
 # Every error code the signer sends, with its meaning. docs/protocol.md documents the
 # same table; tests/test_protocol.py checks that the two stay in step.
@@ -90,12 +96,38 @@ def pack(obj: Any) -> bytes:
 
 
 def unpack(payload: bytes) -> Any:
-    """Decode exactly one msgpack object; raise SignerError("bad_msgpack") otherwise."""
+    """Decode exactly one msgpack object; raise SignerError("bad_msgpack") otherwise, or
+    "bad_request" when it is nested too deeply for msgpack's decoder to hold it."""
     try:
         return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError, ValueError,
-            TypeError) as exc:
-        raise SignerError("bad_msgpack", f"payload is not valid msgpack: {exc}") from None
+    except msgpack.StackError:
+        raise SignerError("bad_request", _too_deep_message("the payload")) from None
+    except (msgpack.ExtraData, msgpack.FormatError, ValueError, TypeError) as exc:
+        # FormatError (a reserved byte such as 0xc1) says nothing: name it at least.
+        detail = str(exc) or f"{type(exc).__name__} (a byte that starts no msgpack object)"
+        raise SignerError("bad_msgpack", f"payload is not valid msgpack: {detail}") from None
+
+
+def _too_deep_message(what: str) -> str:
+    return (f"{what} nests maps and arrays more than {MAX_NESTING_DEPTH} levels deep "
+            f"(the limit, the envelope map counting as level 1)")
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether maps and arrays in a decoded msgpack value nest more than `limit` levels deep.
+    Level by level, without recursion, so any depth is safe to check; a flat array of a
+    million scalars is passed over at C speed (map over type), not element by element."""
+    level, depth = ([value] if type(value) in _CONTAINER_TYPES else []), 1
+    while level:
+        if depth > limit:
+            return True
+        deeper = []
+        for container in level:
+            children = container.values() if type(container) is dict else container
+            if not _CONTAINER_TYPES.isdisjoint(set(map(type, children))):
+                deeper.extend(child for child in children if type(child) in _CONTAINER_TYPES)
+        level, depth = deeper, depth + 1
+    return False
 
 
 def valid_request_id(value: Any) -> bool:
@@ -117,6 +149,8 @@ def decode_request(payload: bytes, known_commands: frozenset[str] | set[str]) ->
                           f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} "
                           "characters or a non-negative integer")
     try:
+        if nested_deeper_than(obj, MAX_NESTING_DEPTH):
+            raise SignerError("bad_request", _too_deep_message("the request"))
         return _validate_fields(obj, request_id, known_commands)
     except SignerError as exc:
         raise RequestError(request_id, exc.code, exc.message) from None

@@ -370,6 +370,10 @@ class Repository(RepositorySync):
         return newest[0] if newest else None
 
     def get_crl(self, issuer: str, number: int) -> dict[str, Any] | None:
+        if not -2**63 <= number < 2**63:
+            # SQLite integers are signed 64-bit (binding a larger one raises OverflowError),
+            # so no stored CRL has such a number: a client holding one gets the full CRL.
+            return None
         with self._read() as db:
             row = db.execute(f"{_CRL_SELECT} WHERE issuer = ? AND number = ?",
                              (issuer, number)).fetchone()

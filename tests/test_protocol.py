@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.protocol import (ERROR_CODES, RequestError, SignerError, decode_request, encode_error,
-                           encode_request, encode_response, field, unpack)
+from core.protocol import (ERROR_CODES, MAX_NESTING_DEPTH, RequestError, SignerError, decode_request,
+                           encode_error, encode_request, encode_response, field, nested_deeper_than,
+                           unpack)
 
 COMMANDS = {"health", "ca_info"}
 
@@ -74,3 +75,42 @@ def test_every_error_code_is_documented():
     doc = (Path(__file__).parent.parent / "docs" / "protocol.md").read_text()
     documented = set(re.findall(r"^\| `([a-z_0-9]+)` \|", doc, re.MULTILINE))
     assert set(ERROR_CODES) <= documented, set(ERROR_CODES) - documented
+
+
+def nested_request(request_id: str, levels: int) -> bytes:
+    """A `health` request whose maps and arrays nest `levels` deep (the envelope is level 1,
+    the body 2, then arrays). Written byte by byte: msgpack's packer refuses such depths."""
+    head = msgpack.packb({"v": 1, "id": request_id, "cmd": "health"})
+    envelope = bytes([head[0] + 1]) + head[1:]  # a fixmap of 3 entries becomes one of 4
+    return envelope + msgpack.packb("body") + b"\x81" + msgpack.packb("x") + b"\x91" * (levels - 2) + b"\x01"
+
+
+def test_the_nesting_limit_is_exact():
+    assert decode_request(nested_request("deep", MAX_NESTING_DEPTH), COMMANDS).body["x"]
+    with pytest.raises(RequestError) as info:
+        decode_request(nested_request("deep", MAX_NESTING_DEPTH + 1), COMMANDS)
+    assert info.value.code == "bad_request" and info.value.request_id == "deep"
+
+
+@pytest.mark.parametrize("levels", [600, 2000])
+def test_deep_nesting_is_a_bad_request_naming_the_limit(levels):
+    # 600 levels decode (and once broke pickling in Thespian: internal_error); 2000 are past
+    # msgpack's own decoder limit (once bad_msgpack with an empty message).
+    with pytest.raises(SignerError) as info:
+        decode_request(nested_request(f"deep-{levels}", levels), COMMANDS)
+    assert info.value.code == "bad_request"
+    assert f"more than {MAX_NESTING_DEPTH} levels" in info.value.message
+    # The id is read when msgpack can decode the payload at all.
+    assert getattr(info.value, "request_id", None) == (f"deep-{levels}" if levels < 1024 else None)
+
+
+def test_nesting_check_is_level_by_level():
+    assert not nested_deeper_than(5, 1) and not nested_deeper_than([1, 2, 3], 1)
+    assert nested_deeper_than([[1]], 1) and not nested_deeper_than({"a": [[], {"b": 1}]}, 3)
+    assert nested_deeper_than({"a": [1, [2, [3]]]}, 3)
+
+
+def test_a_reserved_byte_is_bad_msgpack_with_a_message():
+    with pytest.raises(SignerError) as info:
+        decode_request(b"\xc1", COMMANDS)
+    assert info.value.code == "bad_msgpack" and info.value.message.split(": ", 1)[1]
