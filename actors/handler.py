@@ -122,6 +122,10 @@ class HandlerActor(SignerActor):
         self.ask(job, "repository", lambda tag: LookupRequest(tag, str(job.request_id)), after_lookup)
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> None:
+        if message.audit_head is not None:  # the step changed state: the answer names the head
+            pending: Ask | None = self.asks.get(message.tag)
+            if pending is not None:
+                pending.job.state["audit_head"] = message.audit_head
         self.resume(message.tag, message.value, message.error)
 
     def receiveMsg_HsmSignReply(self, message: HsmSignReply, sender: Any) -> None:
@@ -153,6 +157,8 @@ class HandlerActor(SignerActor):
 
     def finish(self, job: Job, body: dict[str, Any]) -> None:
         self.answered += 1
+        if "audit_head" in job.state:  # docs/protocol.md, "The audit head"
+            body = dict(body, audit_head=job.state["audit_head"])
         self.send(job.client, CommandReply(job.tag, body=body))
 
     def fail(self, job: Job, error: dict[str, str]) -> None:

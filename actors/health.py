@@ -108,6 +108,7 @@ class Health(SignerActor):
         if self.peers_down:
             # The Supervisor restarts them (with back-off); until then their commands wait.
             problems.append(f"actors not running (being restarted): {', '.join(sorted(self.peers_down))}")
+        problems += audit_problems(parts["hsm"], repo)
         if "sync" in parts and "error" not in parts["sync"] and not parts["sync"].get("ok"):
             problems.append(f"sync: {parts['sync'].get('error') or 'the local NATS server is not reachable'}")
         report = {"healthy": not problems, "problems": problems, "version": self.version,
@@ -116,4 +117,20 @@ class Health(SignerActor):
                   "actors_down": sorted(self.peers_down)}
         if "sync" in parts:
             report["sync"] = parts["sync"]
+        if "audit" in repo:
+            report["audit_head"] = repo["audit"]["head"]
         return report
+
+
+def audit_problems(hsm: dict[str, Any], repo: dict[str, Any]) -> list[str]:
+    """A token without the audit key, or seals failing: the log can then be rewritten
+    unseen (docs/decisions/0002-audit-seals-on-the-hsm.md)."""
+    problems = []
+    key = hsm.get("audit_key")
+    if key is not None and not key.get("present"):
+        problems.append(f"audit: no audit key {key.get('label')!r} on the token: the audit log"
+                        " is not sealed (create it: docs/operations.md, 'The audit key')")
+    seal_error = (repo.get("audit") or {}).get("seal_error")
+    if seal_error:
+        problems.append(f"audit: {seal_error}")
+    return problems

@@ -134,6 +134,13 @@ class _ChainWalk:
         return AuditReport(problem is None, self.checked, bad_seq, problem, self.previous_hash)
 
 
+def resume_chain(seq: int, head_hash: str) -> _ChainWalk:
+    """A walk that continues after entry `seq` whose hash is head_hash (known good)."""
+    walk = _ChainWalk()
+    walk.expected_seq, walk.previous_hash = seq + 1, head_hash
+    return walk
+
+
 def verify_chain(rows: Iterable[AuditRow]) -> AuditReport:
     """Check rows (seq, at, kind, body, prev_hash, hash) in seq order, one at a time (a
     cursor streams through without the log ever being in memory). Stops at the first

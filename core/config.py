@@ -64,6 +64,14 @@ class OpenPgpConfig:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    # The token key that seals the audit log's head (EC P-256, sign-only, made by dev-init
+    # or the key ceremony); it signs seals only, never a request's bytes.
+    key_label: str = "audit-key"
+    public_key: str | None = None  # its public half (PEM) for `signer-admin verify-audit`
+
+
+@dataclass(frozen=True)
 class RepositoryConfig:
     path: str
 
@@ -130,6 +138,7 @@ class SignerConfig:
     x509: X509Config = field(default_factory=X509Config)
     crl: CrlConfig = field(default_factory=CrlConfig)
     sync: SyncConfig | None = None
+    audit: AuditConfig = field(default_factory=AuditConfig)
     source: str = ""  # the file it was loaded from (set by the loader, not the YAML)
 
     def issuer(self, issuer_id: str) -> IssuerConfig | None:

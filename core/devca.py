@@ -3,7 +3,8 @@
 Creates (each step only when missing): the SoftHSM token with random PINs kept in
 DIR/secrets (mode 0600, never printed), the CA keys on the token (non-extractable), a
 self-signed root and a subordinate "class3" certificate issued through the HSM, the
-OpenPGP CA key and its public key block, and DIR/signer.yaml pointing at all of it.
+OpenPGP CA key and its public key block, the audit key (EC P-256, it seals the audit log)
+and its public key DIR/ca/audit-key.pem, and DIR/signer.yaml pointing at all of it.
 """
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from typing import Callable
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from core.hsm import HsmSession
 from core.softhsm import SOFTHSM_MODULE, init_softhsm_token
 
 TOKEN_LABEL = "cacert-dev"
+AUDIT_KEY_LABEL = "audit-key"
+AUDIT_PUBLIC_KEY = "ca/audit-key.pem"  # relative to the data folder
 ROOT_VALIDITY = timedelta(days=3650)
 SUB_VALIDITY = timedelta(days=1825)
 
@@ -116,6 +119,16 @@ def _ensure_openpgp(session: HsmSession, ca_dir: Path, log: Callable[[str], None
     return created
 
 
+def _write_public_key(session: HsmSession, label: str, path: Path,
+                      log: Callable[[str], None]) -> None:
+    """The key's public half as PEM, rewritten when it differs from the token's key."""
+    pem = session.public_key(label).public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    if path.exists() and path.read_bytes() == pem:
+        return
+    path.write_bytes(pem)
+    log(f"wrote the public key of {label} to {path}")
+
+
 def initialise_dev_ca(options: DevCaOptions, log: Callable[[str], None] = lambda _: None) -> Path:
     data = options.data_dir
     ca_dir, secrets_dir = data / "ca", data / "secrets"
@@ -143,6 +156,8 @@ def initialise_dev_ca(options: DevCaOptions, log: Callable[[str], None] = lambda
             lambda: _ca_certificate(_ca_name("CAcert Dev Class 3"), session.public_key("class3-key"),
                                     root, root_key, SUB_VALIDITY, 0), log)
         created = _ensure_openpgp(session, ca_dir, log)
+        _ensure_key(session, AUDIT_KEY_LABEL, "ecdsa-p256", log)
+        _write_public_key(session, AUDIT_KEY_LABEL, data / AUDIT_PUBLIC_KEY, log)
     finally:
         session.close()
     config_path = data / "signer.yaml"
@@ -166,4 +181,5 @@ def dev_config(options: DevCaOptions, openpgp_created: int) -> dict:
                     {"id": "class3", "certificate": "ca/class3.pem", "key_label": "class3-key"}],
         "openpgp": {"key_label": "openpgp-key", "public_key": "ca/openpgp-ca.asc",
                     "created": openpgp_created},
+        "audit": {"key_label": AUDIT_KEY_LABEL, "public_key": AUDIT_PUBLIC_KEY},
     }

@@ -33,7 +33,7 @@ from core.repository_schema import (DuplicateSerial, RepositoryError, RequestCon
 from core.repository_sync import RepositorySync
 
 __all__ = ["DuplicateSerial", "Repository", "RepositoryError", "RequestConflict",
-           "UnknownCertificate", "verify_audit_file"]
+           "UnknownCertificate", "verify_audit_file", "verify_sealed_audit_file"]
 
 BUSY_TIMEOUT_MS = 10_000
 DEFAULT_CRL_KEEP = 10
@@ -422,6 +422,56 @@ class Repository(RepositorySync):
         with self._read() as db:
             return _verify_audit(db)
 
+    def audit_head(self) -> dict[str, Any]:
+        """The newest entry as {"seq", "hash"}; {"seq": 0, "hash": GENESIS_HASH} if none."""
+        with self._read() as db:
+            return _audit_head(db)
+
+    def last_audit_seal(self) -> dict[str, Any] | None:
+        """The newest seal as {"seq", "hash"}, or None."""
+        with self._read() as db:
+            row = db.execute("SELECT seq, hash FROM audit_seals"
+                             " ORDER BY seq DESC LIMIT 1").fetchone()
+        return None if row is None else {"seq": row["seq"], "hash": row["hash"]}
+
+    def audit_extends(self, sealed: dict[str, Any] | None, head: dict[str, Any]) -> str | None:
+        """Why the log up to `head` is not the sealed log plus intact new entries (None if
+        it is): the sealed entry must still have its hash and every entry after it must
+        chain up to head. Reads only the entries since the seal, so the Repository actor
+        checks this before every seal and never seals a log rewritten under it."""
+        start = sealed or {"seq": 0, "hash": audit.GENESIS_HASH}
+        with self._read() as db:
+            if start["seq"]:
+                row = db.execute("SELECT hash FROM audit_log WHERE seq = ?",
+                                 (start["seq"],)).fetchone()
+                if row is None or row[0] != start["hash"]:
+                    return (f"sealed entry {start['seq']} is "
+                            f"{'gone' if row is None else 'changed'} (the log was cut or"
+                            " rewritten under the signer)")
+            walk = audit.resume_chain(start["seq"], start["hash"])
+            cursor = db.cursor()
+            cursor.row_factory = None
+            for row in cursor.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit_log WHERE seq > ?"
+                                      " AND seq <= ? ORDER BY seq", (start["seq"], head["seq"])):
+                problem = walk.accept(row)
+                if problem is not None:
+                    return f"entry {row[0]}: {problem}"
+            if (walk.expected_seq - 1, walk.previous_hash) != (head["seq"], head["hash"]):
+                return f"the log no longer ends at head {head['seq']}"
+        return None
+
+    def store_audit_seal(self, seq: int, head_hash: str, sealed_at: str,
+                         signature: bytes) -> None:
+        """Keep a seal the Hsm actor made of entry `seq`; refused unless that entry is in
+        the log with that hash (a seal of a head the log no longer has is no seal)."""
+        with self._write() as db:
+            row = db.execute("SELECT hash FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+            if row is None or row[0] != head_hash:
+                raise RepositoryError(f"audit entry {seq} is not the sealed head"
+                                      f" {head_hash[:16]}...: seal not stored")
+            db.execute("INSERT INTO audit_seals (seq, hash, sealed_at, signature)"
+                       " VALUES (?, ?, ?, ?)", (seq, head_hash, sealed_at, signature))
+
     def health(self, run_quick_check: bool = True) -> dict[str, Any]:
         """Counts are cheap at any size; quick_check reads every page (about 1.5 s for
         1M certificates), so a frequent poller may skip it ("skipped")."""
@@ -490,6 +540,29 @@ class Repository(RepositorySync):
 def verify_audit_file(path: str) -> audit.AuditReport:
     """verify_audit on a repository file opened read-only (no migration, no write; works
     beside a running signer: WAL readers see a snapshot and never block it)."""
+    with _audit_snapshot(path) as db:
+        return _verify_audit(db)
+
+
+def verify_sealed_audit_file(path: str, public_key: Any,
+                             head: tuple[int, str] | None = None) -> audit.SealedAuditReport:
+    """The chain, every seal (signature by `public_key`, the audit key's public half) and
+    `head` (seq, hash), read-only in one snapshot (core.audit.verify_sealed_chain). A
+    repository from before the seals table has no seals: all its entries are unsealed."""
+    with _audit_snapshot(path) as db:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        seals: Iterable[audit.SealRow] = ()
+        if version >= schema.AUDIT_SEALS_SCHEMA_VERSION:
+            seal_cursor = db.cursor()
+            seal_cursor.row_factory = None
+            seals = seal_cursor.execute("SELECT seq, hash, sealed_at, signature"
+                                        " FROM audit_seals ORDER BY seq")
+        return audit.verify_sealed_chain(_audit_rows(db), seals, public_key, head)
+
+
+@contextmanager
+def _audit_snapshot(path: str) -> Iterator[sqlite3.Connection]:
+    """The repository file read-only, in one read transaction (one snapshot)."""
     uri = f"file:{quote(os.path.abspath(path))}?mode=ro"
     with _sqlite_errors_as_repository_errors(), closing(sqlite3.connect(uri, uri=True)) as db:
         db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
@@ -499,16 +572,25 @@ def verify_audit_file(path: str) -> audit.AuditReport:
                                   " signer adds it when it next opens the repository)")
         db.execute("BEGIN")  # one snapshot for the whole walk
         try:
-            return _verify_audit(db)
+            yield db
         finally:
             db.execute("ROLLBACK")
 
 
-def _verify_audit(db: sqlite3.Connection) -> audit.AuditReport:
+def _audit_rows(db: sqlite3.Connection) -> Iterable[audit.AuditRow]:
     cursor = db.cursor()
     cursor.row_factory = None  # plain tuples, one at a time: the log may be long
-    return audit.verify_chain(cursor.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit_log"
-                                             " ORDER BY seq"))
+    return cursor.execute(f"SELECT {_AUDIT_COLUMNS} FROM audit_log ORDER BY seq")
+
+
+def _verify_audit(db: sqlite3.Connection) -> audit.AuditReport:
+    return audit.verify_chain(_audit_rows(db))
+
+
+def _audit_head(db: sqlite3.Connection) -> dict[str, Any]:
+    row = db.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+    return {"seq": 0, "hash": audit.GENESIS_HASH} if row is None else {"seq": row[0],
+                                                                       "hash": row[1]}
 
 
 def _request_record(command: str, request_digest: str, result: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,8 @@ and finishes it when the reply arrives. Errors travel as `{"code", "message"}` d
 can be answered to the client unchanged.
 """
 from messages.commands import CommandReply, CommandRequest
-from messages.hsm import HsmHealthReply, HsmHealthRequest, HsmSignReply, HsmSignRequest
+from messages.hsm import (HsmHealthReply, HsmHealthRequest, HsmSealReply, HsmSealRequest,
+                          HsmSignReply, HsmSignRequest)
 from messages.link import FrameReceived, FrameToSend, SerialBytesReceived, SerialBytesToSend
 from messages.repository import RepoHealthReply, RepoHealthRequest
 from messages.system import (ActorStatusReply, ActorStatusRequest, Configure, Configured,
@@ -14,8 +15,8 @@ from messages.system import (ActorStatusReply, ActorStatusRequest, Configure, Co
                              SystemStatusRequest)
 
 __all__ = [
-    "CommandReply", "CommandRequest", "HsmHealthReply", "HsmHealthRequest", "HsmSignReply",
-    "HsmSignRequest", "FrameReceived", "FrameToSend", "SerialBytesReceived",
+    "CommandReply", "CommandRequest", "HsmHealthReply", "HsmHealthRequest", "HsmSealReply",
+    "HsmSealRequest", "HsmSignReply", "HsmSignRequest", "FrameReceived", "FrameToSend", "SerialBytesReceived",
     "SerialBytesToSend", "RepoHealthReply", "RepoHealthRequest", "ActorStatusReply",
     "ActorStatusRequest", "Configure", "Configured", "StartSigner", "SignerStarted",
     "SystemStatusReply", "SystemStatusRequest",

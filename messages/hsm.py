@@ -30,3 +30,23 @@ class HsmHealthReply:
     tag: int
     health: dict[str, Any]
     error: dict[str, str] | None = None
+
+
+@dataclass
+class HsmSealRequest:
+    """Repository -> Hsm: seal the audit log's head (entry `seq`, whose hash is `hash`) with
+    the token's audit key. The Hsm actor builds the signed bytes itself
+    (core.audit.seal_message), so the audit key can sign nothing but seals."""
+    tag: int
+    seq: int
+    hash: str
+
+
+@dataclass
+class HsmSealReply:
+    tag: int
+    seq: int
+    hash: str
+    sealed_at: str | None = None  # ISO 8601 UTC, part of the signed bytes
+    signature: bytes | None = None
+    error: dict[str, str] | None = None

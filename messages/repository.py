@@ -38,6 +38,9 @@ class RepoReply:
     tag: int
     value: Any = None
     error: dict[str, str] | None = None
+    # The audit head {"seq", "hash", "node_id"} when the operation appended audit entries
+    # (a state change a client is answered about), else None.
+    audit_head: dict[str, Any] | None = None
 
 
 @dataclass

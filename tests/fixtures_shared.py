@@ -55,5 +55,21 @@ def hsm_actor(label: str, monkeypatch: Any) -> Any:
     config = SimpleNamespace(
         hsm=SimpleNamespace(module=SOFTHSM_MODULE, token_label=TOKEN, pin_env="TEST_HSM_PIN",
                             pin_file=None, health_key=label),
-        issuers=[SimpleNamespace(id="x", key_label=label)])
+        issuers=[SimpleNamespace(id="x", key_label=label)],
+        audit=SimpleNamespace(key_label=AUDIT_KEY))
     return ActorHarness(Hsm, config, {})
+
+
+AUDIT_KEY = "test-audit-key"  # on the process-wide test token once token_audit_key() made it
+
+
+def token_audit_key() -> Any:
+    """The public half of the audit key (EC P-256) on the test token, made if missing."""
+    from core.hsm import HsmSession
+    from core.softhsm import SOFTHSM_MODULE
+    from tests.helpers import PIN, TOKEN
+
+    with HsmSession(SOFTHSM_MODULE, TOKEN, PIN) as session:
+        if not session.has_key(AUDIT_KEY):
+            session.generate_ec_key(AUDIT_KEY, "secp256r1")
+        return session.public_key(AUDIT_KEY)

@@ -99,6 +99,8 @@ def signer_config(dev_data: Path, target: Path, **changes) -> Path:
     for issuer in config["issuers"]:
         issuer["certificate"] = str(dev_data / issuer["certificate"])
     config["openpgp"]["public_key"] = str(dev_data / config["openpgp"]["public_key"])
+    if "audit" in config:
+        config["audit"]["public_key"] = str(dev_data / config["audit"]["public_key"])
     path = target / "signer.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

@@ -14,6 +14,8 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from core import audit, repository_schema
 from core.repository import Repository, RepositoryError, verify_audit_file
@@ -407,6 +409,10 @@ def admin_config(tmp_path: Path, repository_path: str) -> Path:
     data["x509"]["profiles"] = str(EXAMPLE_CONFIG.parent / "profiles")
     data.pop("openpgp")
     data["repository"]["path"] = repository_path
+    audit_key = tmp_path / "audit-key.pem"  # no seals here: any P-256 key checks them all
+    audit_key.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    data["audit"]["public_key"] = str(audit_key)
     path = tmp_path / "signer.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -434,6 +440,16 @@ def test_signer_admin_verify_audit(tmp_path: Path, repo: Repository) -> None:
     assert broken.stdout.startswith("audit log BROKEN at entry 3: stored hash ")
     as_json = json.loads(verify_audit_cli(config, "--json").stdout)
     assert (as_json["ok"], as_json["first_bad_seq"], as_json["entries_checked"]) == (False, 3, 2)
+
+
+def test_signer_admin_verify_audit_without_an_audit_public_key(tmp_path: Path,
+                                                              repo: Repository) -> None:
+    config = admin_config(tmp_path, repo.path)
+    data = yaml.safe_load(config.read_text())
+    del data["audit"]["public_key"]
+    config.write_text(yaml.safe_dump(data))
+    result = verify_audit_cli(config)
+    assert result.returncode == 2 and "no audit public key" in result.stderr
 
 
 def test_signer_admin_verify_audit_without_a_repository(tmp_path: Path) -> None:

@@ -118,5 +118,8 @@ def write_crl(out: Path, der: bytes) -> None:
 
 
 def summary(answer: dict[str, Any], moved: int) -> dict[str, Any]:
-    return {"status": answer["status"], "number": answer["number"], "bytes_moved": moved,
+    kept = {"status": answer["status"], "number": answer["number"], "bytes_moved": moved,
             "this_update": answer["this_update"], "next_update": answer["next_update"]}
+    if "audit_head" in answer:  # only when this fetch built and signed a new CRL
+        kept["audit_head"] = answer["audit_head"]
+    return kept

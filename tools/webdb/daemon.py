@@ -25,8 +25,9 @@ from tools.webdb.db import DbUnavailable, WebDb
 from tools.webdb.link import SignerAway, SignerLink
 from tools.webdb.queue import PrefixChanged, WorkQueue
 from tools.webdb.status import StatusFile
-from tools.webdb.work import (CERT_TABLES, Job, LocalTrouble, RowProblem, classify, later, now_text,
-                              openpgp_job, request_id, revoke_job, x509_job)
+from tools.webdb.work import (CERT_TABLES, Job, LocalTrouble, RowProblem, audit_head_of, classify,
+                              keep_audit_head, later, now_text, openpgp_job, request_id, revoke_job,
+                              x509_job)
 
 log = logging.getLogger("signer-client")
 
@@ -193,6 +194,20 @@ class ClientDaemon:
             log.info("signer reachable on %s", self.config.signer.device)
             signer = {"reachable": True, "since": now_text()}
         self.status.update(health=health, signer=signer)
+        if response.ok:
+            self.note_audit_head(body, is_log_end=True)
+
+    def note_audit_head(self, body: Any, is_log_end: bool = False) -> None:
+        """Keep the signer's newest audit head (docs/webdb-client.md, "The audit head")."""
+        head = audit_head_of(body)
+        if head is None:
+            return
+        warning = keep_audit_head(self.status.data["audit_heads"], head, now_text(), is_log_end)
+        if warning is not None:
+            if warning != self.status.data.get("audit_warning"):
+                log.error("%s", warning)
+            self.status.update(audit_warning=warning)
+            self.status.error(warning)
 
     # -- requests --------------------------------------------------------------------------
     def _kind(self, table: str, action: str, fetch: Callable[[str], list[dict[str, Any]]],
@@ -336,6 +351,7 @@ class ClientDaemon:
         return 1
 
     def _write_back(self, job: Job, body: dict[str, Any]) -> None:
+        self.note_audit_head(body)
         replay = " (stored answer)" if body.get("replayed") else ""
         if job.command == "sign_x509":
             pem = x509.load_der_x509_certificate(body["certificate"]).public_bytes(Encoding.PEM)
@@ -361,6 +377,8 @@ class ClientDaemon:
         # Set first: a CRL step that ends the round (signer away) is not retried every round.
         self.next_crl = time.monotonic() + self.config.crl.interval_s
         errors = self.crls.publish_all(self.link)
+        for published in self.crls.published.values():
+            self.note_audit_head(published)  # a CRL built for this fetch carries the head
         for line in errors:
             self.status.error(line)
         self.crl_dirty &= set(self.crls.errors)  # published ones are clean; failed ones are tried again

@@ -19,7 +19,9 @@ class StatusFile:
         self.path = state_dir / STATUS_NAME
         self.data: dict[str, Any] = {"pid": os.getpid(), "running": True, "started_at": now_text(),
                                      "signer": {"reachable": False}, "health": None, "queue": {},
-                                     "counters": {}, "last_error": None, "crl": {}}
+                                     "counters": {}, "last_error": None, "crl": {},
+                                     "audit_heads": previous_audit_heads(state_dir),
+                                     "audit_warning": None}
 
     def update(self, **sections: Any) -> None:
         self.data.update(sections)
@@ -45,6 +47,13 @@ def read_status(state_dir: Path) -> dict[str, Any] | None:
         return json.loads((state_dir / STATUS_NAME).read_text())
     except (OSError, ValueError):
         return None
+
+
+def previous_audit_heads(state_dir: Path) -> dict[str, Any]:
+    """The audit heads the last run kept: a restart must not forget them (they are the
+    evidence a cut log is checked against)."""
+    heads = (read_status(state_dir) or {}).get("audit_heads")
+    return heads if isinstance(heads, dict) else {}
 
 
 def daemon_alive(status: dict[str, Any], stale_after_s: float) -> bool:
@@ -86,6 +95,10 @@ def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
     for issuer, crl in sorted((status.get("crl") or {}).items()):
         lines.append(f"crl {issuer}: number {crl.get('number')} at {crl.get('at')} -> {crl.get('file')}")
     lines += [f"crl {issuer}: ERROR {line}" for issuer, line in sorted((status.get("crl_errors") or {}).items())]
+    for node, head in sorted((status.get("audit_heads") or {}).items()):
+        lines.append(f"audit head {node}: {head.get('seq')}:{head.get('hash')} (seen {head.get('at')})")
+    if status.get("audit_warning"):
+        lines.append(f"audit WARNING: {status['audit_warning']}")
     error = status.get("last_error")
     lines.append(f"last error: {error['at']} {error['message']}" if error else "last error: none")
     return lines

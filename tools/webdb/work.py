@@ -274,3 +274,41 @@ def openpgp_job(config: ClientConfig, row: dict[str, Any], emails: set[str]) -> 
         body["days"] = config.openpgp.days
     rid = request_id(config.webdb.request_id_prefix, "gpg", row["id"], "sign")
     return Job("gpg", int(row["id"]), "sign", rid, "sign_openpgp", body, row)
+
+
+_AUDIT_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def audit_head_of(body: Any) -> dict[str, Any] | None:
+    """The audit head {"seq", "hash", "node_id"} an answer carries (docs/protocol.md), or
+    None when it carries none or a malformed one."""
+    head = body.get("audit_head") if isinstance(body, dict) else None
+    if not (isinstance(head, dict) and isinstance(head.get("seq"), int)
+            and not isinstance(head.get("seq"), bool) and head["seq"] >= 0
+            and isinstance(head.get("hash"), str) and _AUDIT_HASH.fullmatch(head["hash"])
+            and isinstance(head.get("node_id"), str)):
+        return None
+    return {"seq": head["seq"], "hash": head["hash"], "node_id": head["node_id"]}
+
+
+def keep_audit_head(kept: dict[str, dict[str, Any]], head: dict[str, Any], at: str,
+                    is_log_end: bool) -> str | None:
+    """Keep in `kept` (node_id -> {"seq", "hash", "at"}) the newest audit head seen of each
+    signer; return a warning when the signer's log contradicts what was kept: the same seq
+    with another hash (rewritten), or, for a head that is the log's end (`health`), a seq
+    below the kept one (cut). Answers of one window may arrive in any order, so only the
+    log's end can show a cut. The kept head is never lowered: it is what to check with
+    `signer-admin verify-audit --head SEQ:HASH`."""
+    node, before = head["node_id"], kept.get(head["node_id"])
+    if before is None or head["seq"] > before["seq"]:
+        kept[node] = {"seq": head["seq"], "hash": head["hash"], "at": at}
+        return None
+    kept_text = f"{before['seq']}:{before['hash']}"
+    if head["seq"] == before["seq"] and head["hash"] != before["hash"]:
+        return (f"signer {node}: audit entry {head['seq']} changed its hash (the log was"
+                f" rewritten?); check with signer-admin verify-audit --head {kept_text}")
+    if is_log_end and head["seq"] < before["seq"]:
+        return (f"signer {node}: its audit log ends at entry {head['seq']}, before entry"
+                f" {before['seq']} seen at {before['at']} (the log was cut?); check with"
+                f" signer-admin verify-audit --head {kept_text}")
+    return None
