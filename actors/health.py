@@ -110,7 +110,7 @@ class Health(SignerActor):
             problems.append(f"actors not running (being restarted): {', '.join(sorted(self.peers_down))}")
         problems += audit_problems(parts["hsm"], repo)
         if "sync" in parts and "error" not in parts["sync"] and not parts["sync"].get("ok"):
-            problems.append(f"sync: {parts['sync'].get('error') or 'the local NATS server is not reachable'}")
+            problems.append(f"sync: {parts['sync'].get('problem') or 'the local NATS server is not reachable'}")
         report = {"healthy": not problems, "problems": problems, "version": self.version,
                   "node_id": self.config.node_id, "time": now.isoformat(), "ca_certificates": cas,
                   "hsm": parts["hsm"], "repository": repo,

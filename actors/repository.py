@@ -19,7 +19,9 @@ from thespian.actors import WakeupMessage
 
 from actors.base import SignerActor, error_dict
 from core.crl import needs_rebuild
-from core.repository import Repository as RepositoryStore, quick_check_file
+from core.event_signing import load_or_create_signing_key
+from core.peer_validation import PeerValidator
+from core.repository import Repository as RepositoryStore, RepositoryError, quick_check_file
 from messages import HsmSealReply, HsmSealRequest, RepoHealthReply, RepoHealthRequest
 from messages.repository import RepoReply, RepoRequest
 
@@ -35,6 +37,11 @@ class Repository(SignerActor):
 
     def configure(self, config: Any) -> None:
         self.store = RepositoryStore(config.repository.path, config.node_id)
+        # Peer events are checked as if this signer had made them (core/peer_validation.py).
+        self.validator = None
+        if config.sync is not None:
+            own_key = load_or_create_signing_key(config.sync.event_signing_key).public_key()
+            self.validator = PeerValidator.from_config(config, own_key)
         self.quick_check: tuple[float, str] | None = None  # (monotonic time, result)
         self.checker: threading.Thread | None = None
         self.operations: dict[str, int] = {}
@@ -173,17 +180,24 @@ class Repository(SignerActor):
         return {"events": self.store.events_after(after_seq, limit), "last_seq": self.store.last_event_seq()}
 
     def op_apply_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Apply in order; stop at the first failure so the log order is kept (the rest is
-        redelivered by the peer's consumer and applied on a later try)."""
-        applied = 0
+        """Check and apply in order. A refused event is quarantined and counts as settled
+        (acked), so it never holds back the events behind it; stop at the first failure that
+        may pass later (a revocation before its certificate, a local sqlite error): the rest
+        is redelivered by the peer's consumer and applied on a later try."""
+        if self.validator is None:
+            raise RepositoryError("peer events need the sync section (event keys) in the configuration")
+        applied, quarantined, error = 0, 0, None
         for event in events:
             try:
-                self.store.apply_event(event)
+                outcome = self.store.apply_peer_event(event, self.validator)
             except Exception as exc:  # noqa: BLE001 - answered with what was applied
                 self.record_error(exc)
-                return {"applied": applied, "error": error_dict(exc)}
+                error = error_dict(exc)
+                break
             applied += 1
-        return {"applied": applied, "error": None}
+            quarantined += outcome == "quarantined"
+        return {"applied": applied, "quarantined": quarantined,
+                "quarantine_total": self.store.quarantine_count(), "error": error}
 
     def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:
         if isinstance(message, RepoHealthRequest):

@@ -21,9 +21,11 @@ from typing import Any
 from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
 
 from actors.base import SignerActor, error_dict
+from core.event_signing import load_or_create_signing_key, sign_event
+from core.nats_auth import read_password
 from core.sync_bridge import NatsBridge
 from messages.repository import ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
-from messages.sync import SyncStatusReply, SyncStatusRequest
+from messages.sync import QuarantineCount, SyncStatusReply, SyncStatusRequest
 
 LAST_PUBLISHED = "last_published_seq"
 LAST_APPLIED = "last_applied_peer_seq"
@@ -36,10 +38,15 @@ class Sync(SignerActor):
 
     def configure(self, config: Any) -> None:
         self.sync = config.sync
+        self.node_id = config.node_id
+        # Both read before the bridge starts: a missing or too open file stops Sync here.
+        self.event_key = load_or_create_signing_key(self.sync.event_signing_key)
+        password = read_password(self.sync.credentials_file)
         self.wake_reader, wake_writer = socket.socketpair()
         self.wake_reader.setblocking(False)
         self.bridge = NatsBridge(config.node_id, self.sync.local_url, self.sync.peer_url,
-                                 self.sync.peer_node_id, wake_writer).start()
+                                 self.sync.peer_node_id, wake_writer, password=password).start()
+        self.quarantined: int | None = None  # peer events refused and parked; unknown until read
         self.pending: dict[int, tuple[str, Any]] = {}  # repository asks by tag
         self.asked_at: dict[int, float] = {}
         self.last_published: int | None = None  # unknown until read from the repository
@@ -54,6 +61,7 @@ class Sync(SignerActor):
         self.last_publish_at: float | None = None
         self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")
         self.ask_repository(GetSyncState(0, LAST_APPLIED), "last_applied")
+        self.ask_repository(QuarantineCount(0), "quarantined")
         self.wakeupAfter(self.sync.publish_interval_s)
 
     def ask_repository(self, message: Any, purpose: str, context: Any = None) -> None:
@@ -111,12 +119,22 @@ class Sync(SignerActor):
             self.last_event_seq = message.value["last_seq"]
             events = message.value["events"]
             if events:
-                self.bridge.publish(events)
+                self.bridge.publish([self.signed(event) for event in events])
             else:
                 self.publishing = False
         elif purpose == "apply":
             self.applied_batch(context, message.value)
+        elif purpose == "quarantined":
+            self.quarantined = int(message.value)
         return self.after_message()
+
+    def signed(self, event: dict[str, Any]) -> dict[str, Any]:
+        """The event as it is published: this signer's own events signed now (Ed25519 is
+        deterministic: a re-publish carries the same signature), a peer's with the
+        signature it arrived with (events.signature)."""
+        if event["origin_node"] == self.node_id:
+            return event | {"signature": sign_event(self.event_key, event)}
+        return event
 
     # -- the bridge --------------------------------------------------------------------------
     def receiveMsg_WatchMessage(self, message: WatchMessage, sender: Any) -> Any:
@@ -163,6 +181,7 @@ class Sync(SignerActor):
             self.ask_repository(SetSyncState(0, LAST_APPLIED, str(self.last_applied_seq)), "saved")
         if outcome["error"]:
             self.sync_error = f"apply: {outcome['error']['message']}"
+        self.quarantined = outcome.get("quarantine_total", self.quarantined)
 
     # -- status --------------------------------------------------------------------------------
     def receiveMsg_SyncStatusRequest(self, message: SyncStatusRequest, sender: Any) -> Any:
@@ -178,9 +197,15 @@ class Sync(SignerActor):
                   "peer_events_applied": self.applied, "last_applied_peer_seq": self.last_applied_seq,
                   "peer_lag": self.remote.get("peer_pending"), "last_sync_error": self.sync_error,
                   "peer_error": self.remote.get("peer_error"), "local_error": self.remote.get("local_error")}
-        # Healthy sync: the local stream is reachable; the peer being away is normal (it
-        # catches up later) and only reported.
-        status["ok"] = status["local_connected"]
+        status["quarantined"] = self.quarantined
+        # Healthy sync: the local stream is reachable and no peer event was refused; the
+        # peer being away is normal (it catches up later) and only reported.
+        if not status["local_connected"]:
+            status["problem"] = "the local NATS server is not reachable"
+        elif self.quarantined:
+            status["problem"] = (f"{self.quarantined} peer event(s) refused and quarantined:"
+                                 " signer-admin quarantine")
+        status["ok"] = "problem" not in status
         return status
 
     def figures(self) -> dict[str, Any]:

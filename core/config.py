@@ -94,10 +94,19 @@ class HealthConfig:
 
 
 @dataclass(frozen=True)
+class EventKeyConfig:
+    node_id: str  # a signer whose events this one applies
+    key: str  # its Ed25519 event key: base64 of the 32 raw public bytes
+
+
+@dataclass(frozen=True)
 class SyncConfig:
     local_url: str  # this signer's own nats-server (JetStream): its event stream lives there
+    credentials_file: str  # 0600 file: the NATS password of user <node_id> on both servers
+    event_signing_key: str  # 0600 file: this signer's Ed25519 event key (made when missing)
     peer_url: str | None = None  # the peer's nats-server, read with a durable consumer
     peer_node_id: str | None = None
+    peer_event_keys: list[EventKeyConfig] = field(default_factory=list)  # events of these are applied
     publish_interval_s: float = 0.5  # how often the outbox is checked for new events
     batch: int = 200  # events per publish batch
 
@@ -147,7 +156,7 @@ class SignerConfig:
 
 # Keys whose values are paths: relative ones resolve against the config file's folder.
 PATH_KEYS = {"profiles", "device", "link_path", "module", "pin_file", "softhsm_conf", "certificate",
-             "public_key", "path", "log_file",
+             "public_key", "path", "log_file", "credentials_file", "event_signing_key",
              # the WebDB client's (tools/webdb/config.py), built with the same builder
              "files_root", "publish_dir", "state_dir", "password_file", "unix_socket"}
 
@@ -250,6 +259,7 @@ def validate(config: SignerConfig) -> None:
             raise ConfigError("sync.peer_node_id: must differ from node_id")
         if config.sync.batch < 1 or config.sync.publish_interval_s <= 0:
             raise ConfigError("sync: batch must be >= 1 and publish_interval_s > 0")
+        _validate_event_keys(config.sync, config.node_id)
     pgp = config.openpgp
     if pgp is not None:
         if not 0x10 <= pgp.signature_type <= 0x13:
@@ -272,6 +282,24 @@ def validate(config: SignerConfig) -> None:
         raise ConfigError(f"crl.hash: expected sha256, sha384 or sha512, got {config.crl.hash!r}")
     if config.protocol.max_payload_bytes < 1024:
         raise ConfigError("protocol.max_payload_bytes: expected at least 1024")
+
+
+def _validate_event_keys(sync: SyncConfig, node_id: str) -> None:
+    from core.event_signing import parse_public_key  # cryptography: only when sync is used
+
+    seen = set()
+    for i, entry in enumerate(sync.peer_event_keys):
+        where = f"sync.peer_event_keys[{i}]"
+        if entry.node_id in seen or entry.node_id == node_id:
+            raise ConfigError(f"{where}.node_id: {entry.node_id!r} is this signer or listed twice")
+        seen.add(entry.node_id)
+        try:
+            parse_public_key(entry.key)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.key: not an Ed25519 public key ({exc})") from None
+    if sync.peer_node_id is not None and sync.peer_node_id not in seen:
+        raise ConfigError(f"sync.peer_event_keys: no key for peer_node_id {sync.peer_node_id!r}"
+                          " (its events could not be verified)")
 
 
 def read_pin(hsm: HsmConfig) -> str:

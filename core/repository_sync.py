@@ -26,12 +26,15 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Callable, Mapping
+from contextlib import closing
+from urllib.parse import quote
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 
 from core import audit
+from core.peer_validation import PeerEventRefused, PeerValidator
 from core.protocol import pack, unpack
 from core.repository_schema import (CRL_REASON_CODES, RepositoryError, UnknownCertificate,
                                     from_db_time, normalise_serial, to_db_time)
@@ -47,6 +50,11 @@ _DIGEST_QUERIES = (
     ("openpgp_signatures", "SELECT request_id, fingerprint, signed_key FROM openpgp_signatures"
                            " ORDER BY request_id"),
 )
+
+
+class RefusedEvent(RepositoryError):
+    """A peer event this repository will never apply as it is (malformed, unknown type,
+    serial collision): a peer's is quarantined rather than retried."""
 
 
 class RepositorySync:
@@ -71,26 +79,67 @@ class RepositorySync:
             if not isinstance(body, dict):
                 raise TypeError(f"body is a {type(body).__name__}, not a map")
             created_at = _db_time(event.get("created_at") or self._now())
+            signature = _optional(event, "signature", bytes)
         except (KeyError, TypeError, ValueError) as exc:
-            raise RepositoryError(f"malformed event: {_describe(exc)}") from exc
+            raise RefusedEvent(f"malformed event: {_describe(exc)}") from exc
         with self._write() as db:
             if db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
                 return False
             apply = _APPLY.get(event_type)
             if apply is None:
-                raise RepositoryError(f"unknown event type {event_type!r} (event {event_id})")
+                raise RefusedEvent(f"unknown event type {event_type!r} (event {event_id})")
             try:
                 apply(self, body, origin_node, created_at)
                 # Inside the try: a body field JSON cannot hold makes the event malformed.
                 self._append_audit(event_type, audit.event_summary(event_type, body,
                                                                    origin_node, event_id))
             except (KeyError, TypeError, ValueError) as exc:
-                raise RepositoryError(f"malformed {event_type} event {event_id}:"
-                                      f" {_describe(exc)}") from exc
-            db.execute("INSERT INTO events (event_id, origin_node, type, body, created_at)"
-                       " VALUES (?, ?, ?, ?, ?)",
-                       (event_id, origin_node, event_type, pack(body), created_at))
+                raise RefusedEvent(f"malformed {event_type} event {event_id}:"
+                                   f" {_describe(exc)}") from exc
+            db.execute("INSERT INTO events (event_id, origin_node, type, body, created_at,"
+                       " signature) VALUES (?, ?, ?, ?, ?, ?)",
+                       (event_id, origin_node, event_type, pack(body), created_at, signature))
             return True
+
+    def apply_peer_event(self, event: Mapping[str, Any], validator: PeerValidator) -> str:
+        """Apply one event as it arrived from the peer, after `validator` checked it:
+        "applied", "known" (already in the log: nothing to do) or "quarantined" (refused
+        and parked in sync_quarantine, now or on an earlier delivery). A revocation whose
+        certificate has not arrived yet raises UnknownCertificate (retry later); a local
+        failure (sqlite) raises RepositoryError. Neither stores anything."""
+        event_id = event.get("event_id")
+        if isinstance(event_id, str) and self._event_known(event_id):
+            return "known"  # before checking: our own events come back, no work to redo
+        digest = hashlib.sha256(pack(_wire_form(event))).hexdigest()
+        with self._read() as db:
+            if db.execute("SELECT 1 FROM sync_quarantine WHERE digest = ?", (digest,)).fetchone():
+                return "quarantined"
+        try:
+            validator.check(event)
+            return "applied" if self.apply_event(event) else "known"
+        except (PeerEventRefused, RefusedEvent) as exc:  # not UnknownCertificate: it waits
+            reason = str(exc) if isinstance(exc, PeerEventRefused) else exc.message
+        with self._write() as db:
+            db.execute("INSERT INTO sync_quarantine (digest, event_id, origin_node, type, reason,"
+                       " event, quarantined_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (digest, _text_or_none(event_id), _text_or_none(event.get("origin_node")),
+                        _text_or_none(event.get("type")), reason, pack(_wire_form(event)),
+                        self._now()))
+        return "quarantined"
+
+    def _event_known(self, event_id: str) -> bool:
+        with self._read() as db:
+            return db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone() is not None
+
+    def quarantine_count(self) -> int:
+        with self._read() as db:
+            return db.execute("SELECT COUNT(*) FROM sync_quarantine").fetchone()[0]
+
+    def quarantined_events(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The parked peer events, oldest first: id, event_id, origin_node, type, reason,
+        quarantined_at and the event as received (decoded)."""
+        with self._read() as db:
+            return _quarantine_rows(db, limit)
 
     def _apply_x509_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
         key, der = _certificate_key(body), _require(body, "der", bytes)
@@ -107,10 +156,10 @@ class RepositorySync:
                 "created_at": created_at,
                 "origin_node": _optional(body, "origin_node", str, origin_node), "der": der})
         elif existing["status"] != "issued":
-            raise RepositoryError(f"certificate {key[0]}/{key[1]} is reserved here by request"
+            raise RefusedEvent(f"certificate {key[0]}/{key[1]} is reserved here by request"
                                   f" {existing['request_id']!r} and was issued by the peer")
         elif existing["der"] != der:
-            raise RepositoryError(f"serial collision: {key[0]}/{key[1]} is issued here with"
+            raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is issued here with"
                                   " another DER")
         self._adopt_request(body, created_at)
 
@@ -274,6 +323,38 @@ def _db_time(value: datetime | str) -> str:
     if not isinstance(value, datetime):
         raise TypeError(f"a time is a {type(value).__name__}")
     return to_db_time(value)
+
+
+_QUARANTINE_SQL = ("SELECT id, event_id, origin_node, type, reason, quarantined_at, event"
+                   " FROM sync_quarantine ORDER BY id LIMIT ?")
+
+
+def _quarantine_rows(db: sqlite3.Connection, limit: int) -> list[dict[str, Any]]:
+    return [{"id": row[0], "event_id": row[1], "origin_node": row[2], "type": row[3],
+             "reason": row[4], "quarantined_at": from_db_time(row[5]), "event": unpack(row[6])}
+            for row in db.execute(_QUARANTINE_SQL, (limit,))]
+
+
+def read_quarantine_file(path: str, limit: int = 1000) -> list[dict[str, Any]]:
+    """quarantined_events of a repository file opened read-only (beside a running signer,
+    as `signer-admin quarantine` does). A database from before the quarantine: []."""
+    try:
+        with closing(sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)) as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'sync_quarantine'").fetchone():
+                return []
+            return _quarantine_rows(db, limit)
+    except sqlite3.Error as exc:
+        raise RepositoryError(f"cannot read repository {path}: {exc}") from None
+
+
+def _wire_form(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The event as msgpack can hold it (times as text), for the quarantine."""
+    return {str(key): value.isoformat() if isinstance(value, datetime) else value
+            for key, value in event.items()}
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _describe(exc: Exception) -> str:

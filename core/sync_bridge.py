@@ -9,6 +9,10 @@ Topology (docs/sync.md): every signer keeps its whole event log in a stream on i
 nats-server (`EVENTS_<node>`, subject `signer.events.<node>`), and reads the peer's stream
 straight from the peer's server with a durable pull consumer. No JetStream cluster: each
 stream has one home, so neither signer ever needs the other (or a quorum) to issue.
+
+Both connections log in as user <node_id> with the password of `sync.credentials_file`,
+and use the inbox prefix `_INBOX_<node_id>`: each server lets that user do exactly what
+this bridge does and nothing more (core/nats_auth.py).
 """
 from __future__ import annotations
 
@@ -22,6 +26,8 @@ import msgpack
 import nats
 from nats.js import api
 
+from core.nats_auth import consumer_name, inbox_prefix, stream_name, subject
+
 FETCH_BATCH = 200
 FETCH_WAIT_S = 1.0
 RETRY_S = 0.5
@@ -29,18 +35,16 @@ STATUS_EVERY_S = 2.0
 ACK_WAIT_S = 10.0  # an applier that died without a nak: its messages come back after this
 
 
-def stream_name(node_id: str) -> str:
-    return f"EVENTS_{node_id}".replace(".", "_")
-
-
-def subject(node_id: str) -> str:
-    return f"signer.events.{node_id}"
+__all__ = ["NatsBridge", "stream_name", "subject"]
 
 
 class NatsBridge:
     def __init__(self, node_id: str, local_url: str, peer_url: str | None, peer_node_id: str | None,
-                 notify: socket.socket) -> None:
+                 notify: socket.socket, password: str | None = None) -> None:
+        """password: of NATS user `node_id` on both servers (None: connect without a
+        user, for a server without authorization)."""
         self.node_id, self.local_url = node_id, local_url
+        self._password = password
         self.peer_url, self.peer_node_id = peer_url, peer_node_id
         self.results: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._notify = notify
@@ -116,9 +120,12 @@ class NatsBridge:
 
         while not self._stopping:
             try:
+                login = {} if self._password is None else {"user": self.node_id,
+                                                            "password": self._password}
                 return await nats.connect(url, name=name, max_reconnect_attempts=-1,
                                           reconnect_time_wait=RETRY_S, connect_timeout=2,
-                                          allow_reconnect=True, error_cb=error_cb)
+                                          allow_reconnect=True, error_cb=error_cb,
+                                          inbox_prefix=inbox_prefix(self.node_id), **login)
             except Exception:  # noqa: BLE001 - any failure: the server is not there yet
                 await asyncio.sleep(RETRY_S)
 
@@ -186,7 +193,7 @@ class NatsBridge:
                 last_status = now
             try:
                 if sub is None:
-                    sub = await js.pull_subscribe(subject(self.peer_node_id), durable=f"apply-{self.node_id}",
+                    sub = await js.pull_subscribe(subject(self.peer_node_id), durable=consumer_name(self.node_id),
                                                   stream=stream_name(self.peer_node_id),
                                                   config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
                                                                             ack_wait=ACK_WAIT_S, max_ack_pending=FETCH_BATCH))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
+
+from messages.repository import RepoRequest
 
 
 @dataclass
@@ -15,3 +17,9 @@ class SyncStatusReply:
     tag: int
     status: dict[str, Any]
     error: dict[str, str] | None = None
+
+
+@dataclass
+class QuarantineCount(RepoRequest):
+    """How many peer events sit in the repository's sync_quarantine."""
+    operation: ClassVar[str] = "quarantine_count"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from core import nats_auth
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
@@ -115,11 +117,40 @@ def dev_init(data: Path, *extra: str) -> Path:
     return data
 
 
-class NatsServer:
-    """A JetStream nats-server on a loopback port the test picks, data in `store`."""
+class NatsUsers:
+    """The NATS users of a test's signers: one password per node id in a 0600 file under
+    `folder` (as `sync.credentials_file` holds it), and its bcrypt hash for the servers."""
 
-    def __init__(self, store: Path, port: int | None = None) -> None:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+        self._hashes: dict[str, str] = {}
+
+    def credentials(self, node_id: str) -> Path:
+        path = self.folder / f"{node_id}.nats-password"
+        if not path.exists():
+            nats_auth.create_password_file(path)
+        return path
+
+    def password(self, node_id: str) -> str:
+        return nats_auth.read_password(self.credentials(node_id))
+
+    def hash(self, node_id: str) -> str:
+        if node_id not in self._hashes:
+            self._hashes[node_id] = nats_auth.password_hash(self.password(node_id))
+        return self._hashes[node_id]
+
+
+class NatsServer:
+    """A JetStream nats-server on a loopback port the test picks, data in `store`. With
+    `owner`, it is the server of that signer as the project ships it (core/nats_auth.py):
+    users `owner` and each of `readers`, passwords from `users`; without, it accepts anyone
+    (only for tests of what an open server would let in)."""
+
+    def __init__(self, store: Path, port: int | None = None, *, owner: str | None = None,
+                 readers: tuple[str, ...] = (), users: NatsUsers | None = None) -> None:
         self.store, self.port = store, port or free_port()
+        self.owner, self.readers, self.users = owner, readers, users
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -127,15 +158,26 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        if self.owner is None:
+            return ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)]
+        self.store.mkdir(parents=True, exist_ok=True)
+        config = self.store.parent / f"{self.store.name}.conf"
+        nats_auth.write_server_config(config, nats_auth.server_config(
+            self.owner, self.users.hash(self.owner), {r: self.users.hash(r) for r in self.readers},
+            host="127.0.0.1", port=self.port, store_dir=str(self.store)))
+        return ["nats-server", "-c", str(config)]
+
     def start(self) -> None:
-        self.process = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                                         "-sd", str(self.store)], stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             with socket.socket() as probe:
                 if probe.connect_ex(("127.0.0.1", self.port)) == 0:
                     return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"nats-server exited {self.process.returncode}")
             time.sleep(0.05)
         raise RuntimeError("nats-server did not start")
 

@@ -15,26 +15,54 @@ import pytest
 import yaml
 from cryptography import x509
 
+from core.event_signing import load_or_create_signing_key, public_key_text
 from core.repository import Repository
-from tests.helpers import NatsServer, SignerProcess, signer_config
+from tests.helpers import NatsServer, NatsUsers, SignerProcess, signer_config
 from tools.client import SignerClient
 
 pytestmark = pytest.mark.e2e
 
 
+NODES = "abc"  # every node's server lets every other node read (c is bootstrapped from a)
+
+
+def node_id(name: str) -> str:
+    return f"signer-{name}"
+
+
+def event_key_file(root: Path, name: str) -> Path:
+    return root / "event-keys" / f"{node_id(name)}.key"
+
+
+def authenticated_nats(root: Path, name: str, users: NatsUsers) -> NatsServer:
+    return NatsServer(root / f"nats-{name}", owner=node_id(name), users=users,
+                      readers=tuple(node_id(n) for n in NODES if n != name))
+
+
 class Node:
     def __init__(self, name: str, dev_data: Path, root: Path, nats: NatsServer) -> None:
-        self.name, self.dir, self.nats = name, root / name, nats
+        self.name, self.dir, self.nats, self.root = name, root / name, nats, root
         self.dir.mkdir()
         self.config = signer_config(dev_data, self.dir)
         self.signer: SignerProcess | None = None
 
     def configure_sync(self, peer: "Node | None") -> None:
+        """As the project ships it: NATS user and password file, own event key, the event
+        keys of every other node (a log relays the events it applied from others)."""
         config = yaml.safe_load(self.config.read_text())
-        config["node_id"] = f"signer-{self.name}"
-        config["sync"] = {"local_url": self.nats.url, "publish_interval_s": 0.2}
+        config["node_id"] = node_id(self.name)
+        keys_dir = self.root / "event-keys"
+        keys_dir.mkdir(mode=0o700, exist_ok=True)
+        config["sync"] = {
+            "local_url": self.nats.url, "publish_interval_s": 0.2,
+            "credentials_file": str(self.nats.users.credentials(node_id(self.name))),
+            "event_signing_key": str(event_key_file(self.root, self.name)),
+            "peer_event_keys": [
+                {"node_id": node_id(n),
+                 "key": public_key_text(load_or_create_signing_key(event_key_file(self.root, n)))}
+                for n in NODES if n != self.name]}
         if peer is not None:
-            config["sync"].update(peer_url=peer.nats.url, peer_node_id=f"signer-{peer.name}")
+            config["sync"].update(peer_url=peer.nats.url, peer_node_id=node_id(peer.name))
         self.config.write_text(yaml.safe_dump(config))
 
     def start(self) -> "Node":
@@ -65,7 +93,8 @@ class Node:
 
 @pytest.fixture
 def pair(dev_data, tmp_path):
-    nodes = {n: Node(n, dev_data, tmp_path, NatsServer(tmp_path / f"nats-{n}")) for n in "ab"}
+    users = NatsUsers(tmp_path / "nats-users")
+    nodes = {n: Node(n, dev_data, tmp_path, authenticated_nats(tmp_path, n, users)) for n in "ab"}
     nodes["a"].configure_sync(nodes["b"])
     nodes["b"].configure_sync(nodes["a"])
     for node in nodes.values():
@@ -196,7 +225,7 @@ def test_a_new_signer_bootstraps_from_its_peer(pair, csr, dev_data, tmp_path):
             serial = issue(cb, csr)
         assert cb.call("revoke_x509", {"issuer": "root", "serial": serial}).ok
     digest = converge(a, b)
-    c = Node("c", dev_data, tmp_path, NatsServer(tmp_path / "nats-c"))
+    c = Node("c", dev_data, tmp_path, authenticated_nats(tmp_path, "c", a.nats.users))
     try:
         c.configure_sync(a)
         c.start()
@@ -206,3 +235,61 @@ def test_a_new_signer_bootstraps_from_its_peer(pair, csr, dev_data, tmp_path):
         if c.signer:
             c.signer.stop()
         c.nats.stop()
+
+
+def test_forged_events_in_the_peers_stream_are_quarantined_and_the_rest_applies(pair, csr):
+    """Someone holding A's NATS password (a compromised nats user on A's box) publishes
+    into A's stream: an unsigned revocation, a signed-looking one dated 1900 by a key
+    nobody configured, and a CRL floor of 2^63-1. B parks all three, shows it in health
+    and `signer-admin quarantine`, still answers fetch_crl, and applies A's next event."""
+    import asyncio
+
+    import msgpack
+    import nats
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from core.event_signing import sign_event
+    from core.nats_auth import inbox_prefix, subject
+    from tests.helpers import run_tool
+
+    a, b = pair["a"], pair["b"]
+    with a.client() as client:
+        serial = issue(client, csr)
+    converge(a, b)
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    forged = [
+        {"event_id": "forged-1", "origin_node": "signer-a", "type": "x509_revoked", "created_at": now.isoformat(),
+         "body": {"issuer": "root", "serial": serial, "reason": 1, "revoked_at": "2001-01-01T00:00:00Z"}},
+        {"event_id": "forged-2", "origin_node": "signer-a", "type": "x509_revoked", "created_at": now.isoformat(),
+         "body": {"issuer": "root", "serial": serial, "reason": 1, "revoked_at": "1900-01-01T00:00:00Z"}},
+        {"event_id": "forged-3", "origin_node": "signer-a", "type": "crl_issued", "created_at": now.isoformat(),
+         "body": {"issuer": "root", "number": 2**63 - 1, "this_update": now.isoformat(),
+                  "next_update": now.isoformat(), "revocation_digest": "x"}},
+    ]
+    rogue = Ed25519PrivateKey.generate()
+    forged[1]["signature"] = sign_event(rogue, forged[1])
+    forged[2]["signature"] = sign_event(rogue, forged[2])
+
+    async def publish() -> None:
+        nc = await nats.connect(a.nats.url, user="signer-a", password=a.nats.users.password("signer-a"),
+                                inbox_prefix=inbox_prefix("signer-a"))
+        js = nc.jetstream()
+        for event in forged:
+            await js.publish(subject("signer-a"), msgpack.packb(event), timeout=5)
+        await nc.close()
+    asyncio.run(publish())
+    wait_until(lambda: b.sync_status().get("quarantined") == 3)
+    with a.client() as client:
+        later = issue(client, csr)  # behind the forgeries in A's stream
+    wait_until(lambda: Repository(str(b.repo_path), "r").get_certificate("root", later) is not None)
+    assert Repository(str(b.repo_path), "r").get_certificate("root", serial)["revoked_at"] is None
+    with b.client() as client:
+        health = client.call("health").body
+        assert client.call("fetch_crl", {"issuer": "root"}).ok
+    assert not health["healthy"] and health["sync"]["quarantined"] == 3
+    assert any("quarantined" in problem for problem in health["problems"])
+    listing = run_tool("signer-admin", "--config", str(b.config), "quarantine", "--json")
+    assert listing.returncode == 1
+    reasons = {row["event_id"]: row["reason"] for row in __import__("json").loads(listing.stdout)}
+    assert set(reasons) == {"forged-1", "forged-2", "forged-3"}
+    assert "no signature" in reasons["forged-1"] and "does not verify" in reasons["forged-2"]

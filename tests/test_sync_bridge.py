@@ -1,17 +1,28 @@
-"""core.sync_bridge against real nats-servers: publishing with de-duplication, a durable
-consumer that resumes after acks, and an outage of the peer's server."""
+"""core.sync_bridge against real nats-servers configured as the project ships them (one
+user per signer, core/nats_auth.py): publishing with de-duplication, a durable consumer
+that resumes after acks, and what a client without the right user cannot do."""
+import asyncio
 import socket
 import time
 
+import msgpack
+import nats
 import pytest
 
+from core.nats_auth import stream_name, subject
 from core.sync_bridge import NatsBridge
-from tests.helpers import NatsServer
+from tests.helpers import NatsServer, NatsUsers
 
 
 @pytest.fixture
-def servers(tmp_path):
-    a, b = NatsServer(tmp_path / "a"), NatsServer(tmp_path / "b")
+def users(tmp_path):
+    return NatsUsers(tmp_path / "users")
+
+
+@pytest.fixture
+def servers(tmp_path, users):
+    a = NatsServer(tmp_path / "a", owner="a", readers=("b",), users=users)
+    b = NatsServer(tmp_path / "b", owner="b", readers=("a",), users=users)
     yield a, b
     a.stop()
     b.stop()
@@ -19,7 +30,8 @@ def servers(tmp_path):
 
 def bridge(node, local, peer=None, peer_node=None):
     reader, writer = socket.socketpair()
-    return NatsBridge(node, local.url, peer.url if peer else None, peer_node, writer).start(), reader
+    return NatsBridge(node, local.url, peer.url if peer else None, peer_node, writer,
+                      password=local.users.password(node)).start(), reader
 
 
 def wait_for(b, kind, timeout=15.0, where=lambda v: True):
@@ -85,3 +97,62 @@ def test_unacked_messages_are_redelivered_after_a_restart(servers):
         assert 1 not in seen  # acknowledged, so never again
     finally:
         b2.stop()
+
+
+async def _try_as(url, user, password, node_for_inbox):
+    """What a client logged in as `user` (None: no user) can do on a's server: publish into
+    a's stream, read it through a consumer of its own naming, delete it. A list of what
+    worked."""
+    errors = []
+
+    async def error_cb(exc):
+        errors.append(exc)
+    login = {} if user is None else {"user": user, "password": password}
+    try:
+        nc = await nats.connect(url, connect_timeout=2, allow_reconnect=False, error_cb=error_cb,
+                                inbox_prefix=f"_INBOX_{node_for_inbox}", **login)
+    except Exception:  # noqa: BLE001 - refused at connect: nothing worked
+        return ["connect refused"], []
+    worked = []
+    js = nc.jetstream(timeout=2)
+    attempts = {
+        "publish": lambda: js.publish(subject("a"), msgpack.packb({"forged": True}), timeout=2),
+        "read": lambda: js.pull_subscribe(subject("a"), durable="apply-mallory", stream=stream_name("a")),
+        "read-as-b": lambda: js.stream_info(stream_name("a")),
+        "delete": lambda: js.delete_stream(stream_name("a")),
+    }
+    for name, attempt in attempts.items():
+        try:
+            await asyncio.wait_for(attempt(), 3)
+            worked.append(name)
+        except Exception:  # noqa: BLE001 - refused: what the test wants
+            pass
+    await nc.close()
+    return worked, errors
+
+
+def test_only_the_owner_publishes_and_only_the_peer_reads_through_its_consumer(servers, users):
+    a_server, _ = servers
+    a, _ = bridge("a", a_server)
+    try:
+        wait_for(a, "local_ready")
+        a.publish(events(1, 2))
+        assert wait_for(a, "published")["last_seq"] == 2
+    finally:
+        a.stop()
+    # Without a user: refused at connect. With the peer's user (b): no publish into a's
+    # stream, no consumer but apply-b, no stream info, no delete. A wrong password: refused.
+    nobody, _ = asyncio.run(_try_as(a_server.url, None, None, "x"))
+    assert nobody == ["connect refused"]
+    as_peer, errors = asyncio.run(_try_as(a_server.url, "b", users.password("b"), "b"))
+    assert as_peer == [] and any("permissions violation" in str(e).lower() for e in errors), errors
+    guessed, _ = asyncio.run(_try_as(a_server.url, "a", "not-the-password", "a"))
+    assert guessed == ["connect refused"]
+    # The stream still holds the owner's two events only, and b still reads them as b.
+    b_server = servers[1]
+    b, _ = bridge("b", b_server, a_server, "a")
+    try:
+        batch = wait_for(b, "received")
+        assert [e["event_id"] for _, _, e in batch] == ["a:1", "a:2"]
+    finally:
+        b.stop()

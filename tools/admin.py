@@ -11,6 +11,9 @@ verify-audit  checks the hash chain of the repository's audit log (core/audit.py
               signer does. Entries after the last seal are shown as unsealed. Exit 0:
               intact; 1: broken chain, a bad seal, or the head not in the log (cut or
               rewritten).
+quarantine    the peer events this signer refused (bad signature, a certificate our CA did
+              not sign, ...) and parked instead of applying (docs/sync.md). Read-only,
+              like verify-audit. Exit 0: none; 1: some are parked.
 
 Exit 2: the configuration or the repository file cannot be read."""
 from __future__ import annotations
@@ -148,7 +151,26 @@ def audit_report_lines(report: Any) -> list[str]:
     return lines
 
 
-COMMANDS = {"status": cmd_status, "verify-audit": cmd_verify_audit}
+def cmd_quarantine(config: SignerConfig, args: argparse.Namespace) -> int:
+    from core.repository import RepositoryError
+    from core.repository_sync import read_quarantine_file
+
+    try:
+        rows = read_quarantine_file(config.repository.path)
+    except RepositoryError as exc:
+        print(f"signer-admin: {exc.message}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(rows, indent=2, default=lambda v: v.hex() if isinstance(v, bytes) else str(v)))
+    else:
+        print(f"{len(rows)} quarantined peer event(s)")
+        for row in rows:
+            print(f"{row['id']:>5} {row['quarantined_at']:%Y-%m-%dT%H:%M:%SZ} {row['origin_node']}"
+                  f" {row['type']} {row['event_id']}: {row['reason']}")
+    return 1 if rows else 0
+
+
+COMMANDS = {"status": cmd_status, "verify-audit": cmd_verify_audit, "quarantine": cmd_quarantine}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="a head seen earlier (signer-client status): fail if it is gone")
     p_audit.add_argument("--public-key", metavar="FILE",
                          help="the audit public key (PEM); default: audit.public_key")
+    p_quarantine = sub.add_parser("quarantine", help="list the peer events refused and parked")
+    p_quarantine.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
