@@ -111,7 +111,16 @@ class SyncConfig:
     batch: int = 200  # events per publish batch
 
 
-SHIPPED_PROFILES = str(Path(__file__).resolve().parent.parent / "config" / "profiles")
+def _shipped_profiles() -> str:
+    """The default profiles folder: inside the installed package (a wheel ships config/profiles
+    as core/shipped_profiles, setup.cfg), else config/profiles of the source checkout."""
+    installed = Path(__file__).resolve().parent / "shipped_profiles"
+    if installed.is_dir():
+        return str(installed)
+    return str(Path(__file__).resolve().parent.parent / "config" / "profiles")
+
+
+SHIPPED_PROFILES = _shipped_profiles()
 
 
 @dataclass(frozen=True)

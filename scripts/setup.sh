@@ -35,7 +35,7 @@ fi
 stamp=.venv/.installed-$(sha256sum setup.cfg | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q -e '.[test]'
+  .venv/bin/pip install -q -e '.[signer,webdb,test]'   # everything: the tests run both sides
   touch "$stamp"
 fi
 echo "setup: ready (.venv)" >&2
