@@ -127,3 +127,28 @@ def write_server_config(path: str | os.PathLike, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m core.nats_auth hash PASSWORD_FILE`: the bcrypt hash of a signer's password
+    for the servers' configuration (config/nats-server.example.conf); `... new FILE`: make a
+    password file (0600)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] not in ("hash", "new"):
+        print("usage: python -m core.nats_auth hash|new PASSWORD_FILE", file=sys.stderr)
+        return 2
+    try:
+        if args[0] == "new":
+            create_password_file(args[1])
+        else:
+            print(password_hash(read_password(args[1])))
+    except (CredentialsError, OSError) as exc:
+        print(f"nats_auth: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
