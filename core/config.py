@@ -167,7 +167,8 @@ class SignerConfig:
 PATH_KEYS = {"profiles", "device", "link_path", "module", "pin_file", "softhsm_conf", "certificate",
              "public_key", "path", "log_file", "credentials_file", "event_signing_key",
              # the WebDB client's (tools/webdb/config.py), built with the same builder
-             "files_root", "publish_dir", "state_dir", "password_file", "unix_socket"}
+             "files_root", "names_relative_to", "publish_dir", "state_dir", "password_file",
+             "unix_socket"}
 
 
 def load_config(path: str | os.PathLike) -> SignerConfig:

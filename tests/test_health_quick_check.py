@@ -18,7 +18,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
 
 
 def repository_actor_for(tmp_path: Path) -> ActorHarness:
-    config = SimpleNamespace(node_id="n1", repository=SimpleNamespace(path=str(tmp_path / "r.sqlite")))
+    config = SimpleNamespace(node_id="n1", repository=SimpleNamespace(path=str(tmp_path / "r.sqlite")), sync=None)
     return ActorHarness(Repository, config, {})
 
 

@@ -244,19 +244,6 @@ def test_store_certificate_writes_file_and_row_once(web):
     assert web.row("emailcerts", row_id) == row
 
 
-def test_store_certificate_keeps_an_absolute_folder(web, tmp_path):
-    csr_file = tmp_path / "shared" / "csr" / "server" / "0" / "server-1.csr"
-    csr_file.parent.mkdir(parents=True)
-    csr_file.write_bytes(csr_pem())
-    row_id = web.side.add_certificate("domaincerts", "/CN=a.example.org")
-    web.side.db.execute("UPDATE domaincerts SET csr_name=? WHERE id=?", (str(csr_file), row_id))
-    job = x509_job(web.config, "domaincerts", web.row("domaincerts", row_id))
-    assert web.queue.store_certificate(job, PEM, "01", "2027-01-01T00:00:00+00:00")
-    target = tmp_path / "shared" / "crt" / "server" / "0" / "server-1.crt"
-    assert web.row("domaincerts", row_id)["crt_name"] == str(target)
-    assert target.read_bytes() == PEM
-
-
 def test_store_revocation_once(web):
     row_id = issued_row(web, "orgemailcerts")
     web.side.request_revocation("orgemailcerts", row_id)

@@ -250,15 +250,6 @@ def test_x509_job_missing_csr_file_is_not_permanent(web):
     assert caught.value.permanent is False
 
 
-def test_x509_job_absolute_csr_name(web, tmp_path):
-    csr_file = tmp_path / "elsewhere" / "csr" / "x.csr"
-    csr_file.parent.mkdir(parents=True)
-    csr_file.write_bytes(csr_pem())
-    row_id = web.side.add_certificate("emailcerts", "/CN=Alice")
-    row = {**web.row("emailcerts", row_id), "csr_name": str(csr_file)}
-    assert x509_job(web.config, "emailcerts", row).body["csr"] == read_csr_der(csr_file)
-
-
 def test_x509_job_for_an_xmpp_row_uses_the_server_jabber_profile(web):
     row_id = web.side.add_certificate("domaincerts", XMPP_SUBJECT)
     job = x509_job(web.config, "domaincerts", web.row("domaincerts", row_id))

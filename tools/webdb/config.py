@@ -50,9 +50,11 @@ class WebDbConfig:
     user: str = "cacert"
     password_env: str | None = None
     password_file: str | None = None
-    # csr_name / crt_name / gpg.csr / gpg.crt hold file paths, as in CAcert's web app;
-    # relative ones resolve against files_root.
+    # csr_name / crt_name / gpg.csr / gpg.crt hold file paths, as in CAcert's web app. They
+    # start at names_relative_to (None: files_root) and must stay inside files_root
+    # (tools.webdb.work.row_file): no absolute names, no `..` or symlink out of it.
     files_root: str = "."
+    names_relative_to: str | None = None  # CAcert's `../csr/...` names: its www folder
     poll_interval_s: float = 5.0
     batch: int = 50  # rows fetched per table and kind of work per poll
     max_attempts: int = 3  # the old client's `warning < 3`
@@ -153,6 +155,10 @@ def validate(config: ClientConfig) -> None:
     if db.poll_interval_s <= 0 or db.batch < 1 or db.max_attempts < 1 or db.retry_delay_s < 0:
         raise ConfigError("webdb: poll_interval_s must be > 0, batch and max_attempts >= 1, "
                           "retry_delay_s >= 0")
+    if db.names_relative_to is not None and not Path(os.path.normpath(db.names_relative_to)).is_relative_to(
+            os.path.normpath(db.files_root)):
+        raise ConfigError(f"webdb.names_relative_to: must be webdb.files_root or a folder inside it, "
+                          f"not {db.names_relative_to!r}")
     if not re.fullmatch(r"[A-Za-z0-9-]{1,40}", db.request_id_prefix):
         raise ConfigError("webdb.request_id_prefix: 1 to 40 letters, digits or '-'")
     link = config.signer

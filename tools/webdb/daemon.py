@@ -337,6 +337,9 @@ class ClientDaemon:
             self._write_back(job, response.body or {})
         except DbUnavailable:
             raise
+        except RowProblem as exc:  # the row names a file outside files_root
+            self._local_problem(job, exc)
+            return 0
         except OSError as exc:  # the crt file or folder, the disk: the streak tells which
             self._retry_failure(job, f"write-back failed: {exc.strerror or exc} ({exc.filename})", local=True)
             return 0

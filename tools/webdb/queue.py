@@ -13,7 +13,7 @@ from tools.files import write_atomically
 from tools.webdb.config import ClientConfig
 from tools.webdb.db import WebDb
 from tools.webdb.schema import ZERO
-from tools.webdb.work import CERT_TABLES, Job, db_time, later, now_text, output_name, resolve
+from tools.webdb.work import CERT_TABLES, Job, db_time, later, now_text, output_name, row_file
 
 FAILED, DONE, RETRYING = "failed", "done", "retrying"
 
@@ -116,7 +116,7 @@ class WorkQueue:
     # -- results ---------------------------------------------------------------------------
     def store_certificate(self, job: Job, pem: bytes, serial: str, not_after: str) -> bool:
         name = output_name(job.row["csr_name"], ".crt")
-        write_atomically(resolve(self.config.webdb.files_root, name), pem)
+        write_atomically(row_file(self.config.webdb, name), pem)
         changed = self.db.execute(
             f"UPDATE `{job.table}` SET crt_name=?, serial=?, expire=?, modified=? "
             "WHERE id=? AND crt_name=''",
@@ -133,7 +133,7 @@ class WorkQueue:
 
     def store_openpgp(self, job: Job, armoured: str, expires_at: str) -> bool:
         name = output_name(job.row["csr"], ".crt")
-        write_atomically(resolve(self.config.webdb.files_root, name), armoured.encode())
+        write_atomically(row_file(self.config.webdb, name), armoured.encode())
         changed = self.db.execute("UPDATE gpg SET crt=?, issued=?, expire=? WHERE id=? AND crt=''",
                                   (name, now_text(), db_time(expires_at), job.row_id))
         self._record(job, DONE, None, count=False)

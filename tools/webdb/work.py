@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import errno
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.openpgp_packets import OpenPgpError, dearmor, parse_packets
-from tools.webdb.config import ClientConfig
+from tools.webdb.config import ClientConfig, WebDbConfig
 
 CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
 XMPP_OID = "1.3.6.1.5.5.7.8.5"
@@ -118,9 +119,26 @@ def later(seconds: float) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def resolve(files_root: str, name: str) -> Path:
-    path = Path(name)
-    return path if path.is_absolute() else Path(files_root) / path
+def row_file(webdb: WebDbConfig, name: Any) -> Path:
+    """The file a WebDB row names (csr_name, crt_name, gpg.csr, gpg.crt), which must lie
+    inside webdb.files_root: the names come from the web side's database, and the daemon
+    must not read or write any other file for it. A relative name starts at
+    webdb.names_relative_to (default: files_root); `..` may climb only as far as files_root
+    (CAcert's names are `../csr/...`), an absolute name is refused, and so is a symlink on
+    the way that leads out of files_root. A refused name is the row's error (RowProblem)."""
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise RowProblem(f"file name {name!r} is empty or not a path")
+    if Path(name).is_absolute():
+        raise RowProblem(f"file name {name!r} is absolute; files are named relative to "
+                         "webdb.names_relative_to, inside webdb.files_root")
+    root = Path(os.path.realpath(webdb.files_root))
+    start = Path(os.path.realpath(webdb.names_relative_to or webdb.files_root))
+    path = Path(os.path.normpath(start / name))
+    if not path.is_relative_to(root):
+        raise RowProblem(f"file name {name!r} leads out of webdb.files_root ({root})")
+    if not Path(os.path.realpath(path)).is_relative_to(root):
+        raise RowProblem(f"file name {name!r} leads out of webdb.files_root ({root}) through a symlink")
+    return path
 
 
 def output_name(input_name: str, suffix: str) -> str:
@@ -199,7 +217,7 @@ def x509_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
         raise RowProblem(f"no x509 route for table {table} variant {variant or 'default'!r} "
                          "(x509.routes in the client configuration)", verdict="setup")
     body: dict[str, Any] = {"issuer": route.issuer, "profile": route.profile,
-                            "csr": read_csr_der(resolve(config.webdb.files_root, row["csr_name"])),
+                            "csr": read_csr_der(row_file(config.webdb, row["csr_name"])),
                             "subject": subject, "sans": sans}
     md = (row.get("md") or "sha256").lower()
     # md5/sha1 are sent as they are: the signer refuses them with hash_not_allowed, and the
@@ -220,7 +238,7 @@ def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
             raise RowProblem("no certificate written back yet; revoked once it is", verdict="wait")
         raise RowProblem("the row never got a certificate: nothing to revoke")
     if not serial:  # an old row with a certificate file but no serial column value
-        serial = serial_from_file(resolve(config.webdb.files_root, row["crt_name"]))
+        serial = serial_from_file(row_file(config.webdb, row["crt_name"]))
     try:
         _, sans = parse_subject(row.get("subject") or "")
     except RowProblem:
@@ -261,7 +279,7 @@ def uid_email(uid: str) -> str | None:
 
 def openpgp_job(config: ClientConfig, row: dict[str, Any], emails: set[str]) -> Job:
     """`emails` are the member's addresses the web side has verified (see docs/webdb-client.md)."""
-    path = resolve(config.webdb.files_root, row["csr"])
+    path = row_file(config.webdb, row["csr"])
     try:
         data = path.read_bytes()
     except OSError as exc:
