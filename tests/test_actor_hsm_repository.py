@@ -69,7 +69,7 @@ def test_hsm_actor_unknown_key_is_a_typed_error(hsm_actor):
 
 
 def test_repository_actor_health(tmp_path):
-    config = SimpleNamespace(node_id="n1", repository=SimpleNamespace(path=str(tmp_path / "r.sqlite")))
+    config = SimpleNamespace(node_id="n1", repository=SimpleNamespace(path=str(tmp_path / "r.sqlite")), sync=None)
     h = ActorHarness(Repository, config, {})
     h.deliver(RepoHealthRequest(5), "health")
     (_, reply), = h.take(RepoHealthReply)
