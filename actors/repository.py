@@ -148,7 +148,8 @@ class Repository(SignerActor):
         self.wakeupAfter(SEAL_RETRY_S, payload=("seal_retry", None))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        kind, tag = message.payload or (None, None)
+        payload = message.payload if isinstance(message.payload, tuple) else ()
+        kind, tag = payload if len(payload) == 2 else (None, None)
         if kind == "seal_timeout" and self.sealing is not None and self.sealing[0] == tag:
             self.sealing = None
             self.seal_failed(f"the hsm actor did not answer a seal within {SEAL_TIMEOUT_S:g} s")
