@@ -21,7 +21,7 @@ from actors.handler import HandlerActor, Job
 from core import openpgp
 from core.hsm import verify_signature
 from core.openpgp_validate import select_user_ids, validate_public_key
-from core.protocol import SignerError, field
+from core.protocol import SignerError, check_count, field
 from messages import HsmSignRequest
 from messages.repository import StoreOpenPgpSignature
 
@@ -54,6 +54,8 @@ class OpenPgpSigner(HandlerActor):
         body = job.body
         key = field(body, "key", (bytes, str))
         uids = field(body, "uids", list)
+        # Each certified uid costs one HSM signature, and the only Hsm actor serves everyone.
+        check_count("uids", uids, self.pgp.max_uids, "openpgp.max_uids")
         if not uids or not all(isinstance(u, str) and u for u in uids):
             raise SignerError("bad_request", "field 'uids' must be a non-empty list of user id strings")
         days = field(body, "days", int, required=False, default=self.pgp.default_days)

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from actors.handler import HandlerActor, Job
 from core.issuers import load_issuers, utc_now
 from core.profiles import check_issuers, load_profiles
-from core.protocol import SignerError, field
+from core.protocol import SignerError, check_count, field
 from core.x509build import (PkixLinter, assemble_certificate, build_sans, build_subject,
                             build_tbs_certificate, check_csr, key_info_of, new_serial,
                             validity_window, verify_issued)
@@ -68,10 +68,16 @@ class X509Signer(HandlerActor):
             raise SignerError("unknown_issuer", f"no issuer {issuer_id!r} (known: {sorted(self.issuers)})")
         if profile.issuer != issuer_id:
             raise SignerError("unknown_issuer", f"profile {profile_name!r} is issued by {profile.issuer!r}, not {issuer_id!r}")
+        subject = field(body, "subject", (dict, list), required=False, default={})
+        sans = field(body, "sans", list, required=False, default=[])
+        # Counted before anything whose cost grows with them (parsing, the request digest,
+        # the CSR's signature, building, linting, the HSM).
+        check_count("subject", subject, profile.max_subject_attributes,
+                    f"max_subject_attributes of profile {profile.name!r}")
+        check_count("sans", sans, profile.max_sans, f"max_sans of profile {profile.name!r}")
         job.state.update(profile=profile, issuer=self.issuers[issuer_id],
                          csr_der=field(body, "csr", bytes),
-                         subject=parse_pairs(field(body, "subject", (dict, list), required=False, default={}), "subject"),
-                         sans=parse_pairs(field(body, "sans", list, required=False, default=[]), "sans"),
+                         subject=parse_pairs(subject, "subject"), sans=parse_pairs(sans, "sans"),
                          hash=field(body, "hash", str, required=False, default="sha256"),
                          days=field(body, "days", int, required=False))
         days = job.state["days"]

@@ -264,10 +264,12 @@ def dearmor(
     # Base64 is 4/3 of the data, plus line breaks and headers.
     check_input_size(text, 2 * max_bytes)
     if isinstance(text, bytes):
+        # Armor header values are UTF-8 (RFC 4880 6.2: "Comment: Schlüssel" is valid); the
+        # base64 body must still be ASCII, which b64decode checks below.
         try:
-            text = text.decode("ascii")
+            text = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise MalformedPacket("armored text is not ASCII") from None
+            raise MalformedPacket("armored text is not UTF-8") from None
     lines = [line.strip() for line in text.splitlines()]
     body = _armor_body_lines(lines, expected_kind)
     checksum = None

@@ -14,6 +14,8 @@ A profile file (every key below is known; any other key is an error)::
     allowed_san_types: [dns]          # subset of dns, email, xmpp; may be empty
     max_validity_days: 730
     default_validity_days: 180
+    max_sans: 100                     # optional; SANs per certificate (limit_exceeded above it)
+    max_subject_attributes: 10        # optional; subject attributes per request
     allowed_keys:                     # at least one of rsa / ec
       rsa: {min_bits: 2048, max_bits: 8192}
       ec: [secp256r1, secp384r1]
@@ -55,6 +57,10 @@ HASH_NAMES = ("sha256", "sha384", "sha512")
 EC_CURVE_NAMES = ("secp256r1", "secp384r1", "secp521r1")
 # Below this the loader refuses a profile: nobody should be able to configure weak keys.
 MIN_RSA_BITS = 2048
+# What one request may ask for, unless the profile says otherwise: a certificate with
+# thousands of names costs every other request its time (docs/SECURITY.md, request limits).
+DEFAULT_MAX_SANS = 100
+DEFAULT_MAX_SUBJECT_ATTRIBUTES = 10
 
 KEY_USAGE_NAMES = ("digitalSignature", "nonRepudiation", "keyEncipherment",
                    "dataEncipherment", "keyAgreement", "encipherOnly", "decipherOnly")
@@ -122,6 +128,8 @@ class Profile:
     allowed_keys: KeyPolicy
     allowed_hashes: tuple[str, ...]
     extensions: ExtensionsProfile
+    max_sans: int = DEFAULT_MAX_SANS
+    max_subject_attributes: int = DEFAULT_MAX_SUBJECT_ATTRIBUTES
 
 
 _REQUIRED = object()
@@ -300,6 +308,11 @@ def parse_profile(file_name: str, document: Any) -> Profile:
     default_days = top.get("default_validity_days", int)
     if not 1 <= default_days <= max_days:
         top.fail("default_validity_days", f"must be between 1 and {max_days}, got {default_days}")
+    limits = {key: top.get(key, int, default) for key, default in
+              (("max_sans", DEFAULT_MAX_SANS), ("max_subject_attributes", DEFAULT_MAX_SUBJECT_ATTRIBUTES))}
+    for key, value in limits.items():
+        if value < 1:
+            top.fail(key, f"must be positive, got {value}")
     key_policy = _read_key_policy(top.mapping("allowed_keys"))
     hashes = top.names("allowed_hashes", HASH_NAMES, "hash")
     if not hashes:
@@ -307,7 +320,7 @@ def parse_profile(file_name: str, document: Any) -> Profile:
     extensions = _read_extensions(top.mapping("extensions"))
     top.finish()
     return Profile(name, issuer, frozenset(attributes), frozenset(san_types), max_days,
-                   default_days, key_policy, hashes, extensions)
+                   default_days, key_policy, hashes, extensions, **limits)
 
 
 def load_profile(path: Path) -> Profile:

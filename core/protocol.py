@@ -51,7 +51,8 @@ ERROR_CODES: dict[str, str] = {
     "attribute_not_allowed": "a subject attribute is not allowed by the profile",
     "san_type_not_allowed": "a subjectAltName type is not allowed by the profile",
     "validity_too_long": "the validity exceeds the profile's maximum or the issuer's lifetime",
-    "hash_not_allowed": "the signature hash is not allowed by the profile",
+    "hash_not_allowed": "a signature hash is not allowed: the certificate's by the profile, or the CSR's own (MD5, SHA-1)",
+    "limit_exceeded": "the request asks for more items than a configured limit allows; nothing was done",
     "lint_failed": "pkilint found ERROR or FATAL findings in the certificate; nothing was signed",
     "signature_invalid": "the HSM's signature did not verify with the issuer's key; nothing was issued",
     "crl_build_failed": "the CRL could not be built from the stored revocations; nothing was signed",
@@ -209,3 +210,11 @@ def field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], requir
         expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise SignerError("bad_request", f"field '{name}' must be {expected}, got {type(value).__name__}")
     return value
+
+
+def check_count(name: str, items: Any, limit: int, setting: str) -> None:
+    """Refuse a list or map field with more than `limit` entries, naming the setting that
+    sets the limit; checked before any work whose cost grows with the entries."""
+    if len(items) > limit:
+        raise SignerError("limit_exceeded", f"field '{name}' has {len(items)} entries; at most {limit} "
+                                            f"are allowed ({setting})")

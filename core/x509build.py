@@ -13,6 +13,8 @@ arrive separately).
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import re
 import secrets
@@ -46,6 +48,7 @@ class SanTypeNotAllowed(X509RequestError): code = "san_type_not_allowed"
 class ValidityTooLong(X509RequestError): code = "validity_too_long"
 class HashNotAllowed(X509RequestError): code = "hash_not_allowed"
 class SignatureMismatch(X509RequestError): code = "signature_invalid"
+class LimitExceeded(X509RequestError): code = "limit_exceeded"
 # A value of an allowed kind that is itself unusable (a malformed DNS name, a 3-letter
 # country); the protocol's existing "bad_request" code means exactly that.
 class InvalidValue(X509RequestError): code = "bad_request"
@@ -160,21 +163,109 @@ def authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKey
 # --- request checks --------------------------------------------------------------------
 
 _PLAIN_KEY_ALGORITHMS = (PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5, PublicKeyAlgorithmOID.EC_PUBLIC_KEY)
+# What cryptography raises on a CSR it cannot read: ValueError for bad DER, InvalidVersion
+# (not a ValueError) for a version other than 0, UnsupportedAlgorithm for unknown algorithms.
+CSR_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
+# A proof of possession made with a broken hash proves nothing: MD5 and SHA-1 collisions
+# are practical. cryptography itself reports such signatures as not valid.
+_CSR_SIGNATURE_HASHES = frozenset({"sha224", "sha256", "sha384", "sha512",
+                                   "sha3-224", "sha3-256", "sha3-384", "sha3-512"})
+_CSR_PEM = re.compile(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----END (?:NEW )?CERTIFICATE REQUEST-----",
+                      re.DOTALL)
+
+
+def csr_der(data: bytes) -> bytes:
+    """A CSR file's bytes as DER: PEM (also the old "NEW CERTIFICATE REQUEST" label) is
+    unwrapped, anything else is taken as DER. The content is not judged here."""
+    if not data.lstrip().startswith(b"-----"):
+        return data
+    match = _CSR_PEM.search(data)
+    if match is None:
+        raise MalformedCsr("PEM text without a CERTIFICATE REQUEST block")
+    try:
+        return base64.b64decode(b"".join(match[1].split()), validate=True)
+    except binascii.Error:
+        raise MalformedCsr("invalid base64 in the PEM CERTIFICATE REQUEST block") from None
+
+
+def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
+    """A DER CSR; every parse failure is MalformedCsr."""
+    try:
+        return x509.load_der_x509_csr(der)
+    except CSR_PARSE_ERRORS as exc:
+        raise MalformedCsr(f"cannot parse the CSR: {type(exc).__name__}: {exc}") from None
+
+
+def load_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """A CSR from PEM or DER bytes; every failure is MalformedCsr."""
+    return parse_csr(csr_der(data))
+
+
+def _rsa_exponent(csr: x509.CertificateSigningRequest) -> int | None:
+    """The RSA public exponent read from the DER, for a key cryptography refuses to load;
+    None when the structure is not what an RSA key needs."""
+    try:
+        info = csr.tbs_certrequest_bytes
+        offset = der_read_tlv(info, 0)[0]
+        for _ in range(2):                                # version, subject
+            offset = der_read_tlv(info, offset)[1]
+        spki_start = der_read_tlv(info, offset)[0]
+        bits_start, bits_end = der_read_tlv(info, der_read_tlv(info, spki_start)[1])
+        key = info[bits_start + 1:bits_end]               # after the unused-bits octet
+        n_end = der_read_tlv(key, der_read_tlv(key, 0)[0])[1]
+        e_start, e_end = der_read_tlv(key, n_end)
+        return int.from_bytes(key[e_start:e_end], "big", signed=True)
+    except (IndexError, ValueError):
+        return None
+
+
+def _csr_public_key(csr: x509.CertificateSigningRequest) -> Any:
+    try:
+        return csr.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        exponent = _rsa_exponent(csr) if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5 else None
+        if exponent is not None and exponent < 3:
+            raise KeyTooWeak(f"RSA public exponent {exponent} is not an odd number >= 3") from None
+        raise MalformedCsr(f"cannot read the CSR's public key: {exc}") from None
+
 
 def check_csr(csr_der: bytes, profile: Profile) -> x509.CertificateSigningRequest:
-    try:
-        csr = x509.load_der_x509_csr(csr_der)
-        signature_valid = csr.is_signature_valid
-    except (ValueError, UnsupportedAlgorithm) as exc:
-        raise MalformedCsr(f"cannot parse the CSR: {exc}") from None
-    if not signature_valid:
-        raise BadCsrSignature("the CSR's signature does not match its public key")
+    """Parse, then key type, the CSR's own signature hash, its key, its signature, the
+    profile's key policy: each refusal names what it refuses (a DSA key is refused as a key
+    type whatever hash signed it)."""
+    csr = parse_csr(csr_der)
     # cryptography reads an RSASSA-PSS key as plain RSA; the certificate would drop its
     # PSS-only restriction, so such keys are refused by their SPKI algorithm.
     if csr.public_key_algorithm_oid not in _PLAIN_KEY_ALGORITHMS:
-        raise KeyTypeNotAllowed(f"unsupported public key algorithm {csr.public_key_algorithm_oid.dotted_string}")
-    check_public_key(csr.public_key(), profile)
+        oid = csr.public_key_algorithm_oid
+        raise KeyTypeNotAllowed(f"unsupported public key algorithm {oid._name} ({oid.dotted_string})")
+    _check_csr_signature_hash(csr)
+    key = _csr_public_key(csr)
+    try:
+        signature_valid = csr.is_signature_valid
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise MalformedCsr(f"cannot check the CSR's signature: {exc}") from None
+    if not signature_valid:
+        raise BadCsrSignature("the CSR's signature does not match its public key")
+    check_public_key(key, profile)
     return csr
+
+
+# Names cryptography does not know, for the refusal message.
+_OLD_SIGNATURE_NAMES = {"1.2.840.113549.1.1.2": "md2WithRSAEncryption", "1.2.840.113549.1.1.3": "md4WithRSAEncryption"}
+
+
+def _check_csr_signature_hash(csr: x509.CertificateSigningRequest) -> None:
+    oid = csr.signature_algorithm_oid
+    name = _OLD_SIGNATURE_NAMES.get(oid.dotted_string, oid._name)
+    try:
+        hash_name = csr.signature_hash_algorithm.name if csr.signature_hash_algorithm else None
+    except UnsupportedAlgorithm:
+        hash_name = None
+    if hash_name not in _CSR_SIGNATURE_HASHES:
+        raise HashNotAllowed(f"the CSR is signed with {name} ({oid.dotted_string}): "
+                             f"{hash_name or 'an unknown hash'} is no proof of possession; sign the CSR "
+                             f"with SHA-256, SHA-384 or SHA-512")
 
 
 def check_public_key(key: Any, profile: Profile) -> None:
@@ -266,16 +357,14 @@ _SAN_BUILDERS = {
 
 def build_sans(sans: list[tuple[str, str]], profile: Profile) -> list[x509.GeneralName]:
     """General names in request order, duplicates dropped."""
-    names: list[x509.GeneralName] = []
+    names: dict[x509.GeneralName, None] = {}   # a dict keeps the order and finds duplicates in O(1)
     for kind, value in sans:
         if kind not in profile.allowed_san_types:
             raise SanTypeNotAllowed(f"profile {profile.name!r} does not allow SAN type {kind!r}")
         if not isinstance(value, str):
             raise InvalidValue(f"{kind} SAN must be a string, got {type(value).__name__}")
-        name = _SAN_BUILDERS[kind](value)
-        if name not in names:
-            names.append(name)
-    return names
+        names.setdefault(_SAN_BUILDERS[kind](value))
+    return list(names)
 
 
 def new_serial() -> int:
@@ -354,7 +443,7 @@ def profile_extensions(profile: Profile, subject_key: Any, issuer_cert: x509.Cer
 def _with_subject_email(subject: x509.Name, sans: list[x509.GeneralName]) -> list[x509.GeneralName]:
     # RFC 5280 4.1.2.6: an emailAddress in the subject must also be an rfc822Name SAN.
     emails = [x509.RFC822Name(a.value) for a in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
-    return sans + [e for e in emails if e not in sans]
+    return list(dict.fromkeys(sans + emails))
 
 
 def _check_validity(profile: Profile, issuer_cert: x509.Certificate,
@@ -379,6 +468,9 @@ def build_tbs_certificate(profile: Profile, issuer_cert: x509.Certificate,
     subject_key = csr.public_key()
     check_public_key(subject_key, profile)   # the CSR may have been checked for another profile
     sans = _with_subject_email(subject, sans)
+    if len(sans) > profile.max_sans:   # the subject's e-mail addresses count too
+        raise LimitExceeded(f"the certificate would have {len(sans)} SANs; at most {profile.max_sans} are "
+                            f"allowed (max_sans of profile {profile.name!r})")
     if not sans and not subject:
         raise InvalidValue("a certificate needs a subject attribute or a SAN")
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_cert.subject)
@@ -424,6 +516,20 @@ class Finding:
         return f"{self.severity} {self.code} at {self.path}" + (f": {self.message}" if self.message else "")
 
 
+def _is_wildcard_dns_finding(result: Any, description: Any) -> bool:
+    """pkilint's RFC 5280 lint judges a dNSName with the `validators` package's domain syntax,
+    which knows no wildcard, so `*.example.org` is an ERROR there. RFC 6125 6.4.3 and the
+    CA/B Forum allow `*` as the whole leftmost label: exactly that finding, on exactly such a
+    name, is dropped, and only when the rest of the name passes the same syntax check
+    (`a*.example.org`, `*.*.example.org` and `www.*.example.org` are still findings)."""
+    if description.finding.code != "pkix.invalid_domain_name_syntax":
+        return False
+    import validators
+    from pkilint.pkix.general_name import validators_predicate
+    value = str(result.node.pdu)
+    return value.startswith("*.") and validators_predicate(validators.domain, value[2:])
+
+
 class PkixLinter:
     """pkilint's RFC 5280 certificate lint, as `lint_pkix_cert` runs it, set up once
     (~0.2 s) and then ~5 ms per certificate."""
@@ -453,7 +559,7 @@ class PkixLinter:
             return [Finding("FATAL", "decoding_failed", str(exc), "certificate")]
         return [Finding(d.finding.severity.name, d.finding.code, d.message, result.node.path)
                 for result in results for d in result.finding_descriptions
-                if d.finding.severity < threshold]
+                if d.finding.severity < threshold and not _is_wildcard_dns_finding(result, d)]
 
     def check(self, cert_der: bytes) -> None:
         findings = self.lint(cert_der)

@@ -34,6 +34,7 @@ from tests.handler_playing import CLIENT, assert_quiet, body_of, error_of, play_
 
 pytestmark = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
 
+VECTORS = Path(__file__).resolve().parent / "vectors"
 PEERS = {"hsm": "HSM", "repository": "REPO"}
 COMMAND = "sign_openpgp"
 KEY_LABEL = "pgp-key"
@@ -100,7 +101,7 @@ def ca(request, cas) -> Ca:
 
 def make_config(ca: Ca, **changes: Any) -> SimpleNamespace:
     pgp = dict(key_label=KEY_LABEL, public_key=str(ca.path), created=ca.created, default_days=366,
-               max_days=366, signature_type=0x10, policy_url=POLICY_URL, max_key_bytes=1 << 20, gpg="gpg")
+               max_days=366, signature_type=0x10, policy_url=POLICY_URL, max_key_bytes=1 << 20, max_uids=20, gpg="gpg")
     pgp.update(changes)
     return SimpleNamespace(openpgp=SimpleNamespace(**pgp))
 
@@ -346,6 +347,12 @@ REFUSALS = [  # (id, body changes, code, a word the message must hold, checked a
     ("uids_empty", lambda k: {"uids": []}, "bad_request", "uids", False),
     ("uids_missing", lambda k: {"uids": None}, "bad_request", "uids", False),
     ("key_missing", lambda k: {"key": None}, "bad_request", "key", False),
+    # issue 11.4: 5,000 uids kept the only Hsm actor busy for 60 s; now refused before gpg
+    ("uids_5000", lambda k: {"uids": [f"User {i} <u{i}@example.org>" for i in range(5000)]},
+     "limit_exceeded", "openpgp.max_uids", False),
+    # issue 12.4: RFC 9580's sample v6 certificate (appendix A.3), stored in tests/vectors/
+    ("v6_key", lambda k: {"key": (VECTORS / "openpgp-v6-rfc9580-a3.asc").read_text()},
+     "openpgp_unsupported_key", "v6", True),
 ]
 
 
@@ -448,3 +455,33 @@ def test_configured_public_key_with_its_creation_time_configures(cas):
     (_, configured), = h.take(Configured)
     assert configured.ok is True and configured.error is None
     assert h.actor.ca_fingerprint.hex().upper() == cas["p256"].fingerprint
+
+
+# --- limits and odd inputs (issues 11.4, 12.5) ------------------------------------------------
+
+def test_a_request_with_max_uids_uids_is_certified(rsa_signer, cas):
+    gpg = Gpg()
+    try:
+        uids = [f"User {i} <u{i}@example.org>" for i in range(20)]
+        gpg("--quick-gen-key", uids[0], "ed25519", "default", "never")
+        fpr = gpg.fingerprint(uids[0])
+        for uid in uids[1:]:
+            gpg("--quick-add-uid", fpr, uid)
+        key = gpg("--export", fpr)
+    finally:
+        gpg.close()
+    signs, _, answer = certify(rsa_signer, cas["rsa"], {"key": key, "uids": uids})
+    assert len(signs) == 20 and answer["certified_uids"] == uids
+    sigs = ca_signatures(cas["rsa"], answer["key"])
+    assert sorted(sigs) == sorted(uids) and all(s[0][1] == "!" for s in sigs.values())
+
+
+def test_armour_with_a_utf8_comment_header_is_certified(rsa_signer, cas):
+    text = (VECTORS / "openpgp-utf8-comment.asc").read_text(encoding="utf-8")
+    assert "Comment: Schl\u00fcssel" in text
+    uid = "Comment Tester <comment@example.org>"
+    for key in (text, text.encode("utf-8")):
+        rsa_signer.sent.clear()
+        _, _, answer = certify(rsa_signer, cas["rsa"], {"key": key, "uids": [uid]})
+        sigs = ca_signatures(cas["rsa"], answer["key"])
+        assert list(sigs) == [uid] and sigs[uid][0][1] == "!"

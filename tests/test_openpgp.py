@@ -572,7 +572,7 @@ def _flip_checksum(text: str) -> str:
         lambda t: t.replace("-----BEGIN PGP", "-----BEGIN XYZ"),
         lambda t: t.replace("\n\n", "\n\n!!!!", 1),
         lambda t: t.replace("PUBLIC KEY BLOCK", "SIGNATURE"),  # not the expected kind
-        lambda t: t + "\u00e9",
+        lambda t: t.replace("\n\n", "\n\n\u00e9", 1),  # non-ASCII in the base64 body (UTF-8 headers are fine)
     ],
 )
 def test_bad_armor_is_malformed(mangle):

@@ -375,7 +375,8 @@ def test_error_codes():
                      "ValidityTooLong": "validity_too_long", "HashNotAllowed": "hash_not_allowed",
                      "SignatureMismatch": "signature_invalid", "InvalidValue": "bad_request",
                      "LintFailed": "lint_failed", "InvalidReason": "invalid_reason",
-                     "CrlBuildFailed": "crl_build_failed"}
+                     "CrlBuildFailed": "crl_build_failed",
+                     "LimitExceeded": "limit_exceeded"}
 
 
 def test_issue_timing(issuers, csrs, linter):

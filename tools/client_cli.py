@@ -20,6 +20,8 @@ import serial
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from core.protocol import SignerError
+from core.x509build import csr_der
 from tools.client import Response, SignerClient, SignerTimeout
 from tools.files import write_atomically
 from tools.webdb import cli as webdb_cli
@@ -92,11 +94,14 @@ def print_body(args: argparse.Namespace, body: dict[str, Any], lines: list[str])
 
 
 def cmd_sign_x509(client: SignerClient, args: argparse.Namespace) -> int:
-    csr_data = Path(args.csr).read_bytes()
-    csr = (x509.load_pem_x509_csr(csr_data) if csr_data.lstrip().startswith(b"-----")
-           else x509.load_der_x509_csr(csr_data))
-    body: dict[str, Any] = {"issuer": args.issuer, "profile": args.profile,
-                            "csr": csr.public_bytes(Encoding.DER), "hash": args.hash,
+    # Only the PEM wrapping is removed here: the signer judges the CSR and answers a typed
+    # error (malformed_csr, hash_not_allowed, ...) for one it refuses.
+    try:
+        csr = csr_der(Path(args.csr).read_bytes())
+    except SignerError as exc:
+        print(f"signer-client: {args.csr}: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    body: dict[str, Any] = {"issuer": args.issuer, "profile": args.profile, "csr": csr, "hash": args.hash,
                             "subject": [pair.split("=", 1) for pair in args.subject],
                             "sans": [san.split(":", 1) for san in args.san]}
     if args.days is not None:

@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.openpgp_packets import OpenPgpError, dearmor, parse_packets
+from core.x509build import MalformedCsr, load_csr
 from tools.webdb.config import ClientConfig, WebDbConfig
 
 CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
@@ -34,7 +35,7 @@ ALLOWED_HASHES = ("sha256", "sha384", "sha512")
 #          validity above the profile's): rows untouched, the kind skipped, an operator's job.
 ROW_CODES = {"bad_request", "malformed_csr", "bad_csr_signature", "key_too_weak", "key_type_not_allowed",
              "attribute_not_allowed", "san_type_not_allowed", "hash_not_allowed", "lint_failed",
-             "invalid_reason", "unknown_serial", "request_id_conflict"}
+             "invalid_reason", "unknown_serial", "request_id_conflict", "limit_exceeded"}
 WAIT_CODES = {"duplicate_request", "handler_unavailable", "bad_cobs", "bad_crc", "frame_too_short", "frame_too_large",
               "bad_msgpack", "bad_envelope"}
 SIGNER_CODES = {"repository_error", "crl_build_failed", "signature_invalid", "timeout"}
@@ -202,10 +203,9 @@ def read_csr_der(path: Path) -> bytes:
     if data.lstrip().startswith(b"SPKAC="):
         raise RowProblem("SPKAC (Netscape keygen) requests are not supported; a PKCS#10 CSR is needed")
     try:
-        csr = (x509.load_pem_x509_csr(data) if data.lstrip().startswith(b"-----")
-               else x509.load_der_x509_csr(data))
-    except ValueError:
-        raise RowProblem(f"the CSR file {path} holds no PKCS#10 request (PEM or DER)") from None
+        csr = load_csr(data)
+    except MalformedCsr as exc:  # every parse failure, a version other than 0 included
+        raise RowProblem(f"the CSR file {path} holds no PKCS#10 request (PEM or DER): {exc.message}") from None
     return csr.public_bytes(Encoding.DER)
 
 
