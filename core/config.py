@@ -60,6 +60,7 @@ class OpenPgpConfig:
     signature_type: int = 0x10  # 0x10 generic .. 0x13 positive certification
     policy_url: str | None = "http://www.cacert.org/cps.php"
     max_key_bytes: int = 1024 * 1024  # larger user keys are refused (openpgp_oversized)
+    max_uids: int = 20  # user ids one sign_openpgp may ask for: one HSM signature each (limit_exceeded)
     gpg: str = "gpg"  # the kept implementation that validates user keys first
 
 
@@ -278,6 +279,8 @@ def validate(config: SignerConfig) -> None:
             raise ConfigError("openpgp.default_days, max_days: expected 1 <= default_days <= max_days <= 3660")
         if pgp.max_key_bytes < 1024:
             raise ConfigError("openpgp.max_key_bytes: expected at least 1024")
+        if pgp.max_uids < 1:
+            raise ConfigError("openpgp.max_uids: expected at least 1")
         if shutil.which(pgp.gpg) is None:
             raise ConfigError(f"openpgp.gpg: {pgp.gpg!r} is not an executable on PATH")
         if not os.path.isfile(pgp.public_key):

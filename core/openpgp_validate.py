@@ -13,7 +13,8 @@ self-signature is not listed, a forged key revocation is ignored, a valid one gi
 reorder or strip signatures first: gpg would judge other bytes than the ones we certify.
 `--no-autostart` keeps secret key material away from any gpg-agent (gpg still lists it as
 `sec`); `--verbose` makes gpg say why it skipped a user id; `--no-options` reads no gpg.conf.
-gpg 2.2 skips v3 keys silently, even next to a v4 key: the second check catches that.
+gpg 2.2 skips v3 keys silently, even next to a v4 key: the second check catches that; it cannot
+read v6 keys (RFC 9580) at all: an empty listing is explained by the key packet's version.
 """
 from __future__ import annotations
 
@@ -178,13 +179,15 @@ def _int_field(record: list[bytes], index: int) -> int | None:
     return int(record[index]) if len(record) > index and record[index].isdigit() else None
 
 
-def _holds_v3_key(binary: bytes) -> bool:
-    """Only to explain an empty gpg listing: gpg 2.2 skips v3 keys without a word."""
+def _unsupported_key_version(binary: bytes) -> int | None:
+    """Only to explain an empty gpg listing: gpg 2.2 skips v3 keys without a word and cannot
+    read RFC 9580 v6 keys at all. The version of the first primary key that is not v4."""
     try:
         packets = parse_packets(binary)
     except OpenPgpError:
-        return False
-    return any(tag == TAG_PUBLIC_KEY and body[:1] in (b"\x02", b"\x03") for tag, body in packets)
+        return None
+    versions = [body[0] for tag, body in packets if tag == TAG_PUBLIC_KEY and body]
+    return next((version for version in versions if version != 4), None)
 
 
 def _check_algorithm(fpr: str, algorithm: int, bits: int | None, curve: str | None) -> None:
@@ -233,8 +236,12 @@ def validate_public_key(
     if secret:
         raise SecretKeyMaterial("input holds secret key material: send the public key only")
     if not primaries:
-        if _holds_v3_key(binary):
+        version = _unsupported_key_version(binary)
+        if version in (2, 3):
             raise UnsupportedKey("v3 (PGP 2.x) keys are not supported: MD5 fingerprints (RFC 4880 5.5.2)")
+        if version is not None:
+            raise UnsupportedKey(f"v{version} keys are not supported (RFC 9580 v6 keys: gpg 2.2 cannot read "
+                                 f"them); only v4 keys are certified")
         raise MalformedPacket(f"gpg found no public key in the input{notes}")
     if status != 0:
         raise MalformedPacket(f"gpg could not read the key (exit status {status}){notes}")
