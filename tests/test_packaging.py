@@ -26,7 +26,7 @@ pytestmark = pytest.mark.e2e
 
 # Modules only the signer imports (setup.cfg extra `signer`); the WebDB box does not have them.
 SIGNER_ONLY = {"thespian": "thespian", "pykcs11": "PyKCS11", "nats-py": "nats",
-               "pkilint": "pkilint", "python-gnupg": "gnupg"}
+               "pkilint": "pkilint"}
 # What is not part of a source distribution of the project.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "data", "build", "dist", "*.egg-info",
                                     "__pycache__", ".pytest_cache", ".hypothesis")
