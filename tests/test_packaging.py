@@ -155,3 +155,49 @@ def test_webdb_box_installs_and_imports_none_of_the_signer_only_packages(venv: P
     result = _python(venv, code, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "init-webdb" in result.stdout
+
+
+# The host paths a real run of scripts/install-production.sh creates or changes.
+INSTALL_TARGETS = ["/opt/cacert-signer", "/etc/cacert-signer", "/etc/cacert-signer-client",
+                   "/var/lib/cacert-signer", "/var/lib/cacert-signer-client", "/var/log/cacert-signer",
+                   "/etc/logrotate.d/cacert-signer", "/etc/systemd/system/cacert-signer.service",
+                   "/etc/systemd/system/cacert-signer-nats.service",
+                   "/etc/systemd/system/cacert-signer-client.service"]
+
+
+def _host_state() -> dict:
+    state = {}
+    for path in map(Path, INSTALL_TARGETS):
+        state[str(path)] = (path.stat().st_mtime_ns, path.stat().st_mode) if path.exists() else None
+    for user in ("cacert-signer", "cacert-signer-nats", "cacert-client"):
+        state[user] = subprocess.run(["getent", "passwd", user], capture_output=True, text=True).stdout
+    return state
+
+
+@pytest.mark.parametrize("role", [[], ["--no-sync"], ["--webdb"]], ids=["signer", "signer-no-sync", "webdb"])
+def test_install_script_dry_run_prints_each_change_and_changes_nothing(role: list[str], tmp_path: Path) -> None:
+    staging, scratch = tmp_path / "root", tmp_path / "tmp"
+    staging.mkdir()
+    scratch.mkdir()
+    before = _host_state()
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "install-production.sh"), "--dry-run",
+                             "--root", str(staging), *role], capture_output=True, text=True, timeout=120,
+                            env=_clean_env(TMPDIR=str(scratch)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert list(staging.iterdir()) == [] and list(scratch.iterdir()) == []
+    assert _host_state() == before
+    would = [line.split("would: ", 1)[1] for line in result.stdout.splitlines() if "would: " in line]
+    box = "webdb" if role == ["--webdb"] else "signer"
+    lock = str(ROOT / "requirements" / f"{box}.lock")
+    assert any("--require-hashes" in line and line.endswith(f"-r {lock}") for line in would), would
+    assert any("--no-deps --no-index" in line for line in would), would
+    units = {"signer": ["cacert-signer.service", "cacert-signer-nats.service"],
+             "signer-no-sync": ["cacert-signer.service", "cacert-signer.service.d/private-network.conf"],
+             "webdb": ["cacert-signer-client.service"]}[box if role != ["--no-sync"] else "signer-no-sync"]
+    for unit in units:
+        assert any(line.endswith(f"{staging}/etc/systemd/system/{unit}") for line in would), (unit, would)
+    if box == "signer":
+        assert any(line.endswith(f"{staging}/etc/logrotate.d/cacert-signer") for line in would), would
+        assert any(line.startswith("install -d -m 0700 -o cacert-signer -g cacert-signer")
+                   and line.endswith(f"{staging}/var/lib/cacert-signer") for line in would), would
+    assert result.stdout.rstrip().endswith('Next: docs/operations.md, "Production"')
