@@ -573,7 +573,7 @@ def openpgp_setup(tmp_path_factory):
     config = SimpleNamespace(openpgp=SimpleNamespace(
         key_label="pgp-key", public_key=str(path), created=CA_CREATED, default_days=366, max_days=366,
         signature_type=0x10, policy_url="http://www.cacert.org/cps.php", max_key_bytes=1 << 20,
-        gpg="gpg"))
+        max_uids=20, gpg="gpg"))
     home = tempfile.mkdtemp(prefix="fz-", dir="/tmp")
     try:
         Path(home, "gpg-agent.conf").write_text("s2k-count 65536\n")
