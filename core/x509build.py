@@ -163,9 +163,10 @@ def authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKey
 # --- request checks --------------------------------------------------------------------
 
 _PLAIN_KEY_ALGORITHMS = (PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5, PublicKeyAlgorithmOID.EC_PUBLIC_KEY)
-# What cryptography raises on a CSR it cannot read: ValueError for bad DER, InvalidVersion
-# (not a ValueError) for a version other than 0, UnsupportedAlgorithm for unknown algorithms.
-CSR_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
+# What cryptography raises on a CSR, certificate or CRL it cannot read: ValueError for bad
+# DER, InvalidVersion (not a ValueError) for a version it does not know, UnsupportedAlgorithm
+# for unknown algorithms. Every parser of untrusted X.509 input catches all three.
+X509_PARSE_ERRORS = (ValueError, UnsupportedAlgorithm, x509.InvalidVersion)
 # A proof of possession made with a broken hash proves nothing: MD5 and SHA-1 collisions
 # are practical. cryptography itself reports such signatures as not valid.
 _CSR_SIGNATURE_HASHES = frozenset({"sha224", "sha256", "sha384", "sha512",
@@ -192,7 +193,7 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     """A DER CSR; every parse failure is MalformedCsr."""
     try:
         return x509.load_der_x509_csr(der)
-    except CSR_PARSE_ERRORS as exc:
+    except X509_PARSE_ERRORS as exc:
         raise MalformedCsr(f"cannot parse the CSR: {type(exc).__name__}: {exc}") from None
 
 

@@ -163,3 +163,38 @@ def test_profile_limits_default_and_are_read():
 def test_profile_limits_must_be_positive_integers(changes, message):
     with pytest.raises(ProfileError, match=message):
         parse_profile("server", server_document(**changes))
+
+
+# --- other X.509 files of an unknown version (issue 12.1: not only ValueError) -------------------
+
+def with_version(der: bytes, encoded_version: bytes, new_version: int) -> bytes:
+    """The DER with its first version INTEGER (`encoded_version`) set to `new_version`."""
+    at = der.index(encoded_version)
+    return der[:at] + encoded_version[:-1] + bytes([new_version]) + der[at + len(encoded_version):]
+
+
+def test_webdb_daemon_treats_a_certificate_file_of_another_version_as_a_bad_row(tmp_path):
+    import datetime
+    from tools.webdb.work import serial_from_file
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    der = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+           .serial_number(5).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+           .sign(key, hashes.SHA256()).public_bytes(Encoding.DER))
+    (tmp_path / "cert.der").write_bytes(with_version(der, bytes.fromhex("a003020102"), 7))  # v3 -> "v8"
+    with pytest.raises(RowProblem) as raised:
+        serial_from_file(tmp_path / "cert.der")
+    assert raised.value.verdict == "row" and "version" in str(raised.value)
+
+
+def test_a_held_crl_of_another_version_is_no_usable_crl(tmp_path):
+    import datetime
+    from tools.crl_fetch import read_crl
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    der = (x509.CertificateRevocationListBuilder().issuer_name(x509.Name([]))
+           .last_update(now).next_update(now + datetime.timedelta(days=1))
+           .sign(key, hashes.SHA256()).public_bytes(Encoding.DER))
+    (tmp_path / "held.crl").write_bytes(with_version(der, bytes.fromhex("020101"), 5))  # v2 -> "v6"
+    assert read_crl(tmp_path / "held.crl") is None  # fetched in full, as for a damaged file

@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.crldiff import DiffError, apply_diff
+from core.x509build import X509_PARSE_ERRORS
 from tools.client import Response, SignerClient
 from tools.files import write_atomically
 
@@ -30,7 +31,7 @@ def read_crl(path: Path) -> bytes | None:
         data = path.read_bytes()
         crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
                else x509.load_der_x509_crl(data))
-    except (OSError, ValueError):
+    except (OSError, *X509_PARSE_ERRORS):  # a CRL of an unknown version included
         return None
     return crl.public_bytes(Encoding.DER)
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.openpgp_packets import OpenPgpError, dearmor, parse_packets
-from core.x509build import MalformedCsr, load_csr
+from core.x509build import X509_PARSE_ERRORS, MalformedCsr, load_csr
 from tools.webdb.config import ClientConfig, WebDbConfig
 
 CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
@@ -256,7 +256,7 @@ def serial_from_file(path: Path) -> str:
         data = path.read_bytes()
         cert = (x509.load_pem_x509_certificate(data) if data.lstrip().startswith(b"-----")
                 else x509.load_der_x509_certificate(data))
-    except (OSError, ValueError) as exc:
+    except (OSError, *X509_PARSE_ERRORS) as exc:
         raise RowProblem(f"the row has no serial and its certificate file {path} cannot be read: "
                          f"{getattr(exc, 'strerror', None) or exc}") from None
     return f"{cert.serial_number:X}"
