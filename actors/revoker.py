@@ -4,23 +4,18 @@ The first revocation of a serial wins; revoking again returns it unchanged."""
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 from actors.handler import HandlerActor, Job
-from core.crl import parse_reason
+from core.crl import EARLIEST_REVOCATION, MAX_CLOCK_SKEW, parse_reason
 from core.issuers import utc_now
 from core.protocol import SignerError, field
 from messages.repository import RevokeCertificate
 
-# A revocation may be dated back (the key was compromised earlier), never ahead.
-MAX_CLOCK_SKEW = timedelta(minutes=5)
 
 
 SERIAL_FORM = re.compile(r"(0x)?[0-9a-f]+(:[0-9a-f]+)*")
-# CRLs encode times before 1950 in a form cryptography refuses; no CAcert certificate is
-# older than 2000, so an earlier revocation date is a mistake.
-EARLIEST_REVOCATION = datetime(2000, 1, 1, tzinfo=timezone.utc)
 
 
 def parse_serial(value: str) -> str:

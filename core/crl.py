@@ -23,6 +23,14 @@ from core.x509build import (SignatureMismatch, X509RequestError, as_utc, assembl
                             authority_key_identifier, hash_algorithm, mechanism_for,
                             split_signed, throwaway_key)
 
+# Revocation times: shared by revoke_x509 (actors/revoker.py) and the check of a peer's
+# revocation events (core/peer_validation.py), so that both signers agree.
+# A revocation may be dated back (the key was compromised earlier), never ahead.
+MAX_CLOCK_SKEW = datetime.timedelta(minutes=5)
+# CRLs encode times before 1950 in a form cryptography refuses; no CAcert certificate is
+# older than 2000, so an earlier revocation date is a mistake.
+EARLIEST_REVOCATION = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
+
 # RFC 5280 5.3.1 CRLReason. 7 is unassigned.
 REASON_CODES: dict[str, int] = {
     "unspecified": 0, "keyCompromise": 1, "cACompromise": 2, "affiliationChanged": 3,

@@ -31,13 +31,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from actors.revoker import EARLIEST_REVOCATION, MAX_CLOCK_SKEW
 from core import openpgp
-from core.crl import crl_number_for
+from core.crl import EARLIEST_REVOCATION, MAX_CLOCK_SKEW, crl_number_for
 from core.event_signing import EventSignatureError, parse_public_key, verify_event
+from core.x509build import X509_PARSE_ERRORS
 from core.repository_schema import CRL_REASON_CODES, from_db_time, normalise_serial
 
-# The local revoke_x509 rules (EARLIEST_REVOCATION, MAX_CLOCK_SKEW of actors/revoker.py)
+# The local revoke_x509 rules (EARLIEST_REVOCATION, MAX_CLOCK_SKEW of core/crl.py)
 # apply to the peer's revocations too, so a revocation either signer accepts, the other
 # accepts as well.
 # A CRL number is nanoseconds since 1970 (core/crl.py); a peer's floor may run ahead of this
@@ -92,7 +92,7 @@ class PeerValidator:
             check(self, body)
         except PeerEventRefused:
             raise
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError, IndexError, *X509_PARSE_ERRORS) as exc:
             what = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else f"{type(exc).__name__}: {exc}"
             raise PeerEventRefused(f"{kind}: {what}") from None
 

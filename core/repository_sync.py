@@ -36,6 +36,7 @@ from cryptography import x509
 from core import audit
 from core.peer_validation import PeerEventRefused, PeerValidator
 from core.protocol import pack, unpack
+from core.x509build import X509_PARSE_ERRORS
 from core.repository_schema import (CRL_REASON_CODES, RepositoryError, UnknownCertificate,
                                     from_db_time, normalise_serial, to_db_time)
 
@@ -293,7 +294,7 @@ def subject_of(der: bytes) -> str:
     does not parse (only for x509_issued events that predate the subject in the body)."""
     try:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except ValueError:
+    except X509_PARSE_ERRORS:
         return ""
 
 

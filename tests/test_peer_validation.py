@@ -181,6 +181,14 @@ def _subject_not_matching(a: Repository) -> dict:
     return wire(with_body(last_event(a), subject="CN=www.bank.example"))
 
 
+def _certificate_of_unknown_version(a: Repository) -> dict:
+    issue(a, 0x506)
+    event = last_event(a)
+    version_v3 = b"\xa0\x03\x02\x01\x02"  # tbsCertificate's [0] EXPLICIT INTEGER 2
+    assert version_v3 in event["body"]["der"]
+    return wire(with_body(event, der=event["body"]["der"].replace(version_v3, b"\xa0\x03\x02\x01\x07", 1)))
+
+
 FORGERIES: list[tuple[str, Forger, str]] = [
     ("unsigned", _unsigned, "carries no signature"),
     ("signed by the wrong key", _wrong_key, "does not verify"),
@@ -193,6 +201,7 @@ FORGERIES: list[tuple[str, Forger, str]] = [
      "no certification by our OpenPGP CA"),
     ("request record not matching", _request_record_not_matching, "request record"),
     ("subject not matching", _subject_not_matching, "subject differs"),
+    ("certificate of an unknown X.509 version", _certificate_of_unknown_version, "InvalidVersion"),
 ]
 
 
