@@ -20,10 +20,13 @@ import socket
 import sys
 from pathlib import Path
 
-from core.config import ConfigError, SignerConfig, load_config, read_pin
+from core.actor_transport_auth import remove_key_file
+from core.config import ConfigError, SignerConfig, hold_pin, load_config
+from core.process_hardening import harden_process, remove_from_environment
 
 SYSTEM_BASE = "multiprocTCPBase"
 START_TIMEOUT_S = 90
+THESPIAN_LOG = "thespian.log"  # Thespian's own log, in the data folder (THESPLOG_FILE)
 SUPERVISOR_CHECK_S = 1.0
 EXIT_SUPERVISOR_DIED = 1  # a failure: the service manager restarts on it (Restart=on-failure)
 
@@ -32,11 +35,23 @@ class StartupError(Exception):
     """The signer cannot start; the message says why."""
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def log_handler(log_file: str | None) -> logging.Handler:
+    """A handler writing like the signer's log; the file is opened on the first record, by
+    the process that writes it (so one handler made before the forks serves them all)."""
+    handler = (logging.FileHandler(log_file, delay=True) if log_file
+               else logging.StreamHandler())
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    return handler
+
+
 def log_definitions(log_file: str | None) -> dict:
     handler = ({"class": "logging.FileHandler", "filename": log_file, "formatter": "plain"}
                if log_file else {"class": "logging.StreamHandler", "formatter": "plain"})
     return {"version": 1,
-            "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+            "formatters": {"plain": {"format": LOG_FORMAT}},
             "handlers": {"main": {**handler, "level": logging.INFO}},
             "root": {"handlers": ["main"], "level": logging.INFO},
             "disable_existing_loggers": False}
@@ -47,17 +62,61 @@ def port_in_use(port: int) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
+def data_folder(config: SignerConfig) -> Path:
+    """The repository's folder: the signer's own files (repository, logs, transport key)."""
+    return Path(config.repository.path).parent
+
+
+def own_files(config: SignerConfig) -> list[Path]:
+    """Files that hold subjects, e-mail addresses or the log: readable by the signer only."""
+    repository = config.repository.path
+    files = [Path(repository + suffix) for suffix in ("", "-wal", "-shm", "-journal")]
+    if config.actor_system.log_file:
+        files.append(Path(config.actor_system.log_file))
+    return files + [data_folder(config) / THESPIAN_LOG]
+
+
+def make_private(config: SignerConfig) -> None:
+    """Data folder 0700, its existing files 0600 (new ones are, by the umask): files left
+    0644 by an older signer would otherwise stay readable by every local user."""
+    for path, mode in [(data_folder(config), 0o700)] + [(f, 0o600) for f in own_files(config)]:
+        try:
+            if path.stat().st_mode & 0o077:
+                os.chmod(path, mode)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StartupError(f"cannot make {path} private to the signer's user "
+                               f"(chmod {mode:o}): {exc.strerror}") from None
+
+
 def preflight(config: SignerConfig) -> None:
-    """Checks that give a clear message before any process is forked."""
-    read_pin(config.hsm)  # ConfigError when neither the variable nor the file gives one
+    """Checks that give a clear message before any process is forked; holds the PIN in
+    memory (the actors inherit it) and takes it out of the environment."""
+    hold_pin(config.hsm)  # ConfigError when neither the variable nor the file gives one
+    if config.hsm.pin_env:
+        remove_from_environment(config.hsm.pin_env)
     if not os.path.exists(config.hsm.module):
         raise StartupError(f"hsm.module: PKCS#11 library {config.hsm.module} does not exist")
-    repo_dir = Path(config.repository.path).parent
+    repo_dir = data_folder(config)
     if not repo_dir.is_dir():
         raise StartupError(f"repository.path: folder {repo_dir} does not exist")
+    make_private(config)
     if port_in_use(config.actor_system.admin_port):
         raise StartupError(f"actor_system.admin_port: port {config.actor_system.admin_port} is "
                            "in use (is a signer already running?)")
+
+
+def prepare_thespian(config: SignerConfig, transport_key: bytes) -> None:
+    """Before this process creates or joins the actor system: loopback sockets, every frame
+    authenticated with the run's key, Thespian's own log in the data folder (not $TMPDIR)."""
+    from core.actor_transport_auth import install
+    from core.loopback import restrict_thespian_to_loopback
+
+    restrict_thespian_to_loopback()
+    install(transport_key, log_handler(config.actor_system.log_file))
+    # An explicit THESPLOG_FILE (an operator's or a test's choice) is kept.
+    os.environ.setdefault("THESPLOG_FILE", str(data_folder(config) / THESPIAN_LOG))
 
 
 class RunningSigner:
@@ -67,7 +126,7 @@ class RunningSigner:
         from thespian.actors import ActorSystem
 
         from actors.supervisor import SUPERVISOR_NAME, Supervisor
-        from core.loopback import restrict_thespian_to_loopback
+        from core.actor_transport_auth import key_file_path, new_key, write_key_file
         from messages import SignerStarted, StartSigner
         from core.owner_reaper import start_reaper, track_thespian_session
         from tools.ptyrelay import PtyRelay
@@ -77,10 +136,18 @@ class RunningSigner:
         track_thespian_session(self.reaper)
         if config.hsm.softhsm_conf:
             os.environ["SOFTHSM2_CONF"] = config.hsm.softhsm_conf
-        restrict_thespian_to_loopback()
+        # Made here, before anything is forked: the admin and the actors inherit it in memory.
+        self.transport_key = new_key()
+        self.key_path = key_file_path(data_folder(config))
+        prepare_thespian(config, self.transport_key)
+        write_key_file(self.key_path, self.transport_key)
         self.relay = None
-        self.asys = ActorSystem(SYSTEM_BASE, {"Admin Port": config.actor_system.admin_port},
-                                logDefs=log_definitions(config.actor_system.log_file))
+        try:
+            self.asys = ActorSystem(SYSTEM_BASE, {"Admin Port": config.actor_system.admin_port},
+                                    logDefs=log_definitions(config.actor_system.log_file))
+        except BaseException:
+            remove_key_file(self.key_path, self.transport_key)
+            raise
         try:
             if config.serial.mode == "dev-pty":
                 # Created after the actor system so its processes do not inherit the ptys.
@@ -111,6 +178,7 @@ class RunningSigner:
         if self.relay is not None:
             self.relay.stop()
             self.relay = None
+        remove_key_file(self.key_path, self.transport_key)
 
 
 class StopRequested(BaseException):
@@ -122,6 +190,7 @@ def raise_stop(signum: int, frame: object) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    harden_process()  # before the PIN is read: umask 077, no core dumps, not dumpable
     handlers = {s: signal.signal(s, raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         config = load_config(args.config)
@@ -166,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
 def dev_init(args: argparse.Namespace) -> int:
     from core.devca import DevCaOptions, initialise_dev_ca
 
+    os.umask(0o077)  # the token, its PINs, the config: the signer's user's only
     options = DevCaOptions(data_dir=Path(args.data).resolve(), admin_port=args.admin_port,
                            openpgp_key=args.openpgp_key)
     config_path = initialise_dev_ca(options, log=lambda line: print(f"dev-init: {line}", file=sys.stderr))

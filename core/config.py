@@ -297,6 +297,19 @@ def validate(config: SignerConfig) -> None:
         raise ConfigError("protocol.max_payload_bytes: expected at least 1024")
 
 
+# Set by hold_pin() in `signer run` before the actor system forks: the actors inherit it in
+# memory, so the PIN can leave the environment (docs/SECURITY.md, "Files, secrets").
+_held_pin: tuple[HsmConfig, str] | None = None
+
+
+def hold_pin(hsm: HsmConfig) -> str:
+    """Read the PIN once and keep it in this process (and every process forked from it)."""
+    global _held_pin
+    _held_pin = None
+    _held_pin = (hsm, read_pin(hsm))
+    return _held_pin[1]
+
+
 def _validate_event_keys(sync: SyncConfig, node_id: str) -> None:
     from core.event_signing import parse_public_key  # cryptography: only when sync is used
 
@@ -316,14 +329,24 @@ def _validate_event_keys(sync: SyncConfig, node_id: str) -> None:
 
 
 def read_pin(hsm: HsmConfig) -> str:
-    """The user PIN, from the environment variable or else the file. Never logged."""
+    """The held PIN, else the environment variable, else the file (refused when group or
+    others may read it). Never logged."""
+    if _held_pin is not None and _held_pin[0] == hsm:
+        return _held_pin[1]
     if hsm.pin_env and os.environ.get(hsm.pin_env):
         return os.environ[hsm.pin_env]
     if hsm.pin_env and hsm.pin_env in os.environ and not hsm.pin_file:
         raise ConfigError(f"hsm.pin_env: environment variable {hsm.pin_env} is empty")
     if hsm.pin_file:
         try:
-            return Path(hsm.pin_file).read_text().strip()
+            with open(hsm.pin_file) as handle:
+                mode = os.fstat(handle.fileno()).st_mode
+                if mode & 0o077:
+                    raise ConfigError(
+                        f"hsm.pin_file: {hsm.pin_file} is open to group or others (mode "
+                        f"{mode & 0o777:03o}); make it readable only by the signer's user: "
+                        f"chmod 600 {hsm.pin_file}")
+                return handle.read().strip()
         except OSError as exc:
             raise ConfigError(f"hsm.pin_file: cannot read {hsm.pin_file}: {exc.strerror}") from None
     raise ConfigError(f"hsm.pin_env: environment variable {hsm.pin_env} is not set")

@@ -133,7 +133,8 @@ def initialise_dev_ca(options: DevCaOptions, log: Callable[[str], None] = lambda
     data = options.data_dir
     ca_dir, secrets_dir = data / "ca", data / "secrets"
     for folder in (data, ca_dir):
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(data, 0o700)  # also when it existed: the token and the PINs are under it
     softhsm_conf = data / "softhsm2.conf"
     user_pin = _secret(secrets_dir / "hsm-user-pin")
     so_pin = _secret(secrets_dir / "hsm-so-pin")

@@ -132,7 +132,7 @@ def _run_gpg(gpg: str, binary: bytes, timeout: float) -> tuple[int, bytes, str]:
         try:
             result = subprocess.run(
                 command, input=binary, capture_output=True, timeout=timeout,
-                env={**os.environ, "LC_ALL": "C", "LANGUAGE": "C"}, check=False,
+                env={"PATH": os.environ.get("PATH", os.defpath), "LC_ALL": "C", "LANGUAGE": "C"}, check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise GpgUnavailable(f"gpg did not check the key within {timeout} s") from None

@@ -79,6 +79,7 @@ def test_not_yaml_and_missing_file(tmp_path):
 def test_pin_from_env_then_file(tmp_path, base, monkeypatch):
     pin_file = tmp_path / "pin"
     pin_file.write_text("from-file\n")
+    pin_file.chmod(0o600)  # a PIN file others may read is refused
     base["hsm"]["pin_file"] = str(pin_file)
     config = load_config(write(tmp_path, base))
     monkeypatch.delenv("SIGNER_HSM_PIN", raising=False)
