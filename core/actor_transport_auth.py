@@ -112,6 +112,12 @@ def _within(module: str, packages: tuple[str, ...]) -> bool:
 def class_allowed(module: str, name: str) -> bool:
     if (module, name) in ALLOWED_NAMES:
         return True
+    if module == "socket":
+        # Python 3.11.0-3.11.4 (Debian 12 ships 3.11.2) pickle a global enum member by its
+        # name (`socket.AF_INET`), later ones by class and value: allow the members only.
+        import socket
+
+        return isinstance(getattr(socket, name, None), (socket.AddressFamily, socket.SocketKind))
     own = _within(module, OWN_CLASS_MODULES)
     thespian = (_within(module, ("thespian",)) and not _within(module, THESPIAN_REFUSED_MODULES)
                 and name not in THESPIAN_REFUSED_NAMES)

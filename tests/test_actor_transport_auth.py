@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from core.actor_transport_auth import (KEY_FILE_NAME, AuthenticatedSerializer, FrameRefused,
+from core.actor_transport_auth import (restricted_loads, KEY_FILE_NAME, AuthenticatedSerializer, FrameRefused,
                                        new_key, read_key_file, seal, unseal)
 from core.config import ConfigError, HsmConfig, read_pin
 from messages.hsm import HsmSignRequest
@@ -94,6 +94,15 @@ def test_thespian_messages_and_addresses_pass_the_restricted_unpickler():
     address = ActorAddress(TCPv4ActorAddress("127.0.0.1", 40000, external=False))
     sender, message = serializer.loads(serializer.dumps((address, ActorExitRequest())))
     assert sender == address and isinstance(message, ActorExitRequest)
+
+
+def test_socket_enum_members_pickled_by_name_pass_and_other_socket_names_do_not():
+    # Python 3.11.2 (Debian 12) pickles socket.AF_INET as the global `socket AF_INET`.
+    assert restricted_loads(b"csocket\nAF_INET\n.") is socket.AF_INET
+    assert restricted_loads(b"csocket\nSOCK_STREAM\n.") is socket.SOCK_STREAM
+    for name in ("socket", "create_connection", "SOMAXCONN"):
+        with pytest.raises(FrameRefused):
+            restricted_loads(f"csocket\n{name}\n.".encode())
 
 
 def test_a_readable_pin_file_is_refused_naming_the_file_and_the_fix(tmp_path):
