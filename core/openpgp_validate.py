@@ -239,9 +239,11 @@ def validate_public_key(
         version = _unsupported_key_version(binary)
         if version in (2, 3):
             raise UnsupportedKey("v3 (PGP 2.x) keys are not supported: MD5 fingerprints (RFC 4880 5.5.2)")
-        if version is not None:
+        if version in (5, 6):  # v6: RFC 9580; v5: the LibrePGP draft. Real, just not ours.
             raise UnsupportedKey(f"v{version} keys are not supported (RFC 9580 v6 keys: gpg 2.2 cannot read "
                                  f"them); only v4 keys are certified")
+        # Any other version byte is no OpenPGP key at all (random bytes often parse as a
+        # packet header): malformed, below.
         raise MalformedPacket(f"gpg found no public key in the input{notes}")
     if status != 0:
         raise MalformedPacket(f"gpg could not read the key (exit status {status}){notes}")

@@ -108,6 +108,15 @@ def test_a_v6_key_is_an_unsupported_key(as_text):
     assert raised.value.code == "openpgp_unsupported_key" and "v6" in str(raised.value)
 
 
+def test_a_key_packet_of_no_openpgp_version_is_malformed_not_unsupported():
+    # Random bytes often parse as a public-key packet (0x99 header) with a nonsense
+    # version byte: that is no key at all (seen as a flaky e2e "garbage" case).
+    packet = b"\x99\x00\x05" + bytes([202]) + b"\x00" * 4
+    with pytest.raises(Exception) as raised:
+        validate_public_key(packet)
+    assert raised.value.code == "openpgp_malformed"
+
+
 # --- the wildcard lint is narrowed, not switched off -------------------------------------------
 
 @pytest.fixture(scope="module")
