@@ -129,7 +129,7 @@ class RunningSigner:
         from core.actor_transport_auth import key_file_path, new_key, write_key_file
         from messages import SignerStarted, StartSigner
         from core.owner_reaper import start_reaper, track_thespian_session
-        from tools.ptyrelay import PtyRelay
+        from core.ptyrelay import PtyRelay
 
         # Before the actor system exists: its admin announces its session to the reaper.
         self.reaper = start_reaper(config.actor_system.log_file)

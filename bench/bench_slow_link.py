@@ -1,5 +1,5 @@
 """Slow-link benchmark (hardening item 5): the signer behind a serial line paced like a
-UART (tools.ptyrelay.PtyRelay(baud=...), 10 bit times per byte, each direction its own
+UART (core.ptyrelay.PtyRelay(baud=...), 10 bit times per byte, each direction its own
 clock). One run:
 
   1. pacing check: push --pace-bytes one way through a paced relay (then both ways at
@@ -40,7 +40,7 @@ from core.repository import Repository  # noqa: E402
 from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client import SignerClient, SignerTimeout  # noqa: E402
 from tools.crl_fetch import fetch_crl_into  # noqa: E402
-from tools.ptyrelay import PtyRelay  # noqa: E402
+from core.ptyrelay import PtyRelay  # noqa: E402
 
 CRL_ISSUER = "class3"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

@@ -10,7 +10,7 @@ from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
 from actors.serial_link import DRAIN, REOPEN, SerialLink
 from messages import SerialBytesReceived, SerialBytesToSend
 from tests.actor_harness import ActorHarness
-from tools.ptyrelay import PtyRelay
+from core.ptyrelay import PtyRelay
 
 
 @pytest.fixture

@@ -161,7 +161,7 @@ def test_crashed_handler_is_restarted_and_seen_in_status(signer, client):
 
 
 def test_signer_client_times_out_clearly_without_a_signer(tmp_path):
-    from tools.ptyrelay import PtyRelay
+    from core.ptyrelay import PtyRelay
     relay = PtyRelay().start()  # a line with nobody on the other end
     try:
         result = run_tool("signer-client", "--port", relay.path_b, "--timeout", "1", "health")

@@ -27,7 +27,7 @@ from core.framing import (DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameError, encode_
 from core.protocol import ERROR_CODES, encode_request
 from tests.helpers import SignerProcess, signer_config
 from tools.client import SignerClient, SignerTimeout
-from tools.ptyrelay import PtyRelay
+from core.ptyrelay import PtyRelay
 
 pytestmark = pytest.mark.e2e
 

@@ -7,7 +7,7 @@ closes its end never makes the masters report EIO (which would end the link); it
 reconnect at any time. With a baud rate, the relay paces bytes like a real line (10 bit
 times per byte for 8N1), which is what the slow-link benchmark uses.
 
-Run standalone: `python -m tools.ptyrelay [--baud 115200] [--link-a PATH] [--link-b PATH]`.
+Run standalone: `python -m core.ptyrelay [--baud 115200] [--link-a PATH] [--link-b PATH]`.
 """
 from __future__ import annotations
 
