@@ -7,7 +7,10 @@ operation that appended audit entries it sends the new head to the Hsm actor
 (HsmSealRequest), at most one seal in flight; the next seal covers everything committed
 meanwhile. Before each seal it checks that the log still extends the last seal, so it never
 seals a log rewritten under it. The head goes back with the reply (RepoReply.audit_head),
-so the handler puts it in the client's answer."""
+so the handler puts it in the client's answer.
+
+When an operation appended events, it tells Sync (EventsCommitted), which publishes them at
+once: replication is pushed on commit, not found by polling."""
 from __future__ import annotations
 
 import threading
@@ -24,6 +27,7 @@ from core.peer_validation import PeerValidator
 from core.repository import Repository as RepositoryStore, RepositoryError, quick_check_file
 from messages import HsmSealReply, HsmSealRequest, RepoHealthReply, RepoHealthRequest
 from messages.repository import RepoReply, RepoRequest
+from messages.sync import EventsCommitted
 
 # PRAGMA quick_check reads every page (seconds at 1M certificates) and blocks this actor
 # meanwhile, so a health poll reuses a recent result instead of running it every time.
@@ -46,6 +50,7 @@ class Repository(SignerActor):
         self.checker: threading.Thread | None = None
         self.operations: dict[str, int] = {}
         self.sealed = self.store.last_audit_seal()  # {"seq", "hash"} of the newest seal
+        self.events_told = 0  # the newest event seq Sync was told of (EventsCommitted)
         self.sealing: tuple[int, int] | None = None  # (tag, seq) of the seal in flight
         self.seal_error: str | None = None
         self.seal_after_change()  # entries a previous run left unsealed
@@ -99,6 +104,15 @@ class Repository(SignerActor):
                                     audit_head=self.head_of(after) if changed else None))
         if changed:
             self.seal_after_change(after)
+        self.tell_sync_of_new_events()
+
+    def tell_sync_of_new_events(self) -> None:
+        if "sync" not in self.addresses:
+            return
+        last_seq = self.store.last_event_seq()
+        if last_seq > self.events_told:
+            self.events_told = last_seq
+            self.send(self.peer("sync"), EventsCommitted(last_seq))
 
     # -- audit seals ------------------------------------------------------------------
     def head_of(self, head: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from core.event_signing import load_or_create_signing_key, sign_event
 from core.nats_auth import read_password
 from core.sync_bridge import NatsBridge
 from messages.repository import ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
-from messages.sync import QuarantineCount, SyncStatusReply, SyncStatusRequest
+from messages.sync import EventsCommitted, QuarantineCount, SyncStatusReply, SyncStatusRequest
 
 LAST_PUBLISHED = "last_published_seq"
 LAST_APPLIED = "last_applied_peer_seq"
@@ -88,6 +88,13 @@ class Sync(SignerActor):
             self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")  # retry
         self.check_outbox()
         self.wakeupAfter(self.sync.publish_interval_s)
+        return self.after_message()
+
+    def receiveMsg_EventsCommitted(self, message: EventsCommitted, sender: Any) -> Any:
+        # Pushed by the Repository after each commit that appended events. A publish in
+        # progress re-reads the outbox when JetStream acked it, so nothing waits for a tick.
+        self.last_event_seq = max(self.last_event_seq, message.last_seq)
+        self.check_outbox()
         return self.after_message()
 
     def check_outbox(self) -> None:

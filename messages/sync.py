@@ -7,6 +7,13 @@ from typing import Any, ClassVar
 from messages.repository import RepoRequest
 
 
+@dataclass(frozen=True)
+class EventsCommitted:
+    """Repository -> Sync: the event log grew to `last_seq`. Sync publishes at once instead
+    of waiting for its next outbox tick, so replication lag is bounded by the work."""
+    last_seq: int
+
+
 @dataclass
 class SyncStatusRequest:
     tag: int

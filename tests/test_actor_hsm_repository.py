@@ -81,3 +81,22 @@ def test_repository_actor_health(tmp_path):
     (_, reply), = h.take(RepoHealthReply)
     assert reply.health["quick_check"] == "ok" and reply.health["quick_check_age_s"] >= 0
     h.actor.shutdown()
+
+
+def test_repository_actor_pushes_new_events_to_sync_after_the_commit(tmp_path):
+    from datetime import datetime, timedelta, timezone
+
+    from messages.repository import GetSyncState, RepoReply, StoreCrl
+    from messages.sync import EventsCommitted
+
+    config = SimpleNamespace(node_id="n1", repository=SimpleNamespace(path=str(tmp_path / "r.sqlite")), sync=None)
+    h = ActorHarness(Repository, config, {"sync": "SYNC"})
+    now = datetime.now(timezone.utc).replace(microsecond=0)
+    h.deliver(StoreCrl(1, "root", 1, b"CRL", now, now + timedelta(days=7), "digest", 10), "crl_issuer")
+    assert [reply.error for _, reply in h.take(RepoReply)] == [None]
+    (address, told), = h.take(EventsCommitted)
+    assert address == "SYNC" and told.last_seq == 1
+    h.deliver(GetSyncState(2, "last_published_seq"), "sync")  # reads append nothing: no push
+    h.take(RepoReply)
+    assert h.take(EventsCommitted) == []
+    h.actor.shutdown()

@@ -180,7 +180,11 @@ def test_outage_conflicts_and_kill_9_still_converge(pair, csr):
     with a.client() as client:
         shared = issue(client, csr)
     converge(a, b)
-    b.nats.stop()  # B's server is away: B keeps signing; A cannot read B's stream
+    # Both servers away (the cable's far ends): each keeps signing and neither can read the
+    # other's stream, so the revocations below really conflict. (With only B's server away,
+    # B would read A's revocation, pushed at commit, before its own and answer it.)
+    a.nats.stop()
+    b.nats.stop()
     t0 = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(hours=2)
     with a.client() as ca, b.client() as cb:
         serials_a = [issue(ca, csr) for _ in range(5)]
@@ -194,6 +198,7 @@ def test_outage_conflicts_and_kill_9_still_converge(pair, csr):
     assert b.sync_status()["unpublished_events"] > 0
     wait_until(lambda: a.sync_status()["peer_connected"] is False, timeout=20)  # A sees B's server away
     time.sleep(20)  # long enough for many failed reconnects on both sides
+    a.nats.start()
     b.nats.start()
     converge(a, b, timeout=90)
     for node in (a, b):
