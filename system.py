@@ -243,6 +243,12 @@ def dev_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def ceremony(args: argparse.Namespace) -> int:
+    from core.ceremony import command
+
+    return command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="signer", description="The CAcert signer")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,8 +259,13 @@ def main(argv: list[str] | None = None) -> int:
                         choices=["rsa-4096", "ecdsa-p256", "ecdsa-p384"])
     p_run = sub.add_parser("run", help="run the signer in the foreground")
     p_run.add_argument("--config", required=True)
+    p_ceremony = sub.add_parser("ceremony", help="run key ceremony steps on the HSM "
+                                "(docs/operations.md, Key ceremony)")
+    p_ceremony.add_argument("--config", required=True, help="the ceremony file (YAML)")
+    p_ceremony.add_argument("steps", nargs="+", metavar="STEP",
+                            help="names of the steps to run, in order; 'all' runs every step")
     args = parser.parse_args(argv)
-    return {"dev-init": dev_init, "run": run}[args.command](args)
+    return {"dev-init": dev_init, "run": run, "ceremony": ceremony}[args.command](args)
 
 
 if __name__ == "__main__":

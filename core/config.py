@@ -338,18 +338,24 @@ def read_pin(hsm: HsmConfig) -> str:
     if hsm.pin_env and hsm.pin_env in os.environ and not hsm.pin_file:
         raise ConfigError(f"hsm.pin_env: environment variable {hsm.pin_env} is empty")
     if hsm.pin_file:
-        try:
-            with open(hsm.pin_file) as handle:
-                mode = os.fstat(handle.fileno()).st_mode
-                if mode & 0o077:
-                    raise ConfigError(
-                        f"hsm.pin_file: {hsm.pin_file} is open to group or others (mode "
-                        f"{mode & 0o777:03o}); make it readable only by the signer's user: "
-                        f"chmod 600 {hsm.pin_file}")
-                return handle.read().strip()
-        except OSError as exc:
-            raise ConfigError(f"hsm.pin_file: cannot read {hsm.pin_file}: {exc.strerror}") from None
+        return read_private_file(hsm.pin_file, "hsm.pin_file").strip()
     raise ConfigError(f"hsm.pin_env: environment variable {hsm.pin_env} is not set")
+
+
+def read_private_file(path: str, key: str) -> str:
+    """A secret file's text; ConfigError (naming `key`) when group or others may access it
+    or it cannot be read. Never logged."""
+    try:
+        with open(path) as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            if mode & 0o077:
+                raise ConfigError(
+                    f"{key}: {path} is open to group or others (mode "
+                    f"{mode & 0o777:03o}); make it readable only by the signer's user: "
+                    f"chmod 600 {path}")
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
 
 
 def _join(where: str, name: str) -> str:

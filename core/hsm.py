@@ -494,10 +494,49 @@ class HsmSession:
             assert self._session is not None
             # Checked inside the retried operation, so a retry after a half-finished
             # attempt refuses instead of creating a second key with the same label.
-            if self._find([(PyKCS11.CKA_LABEL, label)]):
-                raise HsmError(f"a key labelled {label!r} already exists "
-                               f"on token {self.token_label!r}")
+            self._refuse_existing_label(label)
             self._session.generateKeyPair(public_template, private_template, mechanism)
 
         self._call(f"generate {label!r}", generate)
         return self.public_key(label)
+
+    def import_key_pair(self, label: str, key_type: int,
+                        public_attributes: list[tuple[int, Any]],
+                        private_material: list[tuple[int, Any]]) -> PublicKey:
+        """Store an existing key pair on the token with the same templates as a generated
+        one (private half sensitive, not extractable, sign only); `public_attributes` are
+        CKA_KEY_TYPE and the public values, `private_material` the private values."""
+        public_template, private_template = key_pair_templates(
+            label, hashlib.sha1(label.encode()).digest(), key_type, public_attributes)
+        private_template = private_template + private_material
+
+        def store() -> None:
+            assert self._session is not None
+            self._refuse_existing_label(label)
+            self._session.createObject(public_template)
+            self._session.createObject(private_template)
+
+        self._call(f"import {label!r}", store)
+        return self.public_key(label)
+
+    def _refuse_existing_label(self, label: str) -> None:
+        if self._find([(PyKCS11.CKA_LABEL, label)]):
+            raise HsmError(f"a key labelled {label!r} already exists "
+                           f"on token {self.token_label!r}")
+
+    # The attributes that make a CA key "sign only, never leaves the token".
+    KEY_FLAGS = {"sensitive": PyKCS11.CKA_SENSITIVE, "extractable": PyKCS11.CKA_EXTRACTABLE,
+                 "sign": PyKCS11.CKA_SIGN, "decrypt": PyKCS11.CKA_DECRYPT,
+                 "unwrap": PyKCS11.CKA_UNWRAP, "derive": PyKCS11.CKA_DERIVE,
+                 "always_sensitive": PyKCS11.CKA_ALWAYS_SENSITIVE,
+                 "never_extractable": PyKCS11.CKA_NEVER_EXTRACTABLE,
+                 "local": PyKCS11.CKA_LOCAL}
+
+    def key_flags(self, label: str) -> dict[str, bool]:
+        """The private key's KEY_FLAGS as read from the token (local: generated there)."""
+        def read() -> dict[str, bool]:
+            assert self._session is not None
+            handle = self._handle(PyKCS11.CKO_PRIVATE_KEY, label)
+            values = self._session.getAttributeValue(handle, list(self.KEY_FLAGS.values()))
+            return {name: bool(value) for name, value in zip(self.KEY_FLAGS, values)}
+        return self._call(f"read attributes of {label!r}", read)
