@@ -1,9 +1,10 @@
 """X509Signer handler: `sign_x509`. The order of the checks and steps is the issuance flow
 in docs/ISSUANCE-CYCLE.md:
 
-  1. body fields, profile and issuer (typed errors name the field)
+  1. body fields, profile and issuer (one the profile names; typed errors name the field)
   2. request id known? same content -> the stored result; other content -> request_id_conflict
-  3. CSR parsed, its signature (proof of possession) and key policy checked
+  3. key request (a CSR, or an SPKAC: core/spkac.py) parsed, its signature (proof of
+     possession) and key policy checked
   4. subject and SANs from the web side's verified values, checked against the profile;
      the CSR's own subject and extensions are ignored: the profile is the only source of
      extensions
@@ -22,6 +23,7 @@ from actors.handler import HandlerActor, Job
 from core.issuers import load_issuers, utc_now
 from core.profiles import check_issuers, load_profiles
 from core.protocol import SignerError, check_count, field
+from core.spkac import check_spkac
 from core.x509build import (PkixLinter, assemble_certificate, build_sans, build_subject,
                             build_tbs_certificate, check_csr, key_info_of, new_serial,
                             validity_window, verify_issued)
@@ -48,7 +50,7 @@ def parse_pairs(value: Any, name: str) -> list[tuple[str, str]]:
 
 class X509Signer(HandlerActor):
     actor_name = "x509_signer"
-    body_fields = frozenset({"issuer", "profile", "csr", "subject", "sans", "hash", "days"})
+    body_fields = frozenset({"issuer", "profile", "csr", "spkac", "subject", "sans", "hash", "days"})
 
     def configure(self, config: Any) -> None:
         super().configure(config)
@@ -66,8 +68,9 @@ class X509Signer(HandlerActor):
         issuer_id = field(body, "issuer", str)
         if issuer_id not in self.issuers:
             raise SignerError("unknown_issuer", f"no issuer {issuer_id!r} (known: {sorted(self.issuers)})")
-        if profile.issuer != issuer_id:
-            raise SignerError("unknown_issuer", f"profile {profile_name!r} is issued by {profile.issuer!r}, not {issuer_id!r}")
+        if issuer_id not in profile.issuers:
+            raise SignerError("unknown_issuer", f"profile {profile_name!r} is not issued by {issuer_id!r} "
+                                                f"(its issuers: {list(profile.issuers)})")
         subject = field(body, "subject", (dict, list), required=False, default={})
         sans = field(body, "sans", list, required=False, default=[])
         # Counted before anything whose cost grows with them (parsing, the request digest,
@@ -75,8 +78,11 @@ class X509Signer(HandlerActor):
         check_count("subject", subject, profile.max_subject_attributes,
                     f"max_subject_attributes of profile {profile.name!r}")
         check_count("sans", sans, profile.max_sans, f"max_sans of profile {profile.name!r}")
+        if (body.get("csr") is None) == (body.get("spkac") is None):
+            raise SignerError("bad_request", "give exactly one of the fields 'csr' and 'spkac'")
         job.state.update(profile=profile, issuer=self.issuers[issuer_id],
-                         csr_der=field(body, "csr", bytes),
+                         csr_der=field(body, "csr", bytes, required=False),
+                         spkac=field(body, "spkac", str, required=False),
                          subject=parse_pairs(subject, "subject"), sans=parse_pairs(sans, "sans"),
                          hash=field(body, "hash", str, required=False, default="sha256"),
                          days=field(body, "days", int, required=False))
@@ -91,13 +97,17 @@ class X509Signer(HandlerActor):
     def build(self, job: Job) -> None:
         state = job.state
         profile, issuer = state["profile"], state["issuer"]
-        csr = check_csr(state["csr_der"], profile)
+        if state["spkac"] is not None:
+            subject_key = check_spkac(state["spkac"], profile)
+        else:
+            subject_key = check_csr(state["csr_der"], profile).public_key()
         subject = build_subject(state["subject"], profile)
         sans = build_sans(state["sans"], profile)
         not_before, not_after = validity_window(profile, utc_now(), state["days"])
         serial = new_serial()
-        prepared = build_tbs_certificate(profile, issuer.certificate, self.key_infos[issuer.id], csr,
-                                         subject, sans, serial, not_before, not_after, state["hash"])
+        prepared = build_tbs_certificate(profile, issuer.id, issuer.certificate, self.key_infos[issuer.id],
+                                         subject_key, subject, sans, serial, not_before, not_after,
+                                         state["hash"])
         if self.linter is not None:
             self.linter.check(prepared.throwaway_certificate.public_bytes(Encoding.DER))
         state.update(prepared=prepared, serial_hex=format(serial, "x"), subject_text=subject.rfc4514_string(),

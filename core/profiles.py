@@ -9,7 +9,13 @@ profile ``server`` finds exactly one file to read. Files whose name starts with 
 A profile file (every key below is known; any other key is an error)::
 
     name: server                      # equals the file name
-    issuer: root                      # id of the issuing CA key, [a-z0-9_-]+
+    issuers:                          # every CA that may issue it, [a-z0-9_-]+ ids
+      root:
+        crl_distribution_point: http://crl.cacert.org/revoke.crl
+        ocsp_url: http://ocsp.cacert.org
+      class3:
+        crl_distribution_point: http://crl.cacert.org/class3-revoke.crl
+        ocsp_url: http://ocsp.cacert.org
     allowed_subject_attributes: [commonName]
     allowed_san_types: [dns]          # subset of dns, email, xmpp; may be empty
     max_validity_days: 730
@@ -27,9 +33,12 @@ A profile file (every key below is known; any other key is an error)::
       extended_key_usage_critical: false
       certificate_policies:
         - {oid: 1.3.6.1.4.1.18506.4.4, cps: "http://www.cacert.org/cps.php"}
-      crl_distribution_point: http://crl.cacert.org/root.crl
-      ocsp_url: http://ocsp.cacert.org
       ocsp_no_check: false            # id-pkix-ocsp-nocheck, for OCSP responder certificates
+
+The old form, one issuer per file (``issuer: root`` with ``crl_distribution_point`` and
+``ocsp_url`` under ``extensions``), is still read, as ``issuers`` with that one entry: in
+CAcert every profile exists under each root, and one file per (profile, issuer) pair made
+the copies drift apart. Mixing the two forms is an error that says what to move.
 
 Subject and authority key identifiers are always added and not configurable. The key usage
 list is what the profile permits; a certificate gets the subset its key can do
@@ -112,15 +121,20 @@ class ExtensionsProfile:
     extended_key_usage: tuple[str, ...]          # dotted OIDs, in profile order
     extended_key_usage_critical: bool
     certificate_policies: tuple[PolicyInformation, ...]
+    ocsp_no_check: bool
+
+
+@dataclass(frozen=True)
+class IssuerUrls:
+    """What a profile's certificates say about one issuer: where its CRL and OCSP are."""
     crl_distribution_point: str | None
     ocsp_url: str | None
-    ocsp_no_check: bool
 
 
 @dataclass(frozen=True)
 class Profile:
     name: str
-    issuer: str
+    issuers: dict[str, IssuerUrls]    # issuer id -> its URLs, in the order written
     allowed_subject_attributes: frozenset[str]
     allowed_san_types: frozenset[str]
     max_validity_days: int
@@ -130,6 +144,11 @@ class Profile:
     extensions: ExtensionsProfile
     max_sans: int = DEFAULT_MAX_SANS
     max_subject_attributes: int = DEFAULT_MAX_SUBJECT_ATTRIBUTES
+
+    def urls_for(self, issuer_id: str) -> IssuerUrls:
+        """The URLs of an issuer the profile names; KeyError for any other (a caller must
+        have refused that issuer before building anything)."""
+        return self.issuers[issuer_id]
 
 
 _REQUIRED = object()
@@ -191,6 +210,11 @@ class _Mapping:
         if value is not None and not _is_http_url(value):
             self.fail(key, f"not an http(s) URL: {value!r}")
         return value
+
+    def items(self) -> list[tuple[Any, Any]]:
+        """Every entry, as written (a mapping whose keys are data, not field names)."""
+        self._read.update(self._value)
+        return list(self._value.items())
 
     def finish(self) -> None:
         unknown = sorted(str(k) for k in self._value if k not in self._read)
@@ -265,6 +289,39 @@ def _read_policies(extensions: _Mapping) -> tuple[PolicyInformation, ...]:
     return tuple(policies)
 
 
+def _read_issuer_urls(entry: _Mapping) -> IssuerUrls:
+    return IssuerUrls(entry.url("crl_distribution_point"), entry.url("ocsp_url"))
+
+
+def _read_issuers(top: _Mapping, extensions: _Mapping) -> dict[str, IssuerUrls]:
+    """`issuers`, or the old one-issuer form (`issuer` plus the URLs under `extensions`)."""
+    old_issuer = top.get("issuer", str, None)
+    if old_issuer is not None:
+        if top.get("issuers", dict, None) is not None:
+            top.fail("issuer", "give either issuers (one entry per issuer) or the old issuer, not both: "
+                               f"move issuer {old_issuer!r} into issuers")
+        if not _ISSUER_ID.fullmatch(old_issuer):
+            top.fail("issuer", f"must match [a-z0-9_-]+, got {old_issuer!r}")
+        # Read from `extensions`, which _read_extensions finishes (refusing unknown keys).
+        return {old_issuer: _read_issuer_urls(extensions)}
+    for key in ("crl_distribution_point", "ocsp_url"):
+        if extensions.get(key, object, None) is not None:
+            extensions.fail(key, f"with issuers, write it per issuer as issuers.<id>.{key}")
+    issuers = top.mapping("issuers")
+    entries = issuers.items()
+    if not entries:
+        issuers.fail_here("must name at least one issuer")
+    result = {}
+    for issuer_id, entry in entries:
+        if not (isinstance(issuer_id, str) and _ISSUER_ID.fullmatch(issuer_id)):
+            issuers.fail(str(issuer_id), f"must match [a-z0-9_-]+, got {issuer_id!r}")
+        # `root:` with nothing after it (null) is an issuer without either URL, like `root: {}`.
+        urls = _Mapping(issuers.profile, issuers.field_path(issuer_id), {} if entry is None else entry)
+        result[issuer_id] = _read_issuer_urls(urls)
+        urls.finish()
+    return result
+
+
 def _read_extensions(extensions: _Mapping) -> ExtensionsProfile:
     constraints = extensions.mapping("basic_constraints", {})
     if constraints.get("ca", bool, False):
@@ -275,8 +332,6 @@ def _read_extensions(extensions: _Mapping) -> ExtensionsProfile:
         extended_key_usage=_read_extended_key_usage(extensions),
         extended_key_usage_critical=extensions.get("extended_key_usage_critical", bool, False),
         certificate_policies=_read_policies(extensions),
-        crl_distribution_point=extensions.url("crl_distribution_point"),
-        ocsp_url=extensions.url("ocsp_url"),
         ocsp_no_check=extensions.get("ocsp_no_check", bool, False),
     )
     # RFC 3161 2.3: a time-stamping certificate's extended key usage must be critical.
@@ -293,9 +348,8 @@ def parse_profile(file_name: str, document: Any) -> Profile:
     name = top.get("name", str)
     if name != file_name:
         top.fail("name", f"must equal the file name {file_name!r}, got {name!r}")
-    issuer = top.get("issuer", str)
-    if not _ISSUER_ID.fullmatch(issuer):
-        top.fail("issuer", f"must match [a-z0-9_-]+, got {issuer!r}")
+    extensions_document = top.mapping("extensions")
+    issuers = _read_issuers(top, extensions_document)
     attributes = top.names("allowed_subject_attributes", SUBJECT_ATTRIBUTE_NAMES,
                            "subject attribute")
     san_types = top.names("allowed_san_types", SAN_TYPES, "SAN type")
@@ -317,9 +371,9 @@ def parse_profile(file_name: str, document: Any) -> Profile:
     hashes = top.names("allowed_hashes", HASH_NAMES, "hash")
     if not hashes:
         top.fail("allowed_hashes", "must name at least one hash")
-    extensions = _read_extensions(top.mapping("extensions"))
+    extensions = _read_extensions(extensions_document)
     top.finish()
-    return Profile(name, issuer, frozenset(attributes), frozenset(san_types), max_days,
+    return Profile(name, issuers, frozenset(attributes), frozenset(san_types), max_days,
                    default_days, key_policy, hashes, extensions, **limits)
 
 
@@ -341,25 +395,32 @@ def load_profiles(folder: str | Path) -> dict[str, Profile]:
 
 
 def check_issuers(profiles: dict[str, Profile], issuer_ids: set[str]) -> dict[str, Profile]:
-    """Every profile names a configured issuer; returns the profiles unchanged."""
+    """Every issuer a profile names is configured; returns the profiles unchanged."""
     for profile in profiles.values():
-        if profile.issuer not in issuer_ids:
-            raise ProfileError(profile.name, "issuer",
-                               f"unknown issuer {profile.issuer!r} (configured: {sorted(issuer_ids)})")
+        for issuer_id in profile.issuers:
+            if issuer_id not in issuer_ids:
+                raise ProfileError(profile.name, _issuer_field(profile, issuer_id),
+                                   f"unknown issuer {issuer_id!r} (configured: {sorted(issuer_ids)})")
     return profiles
+
+
+def _issuer_field(profile: Profile, issuer_id: str, key: str | None = None) -> str:
+    """Where an issuer's entry is written, for error messages (both forms read the same)."""
+    return f"issuers.{issuer_id}" + (f".{key}" if key else "")
 
 
 def crl_urls_by_issuer(profiles: dict[str, Profile]) -> dict[str, str]:
     """The one CRL distribution point of each issuer. One CRL per issuer covers all its
-    profiles (docs/CRLS.md), so profiles of one issuer must agree on the URL: the CRL's
+    profiles (docs/CRLS.md), so profiles under one issuer must agree on the URL: the CRL's
     issuing distribution point has to match the certificates' distribution point."""
     urls: dict[str, tuple[str, str]] = {}
     for profile in sorted(profiles.values(), key=lambda p: p.name):
-        url = profile.extensions.crl_distribution_point
-        if url is None:
-            continue
-        seen = urls.setdefault(profile.issuer, (url, profile.name))
-        if seen[0] != url:
-            raise ProfileError(profile.name, "extensions.crl_distribution_point",
-                               f"{url!r} differs from {seen[0]!r} in profile {seen[1]!r} of the same issuer")
+        for issuer_id, issuer_urls in profile.issuers.items():
+            url = issuer_urls.crl_distribution_point
+            if url is None:
+                continue
+            seen = urls.setdefault(issuer_id, (url, profile.name))
+            if seen[0] != url:
+                raise ProfileError(profile.name, _issuer_field(profile, issuer_id, "crl_distribution_point"),
+                                   f"{url!r} differs from {seen[0]!r} in profile {seen[1]!r} of the same issuer")
     return {issuer: url for issuer, (url, _) in urls.items()}

@@ -202,17 +202,13 @@ def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     return parse_csr(csr_der(data))
 
 
-def _rsa_exponent(csr: x509.CertificateSigningRequest) -> int | None:
-    """The RSA public exponent read from the DER, for a key cryptography refuses to load;
-    None when the structure is not what an RSA key needs."""
+def _rsa_exponent(spki: bytes, offset: int = 0) -> int | None:
+    """The RSA public exponent read from the DER SubjectPublicKeyInfo at `offset` of `spki`,
+    for a key cryptography refuses to load; None when the structure is not an RSA key's."""
     try:
-        info = csr.tbs_certrequest_bytes
-        offset = der_read_tlv(info, 0)[0]
-        for _ in range(2):                                # version, subject
-            offset = der_read_tlv(info, offset)[1]
-        spki_start = der_read_tlv(info, offset)[0]
-        bits_start, bits_end = der_read_tlv(info, der_read_tlv(info, spki_start)[1])
-        key = info[bits_start + 1:bits_end]               # after the unused-bits octet
+        spki_start = der_read_tlv(spki, offset)[0]
+        bits_start, bits_end = der_read_tlv(spki, der_read_tlv(spki, spki_start)[1])
+        key = spki[bits_start + 1:bits_end]               # after the unused-bits octet
         n_end = der_read_tlv(key, der_read_tlv(key, 0)[0])[1]
         e_start, e_end = der_read_tlv(key, n_end)
         return int.from_bytes(key[e_start:e_end], "big", signed=True)
@@ -220,14 +216,43 @@ def _rsa_exponent(csr: x509.CertificateSigningRequest) -> int | None:
         return None
 
 
-def _csr_public_key(csr: x509.CertificateSigningRequest) -> Any:
+def _csr_spki_offset(csr: x509.CertificateSigningRequest) -> tuple[bytes, int]:
+    info = csr.tbs_certrequest_bytes
+    offset = der_read_tlv(info, 0)[0]
+    for _ in range(2):                                    # version, subject
+        offset = der_read_tlv(info, offset)[1]
+    return info, offset
+
+
+def request_public_key(load: Any, algorithm: ObjectIdentifier, spki: Any, what: str) -> Any:
+    """`load()`'s public key of a key request (a CSR or an SPKAC); a key cryptography cannot
+    read is MalformedCsr, unless it is an RSA key with an exponent below 3 (KeyTooWeak).
+    `spki()` gives (DER bytes, offset of the SubjectPublicKeyInfo in them)."""
     try:
-        return csr.public_key()
+        return load()
     except (ValueError, UnsupportedAlgorithm) as exc:
-        exponent = _rsa_exponent(csr) if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5 else None
+        exponent = _rsa_exponent(*spki()) if algorithm == PublicKeyAlgorithmOID.RSAES_PKCS1_v1_5 else None
         if exponent is not None and exponent < 3:
             raise KeyTooWeak(f"RSA public exponent {exponent} is not an odd number >= 3") from None
-        raise MalformedCsr(f"cannot read the CSR's public key: {exc}") from None
+        raise MalformedCsr(f"cannot read the {what}'s public key: {exc}") from None
+
+
+def check_key_algorithm(algorithm: ObjectIdentifier) -> None:
+    """cryptography reads an RSASSA-PSS key as plain RSA; the certificate would drop its
+    PSS-only restriction, so such keys are refused by their SPKI algorithm, as are DSA keys
+    and anything else that is neither RSA nor EC."""
+    if algorithm not in _PLAIN_KEY_ALGORITHMS:
+        raise KeyTypeNotAllowed(f"unsupported public key algorithm {algorithm._name} ({algorithm.dotted_string})")
+
+
+def check_proof_hash(algorithm: ObjectIdentifier, hash_name: str | None, what: str) -> None:
+    """A key request's own signature (its proof of possession) must use a hash that still
+    proves something: not MD5, not SHA-1, not one the signer does not know."""
+    name = _OLD_SIGNATURE_NAMES.get(algorithm.dotted_string, algorithm._name)
+    if hash_name not in _CSR_SIGNATURE_HASHES:
+        raise HashNotAllowed(f"the {what} is signed with {name} ({algorithm.dotted_string}): "
+                             f"{hash_name or 'an unknown hash'} is no proof of possession; sign the {what} "
+                             f"with SHA-256, SHA-384 or SHA-512")
 
 
 def check_csr(csr_der: bytes, profile: Profile) -> x509.CertificateSigningRequest:
@@ -235,13 +260,9 @@ def check_csr(csr_der: bytes, profile: Profile) -> x509.CertificateSigningReques
     profile's key policy: each refusal names what it refuses (a DSA key is refused as a key
     type whatever hash signed it)."""
     csr = parse_csr(csr_der)
-    # cryptography reads an RSASSA-PSS key as plain RSA; the certificate would drop its
-    # PSS-only restriction, so such keys are refused by their SPKI algorithm.
-    if csr.public_key_algorithm_oid not in _PLAIN_KEY_ALGORITHMS:
-        oid = csr.public_key_algorithm_oid
-        raise KeyTypeNotAllowed(f"unsupported public key algorithm {oid._name} ({oid.dotted_string})")
+    check_key_algorithm(csr.public_key_algorithm_oid)
     _check_csr_signature_hash(csr)
-    key = _csr_public_key(csr)
+    key = request_public_key(csr.public_key, csr.public_key_algorithm_oid, lambda: _csr_spki_offset(csr), "CSR")
     try:
         signature_valid = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -257,16 +278,11 @@ _OLD_SIGNATURE_NAMES = {"1.2.840.113549.1.1.2": "md2WithRSAEncryption", "1.2.840
 
 
 def _check_csr_signature_hash(csr: x509.CertificateSigningRequest) -> None:
-    oid = csr.signature_algorithm_oid
-    name = _OLD_SIGNATURE_NAMES.get(oid.dotted_string, oid._name)
     try:
         hash_name = csr.signature_hash_algorithm.name if csr.signature_hash_algorithm else None
     except UnsupportedAlgorithm:
         hash_name = None
-    if hash_name not in _CSR_SIGNATURE_HASHES:
-        raise HashNotAllowed(f"the CSR is signed with {name} ({oid.dotted_string}): "
-                             f"{hash_name or 'an unknown hash'} is no proof of possession; sign the CSR "
-                             f"with SHA-256, SHA-384 or SHA-512")
+    check_proof_hash(csr.signature_algorithm_oid, hash_name, "CSR")
 
 
 def check_public_key(key: Any, profile: Profile) -> None:
@@ -412,10 +428,11 @@ def key_usage_for(profile: Profile, subject_key: Any) -> x509.KeyUsage:
     return x509.KeyUsage(key_cert_sign=False, crl_sign=False, **flags)
 
 
-def profile_extensions(profile: Profile, subject_key: Any, issuer_cert: x509.Certificate
-                       ) -> list[tuple[x509.ExtensionType, bool]]:
-    """(extension, critical) pairs: exactly what the profile says, plus SKI and AKI."""
-    spec = profile.extensions
+def profile_extensions(profile: Profile, subject_key: Any, issuer_cert: x509.Certificate,
+                       issuer_id: str) -> list[tuple[x509.ExtensionType, bool]]:
+    """(extension, critical) pairs: exactly what the profile says for the issuer `issuer_id`
+    (one the profile names), plus SKI and AKI."""
+    spec, urls = profile.extensions, profile.urls_for(issuer_id)
     result: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=False, path_length=None), True),
         (key_usage_for(profile, subject_key), True),
@@ -428,14 +445,14 @@ def profile_extensions(profile: Profile, subject_key: Any, issuer_cert: x509.Cer
         result.append((x509.CertificatePolicies([
             x509.PolicyInformation(ObjectIdentifier(p.oid), [p.cps_url] if p.cps_url else None)
             for p in spec.certificate_policies]), False))
-    if spec.crl_distribution_point:
-        point = x509.DistributionPoint([x509.UniformResourceIdentifier(spec.crl_distribution_point)],
+    if urls.crl_distribution_point:
+        point = x509.DistributionPoint([x509.UniformResourceIdentifier(urls.crl_distribution_point)],
                                        None, None, None)
         result.append((x509.CRLDistributionPoints([point]), False))
-    if spec.ocsp_url:
+    if urls.ocsp_url:
         result.append((x509.AuthorityInformationAccess([x509.AccessDescription(
             x509.AuthorityInformationAccessOID.OCSP,
-            x509.UniformResourceIdentifier(spec.ocsp_url))]), False))
+            x509.UniformResourceIdentifier(urls.ocsp_url))]), False))
     if spec.ocsp_no_check:
         result.append((x509.OCSPNoCheck(), False))
     return result
@@ -457,17 +474,18 @@ def _check_validity(profile: Profile, issuer_cert: x509.Certificate,
         raise ValidityTooLong(f"the issuer expires {issuer_cert.not_valid_after_utc}, before {not_after}")
 
 
-def build_tbs_certificate(profile: Profile, issuer_cert: x509.Certificate,
-                          issuer_key_info: dict[str, Any], csr: x509.CertificateSigningRequest,
+def build_tbs_certificate(profile: Profile, issuer_id: str, issuer_cert: x509.Certificate,
+                          issuer_key_info: dict[str, Any], subject_key: Any,
                           subject: x509.Name, sans: list[x509.GeneralName], serial: int,
                           not_before: datetime.datetime, not_after: datetime.datetime,
                           hash_name: str) -> PreparedCertificate:
+    """`subject_key`: the public key of a checked key request (`check_csr(...).public_key()`
+    or `core.spkac.check_spkac`); `issuer_id`: an issuer the profile names."""
     if hash_name not in profile.allowed_hashes:
         raise HashNotAllowed(f"profile {profile.name!r} does not allow {hash_name!r}")
     not_before, not_after = as_utc(not_before), as_utc(not_after)
     _check_validity(profile, issuer_cert, not_before, not_after)
-    subject_key = csr.public_key()
-    check_public_key(subject_key, profile)   # the CSR may have been checked for another profile
+    check_public_key(subject_key, profile)   # the request may have been checked for another profile
     sans = _with_subject_email(subject, sans)
     if len(sans) > profile.max_sans:   # the subject's e-mail addresses count too
         raise LimitExceeded(f"the certificate would have {len(sans)} SANs; at most {profile.max_sans} are "
@@ -477,7 +495,7 @@ def build_tbs_certificate(profile: Profile, issuer_cert: x509.Certificate,
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer_cert.subject)
                .public_key(subject_key).serial_number(serial)
                .not_valid_before(not_before).not_valid_after(not_after))
-    extensions = profile_extensions(profile, subject_key, issuer_cert)
+    extensions = profile_extensions(profile, subject_key, issuer_cert, issuer_id)
     if sans:
         # RFC 5280 4.2.1.6: with an empty subject the SAN carries the identity: critical.
         extensions.append((x509.SubjectAlternativeName(sans), not subject))

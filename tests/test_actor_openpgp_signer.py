@@ -485,3 +485,26 @@ def test_armour_with_a_utf8_comment_header_is_certified(rsa_signer, cas):
         _, _, answer = certify(rsa_signer, cas["rsa"], {"key": key, "uids": [uid]})
         sigs = ca_signatures(cas["rsa"], answer["key"])
         assert list(sigs) == [uid] and sigs[uid][0][1] == "!"
+
+
+def test_name_only_and_comment_uids_are_certified_like_any_other(rsa_signer, cas):
+    """Issue 15.7: the web side keeps uids with a verified name and no address (and
+    `Name (comment) <email>`); the signer certifies every requested uid on the key, a key
+    whose only uid has no address too, and gpg --check-sigs verifies each."""
+    gpg = Gpg()
+    try:
+        name_only, commented = "Alice Example", "Alice Example (work) <alice@work.example>"
+        gpg("--quick-gen-key", name_only, "ed25519", "default", "never")
+        fpr = gpg.fingerprint(name_only)
+        only_name = gpg("--export", fpr)
+        gpg("--quick-add-uid", fpr, commented)
+        both = gpg("--export", fpr)
+    finally:
+        gpg.close()
+    for key, uids in ((only_name, [name_only]), (both, [name_only, commented])):
+        signer = ActorHarness(OpenPgpSigner, make_config(cas["rsa"]), PEERS)
+        _, store, answer = certify(signer, cas["rsa"], {"key": key, "uids": uids})
+        assert store.uids == answer["certified_uids"] == uids
+        sigs = ca_signatures(cas["rsa"], answer["key"])
+        assert sorted(sigs) == sorted(uids)
+        assert all(records[0][1] == "!" for records in sigs.values()), sigs

@@ -40,7 +40,7 @@ from tests.handler_playing import CLIENT, asked, assert_quiet, body_of, error_of
 PROFILES = Path(__file__).resolve().parents[1] / "config" / "profiles"
 PEERS = {"hsm": "HSM", "repository": "REPO"}
 MECHANISMS = {"root": "sha256-rsa-pkcs1", "class3": "sha256-ecdsa"}
-# The shipped server profiles: "server" is issued by root, "server-org" by class3.
+# Both shipped server profiles are issuable under both issuers; each issuer tries one.
 SERVER_PROFILE = {"root": "server", "class3": "server-org"}
 
 
@@ -248,7 +248,7 @@ REFUSALS = [
     ("xmpp_san_on_server", lambda c: {"sans": [["xmpp", "me@example.org"]]}, "san_type_not_allowed", "xmpp"),
     ("days_over_max", lambda c: {"days": 731}, "validity_too_long", "730"),
     ("unknown_profile", lambda c: {"profile": "nope"}, "unknown_profile", "nope"),
-    ("issuer_not_the_profiles", lambda c: {"issuer": "class3"}, "unknown_issuer", "class3"),
+    ("issuer_not_configured", lambda c: {"issuer": "class9"}, "unknown_issuer", "class9"),
     ("extensions_field", lambda c: {"extensions": {"basicConstraints": "CA:TRUE"}}, "bad_request", "extensions"),
     ("missing_csr", lambda c: {"csr": None}, "bad_request", "'csr'"),
 ]
@@ -407,7 +407,8 @@ def test_first_fetch_builds_signs_and_stores_a_full_crl(crls, cas, config, issue
     assert store.next_update - store.this_update == timedelta(days=7)
     assert (store.issuer, store.revocation_digest, store.keep) == (issuer, "d1", 10)
     idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint).value
-    assert idp.full_name[0].value == f"http://crl.cacert.org/{issuer}.crl"
+    assert idp.full_name[0].value == {"root": "http://crl.cacert.org/revoke.crl",
+                                      "class3": "http://crl.cacert.org/class3-revoke.crl"}[issuer]
 
     crls.deliver(RepoReply(store.tag, None), "REPO")
     answer = body_of(crls)

@@ -46,7 +46,7 @@ def test_crl_with_reasons_verifies_and_revokes(issuer_kind, issuers, csrs, tmp_p
                (67890, NOW - datetime.timedelta(days=3), None)]
     # The IDP must equal the certificates' CRL distribution point, or OpenSSL will not use it.
     crl_der = make_crl(issuer, revoked, number=42,
-                       idp_url=profile.extensions.crl_distribution_point)
+                       idp_url=profile.urls_for("root").crl_distribution_point)
 
     crl_path = write_pem(tmp_path / "crl.pem", crl_der)
     checked = openssl("crl", "-in", str(crl_path), "-noout", "-verify", "-CAfile", str(issuer.pem_path))

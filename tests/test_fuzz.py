@@ -425,13 +425,14 @@ x509_fields = {
     "hash": mostly(st.sampled_from(["sha256", "sha384", "sha512", "sha1", "md5", "SHA256"])),
     "days": mostly(st.integers(-5, 800), st.one_of(st.integers(-2**63, 2**64 - 1), values)),
 }
-PROFILE_ISSUER = {name: profile.issuer for name, profile in load_profiles(str(PROFILES)).items()}
+PROFILE_ISSUER = [(name, issuer) for name, profile in load_profiles(str(PROFILES)).items()
+                  for issuer in profile.issuers]
 
 
 def x509_bodies(csrs: list[bytes]):
     csr = mostly(st.sampled_from(csrs), st.one_of(
         st.binary(max_size=64), st.sampled_from(csrs).map(lambda d: d[: len(d) // 2]), values))
-    pair = st.sampled_from(sorted(PROFILE_ISSUER.items()))  # (profile, its issuer)
+    pair = st.sampled_from(sorted(PROFILE_ISSUER))  # (profile, one of its issuers)
     rest = st.fixed_dictionaries({k: x509_fields[k] for k in ("subject", "sans")},
                                  optional={k: x509_fields[k] for k in ("hash", "days")})
     near = st.builds(lambda p, csr, extra: {"profile": p[0], "issuer": p[1], "csr": csr, **extra},

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from core.profiles import EXTENDED_KEY_USAGE_OIDS as EKU
-from core.profiles import ProfileError, load_profiles, parse_profile
+from core.profiles import IssuerUrls, ProfileError, check_issuers, crl_urls_by_issuer, load_profiles, parse_profile
 
 PROFILE_DIR = Path(__file__).resolve().parents[1] / "config" / "profiles"
 SHIPPED = {"client", "client-org", "client-codesign", "server", "server-org", "server-jabber",
@@ -28,15 +28,17 @@ def raw(name: str) -> dict:
 
 def test_shipped_profiles_load(profiles):
     assert set(profiles) == SHIPPED
-    assert {name: p.issuer for name, p in profiles.items()} == {
-        "client": "root", "server": "root", "server-jabber": "root", "ocsp": "root",
-        "timestamp": "root", "client-org": "class3", "client-codesign": "class3",
-        "server-org": "class3"}
     for profile in profiles.values():
         assert profile.max_validity_days <= 730
         assert profile.allowed_hashes == ("sha256", "sha384", "sha512")
         assert [p.oid for p in profile.extensions.certificate_policies] == ["1.3.6.1.4.1.18506.4.4"]
-        assert profile.extensions.crl_distribution_point == f"http://crl.cacert.org/{profile.issuer}.crl"
+        # Every profile under both roots, with the CRLs where CAcert really publishes them.
+        ocsp = None if profile.name == "ocsp" else "http://ocsp.cacert.org"
+        assert profile.issuers == {
+            "root": IssuerUrls("http://crl.cacert.org/revoke.crl", ocsp),
+            "class3": IssuerUrls("http://crl.cacert.org/class3-revoke.crl", ocsp)}, profile.name
+    assert crl_urls_by_issuer(profiles) == {"root": "http://crl.cacert.org/revoke.crl",
+                                            "class3": "http://crl.cacert.org/class3-revoke.crl"}
 
 
 def test_shipped_extended_key_usages(profiles):
@@ -54,13 +56,20 @@ def test_shipped_extended_key_usages(profiles):
     assert profiles["ocsp"].extensions.ocsp_no_check
     assert "xmpp" in profiles["server-jabber"].allowed_san_types
     assert "xmpp" not in profiles["server"].allowed_san_types
+    # What the web application sends on organisation server rows (type 6, 8, 9): an
+    # organisation's subject and an XmppAddr next to every DNS name.
+    org_subject = {"commonName", "organizationName", "organizationalUnitName", "localityName",
+                   "stateOrProvinceName", "countryName"}
+    for name in ("server-org", "ocsp", "timestamp"):
+        assert profiles[name].allowed_san_types == {"dns", "xmpp"}, name
+        assert profiles[name].allowed_subject_attributes == org_subject, name
 
 
 def test_profiles_are_frozen(profiles):
     with pytest.raises(dataclasses.FrozenInstanceError):
         profiles["server"].max_validity_days = 9999
     with pytest.raises(dataclasses.FrozenInstanceError):
-        profiles["server"].extensions.ocsp_url = "http://evil.example"
+        profiles["server"].issuers["root"].ocsp_url = "http://evil.example"
 
 
 def test_dotted_oid_extended_key_usage():
@@ -86,8 +95,16 @@ DELETE = object()
 
 BROKEN = [  # (path to change, new value, field named in the error, words in the problem)
     ("colour", "blue", "colour", "unknown key"),
-    ("issuer", DELETE, "issuer", "is required"),
-    ("issuer", "Class 3", "issuer", "must match"),
+    ("issuers", DELETE, "issuers", "is required"),
+    ("issuers", {}, "issuers", "at least one issuer"),
+    ("issuers", ["root"], "issuers", "must be a mapping"),
+    ("issuers", {"Class 3": {}}, "issuers.Class 3", "must match"),
+    ("issuers.root.crl_url", "http://x.example/a.crl", "issuers.root.crl_url", "unknown key"),
+    ("issuers.root", ["http://x.example/a.crl"], "issuers.root", "must be a mapping"),
+    ("issuer", "root", "issuer", "not both: move issuer 'root' into issuers"),
+    ("extensions.crl_distribution_point", "http://crl.cacert.org/revoke.crl",
+     "extensions.crl_distribution_point", "issuers.<id>.crl_distribution_point"),
+    ("extensions.ocsp_url", "http://ocsp.cacert.org", "extensions.ocsp_url", "issuers.<id>.ocsp_url"),
     ("name", "other", "name", "must equal the file name"),
     ("max_validity_days", "730", "max_validity_days", "must be an integer"),
     ("max_validity_days", True, "max_validity_days", "must be an integer"),
@@ -122,10 +139,10 @@ BROKEN = [  # (path to change, new value, field named in the error, words in the
      "extensions.extended_key_usage[1]", "duplicate"),
     ("extensions.extended_key_usage", ["timeStamping"], "extensions.extended_key_usage_critical",
      "must be true"),
-    ("extensions.crl_distribution_point", "ftp://crl.cacert.org/root.crl",
-     "extensions.crl_distribution_point", "not an http(s) URL"),
-    ("extensions.ocsp_url", "http://", "extensions.ocsp_url", "not an http(s) URL"),
-    ("extensions.ocsp_url", "http://ocsp.cacert.org/a b", "extensions.ocsp_url", "not an http(s) URL"),
+    ("issuers.class3.crl_distribution_point", "ftp://crl.cacert.org/revoke.crl",
+     "issuers.class3.crl_distribution_point", "not an http(s) URL"),
+    ("issuers.root.ocsp_url", "http://", "issuers.root.ocsp_url", "not an http(s) URL"),
+    ("issuers.root.ocsp_url", "http://ocsp.cacert.org/a b", "issuers.root.ocsp_url", "not an http(s) URL"),
     ("extensions.certificate_policies[0].oid", "cacert", "extensions.certificate_policies[0].oid",
      "not a dotted OID"),
     ("extensions.certificate_policies[0].cps", "www.cacert.org",
@@ -173,3 +190,57 @@ def test_empty_folder_is_refused(tmp_path):
     (tmp_path / "_disabled.yaml").write_text(yaml.safe_dump(raw("server")))
     with pytest.raises(ProfileError, match="no \\*.yaml profiles"):
         load_profiles(tmp_path)
+
+
+def old_form(name: str, issuer: str) -> dict:
+    """A shipped profile written as before issue 15: one issuer, its URLs under extensions."""
+    document = raw(name)
+    urls = document.pop("issuers")[issuer] or {}
+    document["issuer"] = issuer
+    document["extensions"].update(urls)
+    return document
+
+
+@pytest.mark.parametrize("name, issuer", [("client", "class3"), ("ocsp", "root")])
+def test_old_one_issuer_form_still_loads(name, issuer):
+    new = parse_profile(name, raw(name))
+    old = parse_profile(name, old_form(name, issuer))
+    assert old.issuers == {issuer: new.issuers[issuer]}
+    assert dataclasses.replace(old, issuers=new.issuers) == new
+
+
+@pytest.mark.parametrize("path, value, field, problem", [
+    ("issuer", "Class 3", "issuer", "must match"),
+    ("issuers", {"root": {}}, "issuer", "not both"),
+    ("extensions.crl_distribution_point", "ldap://x", "extensions.crl_distribution_point", "not an http(s) URL"),
+    ("extensions.ocsp_urls", "http://x.example", "extensions.ocsp_urls", "unknown key"),
+])
+def test_broken_old_form_names_the_field(path, value, field, problem):
+    document = old_form("client", "root")
+    _set(document, path, value)
+    with pytest.raises(ProfileError) as raised:
+        parse_profile("client", document)
+    assert (raised.value.field, problem in raised.value.problem) == (field, True), str(raised.value)
+
+
+def test_issuer_without_urls(profiles):
+    document = raw("server")
+    document["issuers"] = {"root": None, "class3": {}}
+    assert parse_profile("server", document).issuers == {"root": IssuerUrls(None, None),
+                                                          "class3": IssuerUrls(None, None)}
+
+
+def test_every_named_issuer_must_be_configured(profiles):
+    assert check_issuers(profiles, {"root", "class3", "spare"}) is profiles
+    with pytest.raises(ProfileError, match=r"field 'issuers.class3': unknown issuer 'class3' \(configured: \['root'\]\)"):
+        check_issuers(profiles, {"root"})
+
+
+def test_profiles_of_one_issuer_must_agree_on_its_crl(profiles):
+    document = raw("server")
+    document["issuers"]["class3"]["crl_distribution_point"] = "http://crl.cacert.org/class3.crl"
+    changed = {**profiles, "server": parse_profile("server", document)}
+    with pytest.raises(ProfileError) as raised:
+        crl_urls_by_issuer(changed)
+    assert raised.value.field == "issuers.class3.crl_distribution_point"
+    assert "differs from 'http://crl.cacert.org/class3-revoke.crl'" in raised.value.problem

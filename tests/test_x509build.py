@@ -123,15 +123,15 @@ def sample_request(profile) -> tuple[dict[str, str], list[tuple[str, str]]]:
 
 
 def issue(profile, issuer: Issuer, csr_der: bytes, hash_name: str = "sha256",
-          attrs=None, sans=None, days: int | None = None) -> bytes:
+          attrs=None, sans=None, days: int | None = None, issuer_id: str = "root") -> bytes:
     """The whole signer path for one certificate, returning its DER."""
     default_attrs, default_sans = sample_request(profile)
     csr = xb.check_csr(csr_der, profile)
     subject = xb.build_subject(default_attrs if attrs is None else attrs, profile)
     general_names = xb.build_sans(default_sans if sans is None else sans, profile)
     not_before, not_after = xb.validity_window(profile, NOW, days)
-    prepared = xb.build_tbs_certificate(profile, issuer.cert, issuer.key_info, csr, subject,
-                                        general_names, xb.new_serial(), not_before, not_after,
+    prepared = xb.build_tbs_certificate(profile, issuer_id, issuer.cert, issuer.key_info, csr.public_key(),
+                                        subject, general_names, xb.new_serial(), not_before, not_after,
                                         hash_name)
     signature = sign_like_hsm(issuer, prepared.tbs_der, prepared.mechanism)
     cert_der = xb.assemble_certificate(prepared, signature)
@@ -147,12 +147,12 @@ def openssl_verify(issuer: Issuer, cert_der: bytes, folder: Path, *extra: str
     return openssl("verify", "-x509_strict", "-CAfile", str(issuer.pem_path), *extra, str(cert_path))
 
 
-def expected_extension_oids(profile, has_sans: bool) -> set[x509.ObjectIdentifier]:
-    spec = profile.extensions
+def expected_extension_oids(profile, has_sans: bool, issuer_id: str = "root") -> set[x509.ObjectIdentifier]:
+    spec, urls = profile.extensions, profile.urls_for(issuer_id)
     optional = {ExtensionOID.EXTENDED_KEY_USAGE: spec.extended_key_usage,
                 ExtensionOID.CERTIFICATE_POLICIES: spec.certificate_policies,
-                ExtensionOID.CRL_DISTRIBUTION_POINTS: spec.crl_distribution_point,
-                ExtensionOID.AUTHORITY_INFORMATION_ACCESS: spec.ocsp_url,
+                ExtensionOID.CRL_DISTRIBUTION_POINTS: urls.crl_distribution_point,
+                ExtensionOID.AUTHORITY_INFORMATION_ACCESS: urls.ocsp_url,
                 ExtensionOID.OCSP_NO_CHECK: spec.ocsp_no_check,
                 ExtensionOID.SUBJECT_ALTERNATIVE_NAME: has_sans}
     return {ExtensionOID.BASIC_CONSTRAINTS, ExtensionOID.KEY_USAGE,
@@ -326,7 +326,7 @@ def test_wrong_signature_is_refused(issuers, csrs):
     profile, issuer = PROFILES["server"], issuers["rsa"]
     csr = xb.check_csr(csrs("p256"), profile)
     not_before, not_after = xb.validity_window(profile, NOW)
-    prepared = xb.build_tbs_certificate(profile, issuer.cert, issuer.key_info, csr,
+    prepared = xb.build_tbs_certificate(profile, "root", issuer.cert, issuer.key_info, csr.public_key(),
                                         xb.build_subject({"CN": "x"}, profile), [],
                                         xb.new_serial(), not_before, not_after, "sha256")
     other_key = rsa.generate_private_key(65537, 2048)
