@@ -195,23 +195,23 @@ class Repository(SignerActor):
         return {"events": self.store.events_after(after_seq, limit), "last_seq": self.store.last_event_seq()}
 
     def op_apply_events(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """Check and apply in order. A refused event is quarantined and counts as settled
+        """Check and apply in order, the whole batch in one transaction (each event still
+        checked: signature and body). A refused event is quarantined and counts as settled
         (acked), so it never holds back the events behind it; stop at the first failure that
-        may pass later (a revocation before its certificate, a local sqlite error): the rest
-        is redelivered by the peer's consumer and applied on a later try."""
+        may pass later (a revocation before its certificate): the rest is redelivered by the
+        peer's consumer and applied on a later try. A local sqlite error rolls the batch
+        back: nothing applied, all redelivered."""
         if self.validator is None:
             raise RepositoryError("peer events need the sync section (event keys) in the configuration")
-        applied, quarantined, error = 0, 0, None
-        for event in events:
-            try:
-                outcome = self.store.apply_peer_event(event, self.validator)
-            except Exception as exc:  # noqa: BLE001 - answered with what was applied
-                self.record_error(exc)
-                error = error_dict(exc)
-                break
-            applied += 1
-            quarantined += outcome == "quarantined"
-        return {"applied": applied, "quarantined": quarantined,
+        try:
+            outcomes, failure = self.store.apply_peer_events(events, self.validator)
+        except Exception as exc:  # noqa: BLE001 - answered: nothing of the batch applied
+            outcomes, failure = [], exc
+        error = None
+        if failure is not None:
+            self.record_error(failure)
+            error = error_dict(failure)
+        return {"applied": len(outcomes), "quarantined": outcomes.count("quarantined"),
                 "quarantine_total": self.store.quarantine_count(), "error": error}
 
     def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:

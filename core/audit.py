@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 GENESIS_HASH = "0" * 64
-KINDS = frozenset({"x509_issued", "x509_revoked", "crl_issued", "openpgp_signed"})
+KINDS = frozenset({"x509_issued", "x509_revoked", "crl_issued", "openpgp_signed", "x509_imported"})
 
 AuditRow = tuple[int, str, str, str, str, str]  # (seq, at, kind, body, prev_hash, hash)
 
@@ -71,6 +71,8 @@ _RECORDED_FIELDS = {
     "x509_revoked": ("issuer", "serial", "reason", "revoked_at", "request_id"),
     "crl_issued": ("issuer", "number", "this_update", "next_update", "revocation_digest"),
     "openpgp_signed": ("request_id", "fingerprint", "uids", "expires_at"),
+    "x509_imported": ("issuer", "serial", "subject", "not_before", "not_after", "revoked_at",
+                      "reason", "imported_from"),
 }
 _HASHED_BLOBS = {"der": "der_sha256", "signed_key": "signed_key_sha256"}
 

@@ -14,6 +14,7 @@ quarantine (core/repository_sync.py) and goes on with the next one.
 | x509_issued | the DER parses and verifies against the configured certificate of `issuer`; serial, not_before, not_after and subject equal the certificate's; the request record is a sign_x509 whose result names the same issuer, serial and DER |
 | x509_revoked | the issuer is configured; an RFC 5280 reason code; revoked_at from 2000-01-01 to now + 5 min (the local revoke_x509 rule); the certificate must be issued here (else the event waits: UnknownCertificate) |
 | crl_issued | the issuer is configured; 1 <= number <= the clock-derived number a day from now |
+| x509_imported | imported_from is a known source; with a DER: as x509_issued (signed by the issuer, serial, dates and subject equal the certificate's); without: a positive serial of at most 159 bits, not_before the "unknown" mark, a not_after and a subject; a revocation it carries: as x509_revoked |
 | openpgp_signed | signed_key is one v4 public key with that fingerprint, and each listed uid carries a certification that verifies with our CA's OpenPGP key; the request record is a sign_openpgp whose result names the same fingerprint and key |
 """
 from __future__ import annotations
@@ -35,7 +36,8 @@ from core import openpgp
 from core.crl import EARLIEST_REVOCATION, MAX_CLOCK_SKEW, crl_number_for
 from core.event_signing import EventSignatureError, parse_public_key, verify_event
 from core.x509build import X509_PARSE_ERRORS
-from core.repository_schema import CRL_REASON_CODES, from_db_time, normalise_serial
+from core.repository_schema import (CRL_REASON_CODES, IMPORT_SOURCES, UNKNOWN_NOT_BEFORE,
+                                    from_db_time, normalise_serial)
 
 # The local revoke_x509 rules (EARLIEST_REVOCATION, MAX_CLOCK_SKEW of core/crl.py)
 # apply to the peer's revocations too, so a revocation either signer accepts, the other
@@ -104,21 +106,7 @@ class PeerValidator:
         return issuer
 
     def _x509_issued(self, body: Mapping[str, Any]) -> None:
-        issuer = self._issuer(body)
-        certificate = x509.load_der_x509_certificate(_typed(body, "der", bytes))
-        try:
-            certificate.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            raise PeerEventRefused(f"the certificate is not signed by issuer {body['issuer']!r}") from None
-        if int(normalise_serial(_typed(body, "serial", str)), 16) != certificate.serial_number:
-            raise PeerEventRefused("serial differs from the certificate's")
-        for name, actual in (("not_before", certificate.not_valid_before_utc),
-                             ("not_after", certificate.not_valid_after_utc)):
-            if from_db_time(_typed(body, name, str)) != actual:
-                raise PeerEventRefused(f"{name} differs from the certificate's")
-        subject = body.get("subject")
-        if subject is not None and subject != certificate.subject.rfc4514_string():
-            raise PeerEventRefused("subject differs from the certificate's")
+        _check_certificate(body, self._issuer(body))
         result = _request_result(body, "sign_x509")
         if result is not None and (result.get("issuer") != body["issuer"]
                                    or result.get("certificate") != body["der"]
@@ -128,16 +116,10 @@ class PeerValidator:
     def _x509_revoked(self, body: Mapping[str, Any]) -> None:
         self._issuer(body)
         normalise_serial(_typed(body, "serial", str))
-        reason = body.get("reason")
-        if reason is not None and (isinstance(reason, bool) or reason not in CRL_REASON_CODES):
-            raise PeerEventRefused(f"reason {reason!r} is not an RFC 5280 CRLReason code")
-        revoked_at = from_db_time(_typed(body, "revoked_at", str))
-        if revoked_at.tzinfo is None:
-            raise PeerEventRefused("revoked_at has no time zone")
-        latest = self.clock() + MAX_CLOCK_SKEW
-        if not EARLIEST_REVOCATION <= revoked_at <= latest:
-            raise PeerEventRefused(f"revoked_at {revoked_at.isoformat()} is outside"
-                                   f" {EARLIEST_REVOCATION:%Y-%m-%d} .. now + {MAX_CLOCK_SKEW}")
+        _check_revocation(body, self.clock())
+
+    def _x509_imported(self, body: Mapping[str, Any]) -> None:
+        check_imported(body, self._issuer(body), self.clock())
 
     def _crl_issued(self, body: Mapping[str, Any]) -> None:
         self._issuer(body)
@@ -208,7 +190,73 @@ _CHECKS: dict[str, Callable[[PeerValidator, Mapping[str, Any]], None]] = {
     "x509_revoked": PeerValidator._x509_revoked,
     "crl_issued": PeerValidator._crl_issued,
     "openpgp_signed": PeerValidator._openpgp_signed,
+    "x509_imported": PeerValidator._x509_imported,
 }
+
+
+class NotSignedByIssuer(PeerEventRefused):
+    """The certificate does not verify with the issuer's key."""
+
+
+def _check_certificate(body: Mapping[str, Any], issuer: x509.Certificate) -> None:
+    """The body's DER is signed by `issuer`, and its serial, not_before, not_after and
+    (when present) subject are the certificate's."""
+    certificate = x509.load_der_x509_certificate(_typed(body, "der", bytes))
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        raise NotSignedByIssuer(f"the certificate is not signed by issuer {body['issuer']!r}") from None
+    if int(normalise_serial(_typed(body, "serial", str)), 16) != certificate.serial_number:
+        raise PeerEventRefused("serial differs from the certificate's")
+    for name, actual in (("not_before", certificate.not_valid_before_utc),
+                         ("not_after", certificate.not_valid_after_utc)):
+        if from_db_time(_typed(body, name, str)) != actual:
+            raise PeerEventRefused(f"{name} differs from the certificate's")
+    subject = body.get("subject")
+    if subject is not None and subject != certificate.subject.rfc4514_string():
+        raise PeerEventRefused("subject differs from the certificate's")
+
+
+def _check_revocation(body: Mapping[str, Any], now: datetime) -> None:
+    """The local revoke_x509 rules: an RFC 5280 reason code, revoked_at from
+    EARLIEST_REVOCATION to now + MAX_CLOCK_SKEW."""
+    reason = body.get("reason")
+    if reason is not None and (isinstance(reason, bool) or reason not in CRL_REASON_CODES):
+        raise PeerEventRefused(f"reason {reason!r} is not an RFC 5280 CRLReason code")
+    revoked_at = from_db_time(_typed(body, "revoked_at", str))
+    if revoked_at.tzinfo is None:
+        raise PeerEventRefused("revoked_at has no time zone")
+    latest = now + MAX_CLOCK_SKEW
+    if not EARLIEST_REVOCATION <= revoked_at <= latest:
+        raise PeerEventRefused(f"revoked_at {revoked_at.isoformat()} is outside"
+                               f" {EARLIEST_REVOCATION:%Y-%m-%d} .. now + {MAX_CLOCK_SKEW}")
+
+
+def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datetime) -> None:
+    """An x509_imported body as the peer accepts it; the importer runs the same check before
+    it stores anything (core/openssl_ca_import.py), so every imported record replicates.
+
+    What it cannot prove: a record without DER is the old CA's index line, signed by no
+    one. It can only make a serial revocable and keep it on CRLs; it never makes a
+    certificate trusted (there is none), and a serial taken that way is never issued here."""
+    source = _typed(body, "imported_from", str)
+    if source not in IMPORT_SOURCES:
+        raise PeerEventRefused(f"imported_from {source!r} is not a known source")
+    serial = int(normalise_serial(_typed(body, "serial", str)), 16)
+    if not 0 < serial < 1 << 159:
+        raise PeerEventRefused(f"serial {serial:x} is not a positive integer of at most 159 bits")
+    _typed(body, "subject", str)
+    if body.get("der") is not None:
+        _check_certificate(body, issuer)
+    else:
+        if _typed(body, "not_before", str) != UNKNOWN_NOT_BEFORE:
+            raise PeerEventRefused("a record without its certificate claims a not_before")
+        if from_db_time(_typed(body, "not_after", str)).tzinfo is None:
+            raise PeerEventRefused("not_after has no time zone")
+    if body.get("revoked_at") is not None:
+        _check_revocation(body, now)
+    elif body.get("reason") is not None:
+        raise PeerEventRefused("a reason without revoked_at")
 
 
 def _typed(fields: Mapping[str, Any], name: str, kind: type) -> Any:

@@ -30,7 +30,7 @@ from core.protocol import pack, unpack
 from core.repository_schema import (DuplicateSerial, RepositoryError, RequestConflict,
                                     UnknownCertificate, from_db_time, normalise_serial,
                                     to_db_time)
-from core.repository_sync import RepositorySync
+from core.repository_sync import RepositorySync, imported_certificate_row
 
 __all__ = ["DuplicateSerial", "Repository", "RepositoryError", "RequestConflict",
            "UnknownCertificate", "verify_audit_file", "verify_sealed_audit_file"]
@@ -89,8 +89,10 @@ _COUNTED_TABLES = ("certificates", "revocations", "crls", "openpgp_signatures", 
                    "events")
 # consistency_check: (what is wrong, query yielding (issuer, serial) of each bad row).
 _ROW_CHECKS = (
+    # An imported record may lack its DER: the old CA kept only its index line.
     ("issued certificate without DER",
-     "SELECT issuer, serial FROM certificates WHERE status = 'issued' AND der IS NULL"),
+     "SELECT issuer, serial FROM certificates WHERE status = 'issued' AND der IS NULL"
+     " AND imported_from IS NULL"),
     ("reserved certificate holding a DER",
      "SELECT issuer, serial FROM certificates WHERE status = 'reserved' AND der IS NOT NULL"),
     ("revocation of a certificate that is missing or not issued",
@@ -313,6 +315,73 @@ class Repository(RepositorySync):
             self._insert("revocations", revocation | {"recorded_at": self._now()})
             self._log_change("x509_revoked", revocation)
             return _revocation_answer(key, reason, revocation["revoked_at"], False)
+
+    def import_history(self, bodies: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+        """Store a batch of the old CA's history in ONE transaction (the importer calls this
+        per few thousand records: a commit per record would take hours for 1M lines).
+        Each body is an x509_imported event body that core.peer_validation.check_imported
+        accepted. A certificate not here yet is stored with its revocation, one x509_imported
+        event and one audit entry; a known one is left as it is (a re-run imports nothing
+        twice), only a revocation it lacks is added as an x509_revoked event. Counts:
+        certificates, revocations (of new certificates), already_present,
+        revocations_added (to known ones), serial_collisions (a known serial holding
+        another certificate: left alone)."""
+        counts = dict.fromkeys(("certificates", "revocations", "already_present",
+                                "revocations_added", "serial_collisions"), 0)
+        with self._write():
+            now = self._now()
+            for body in bodies:
+                row = imported_certificate_row(body, self.node_id, now)
+                key = (row["issuer"], row["serial"])
+                existing = self._certificate_row(key)
+                if existing is None:
+                    self._insert("certificates", row)
+                    revoked = self._store_imported_revocation(key, body)
+                    self._log_change("x509_imported", {**body, "serial": key[1],
+                                                       "origin_node": self.node_id})
+                    counts["certificates"] += 1
+                    counts["revocations"] += revoked
+                    continue
+                if existing["status"] != "issued" or None not in (existing["der"], row["der"]) \
+                        and existing["der"] != row["der"]:
+                    counts["serial_collisions"] += 1
+                    continue
+                counts["already_present"] += 1
+                known = self._db.execute("SELECT 1 FROM revocations WHERE issuer = ? AND"
+                                         " serial = ?", key).fetchone()
+                if known is None and self._store_imported_revocation(key, body):
+                    self._log_change("x509_revoked", {
+                        "issuer": key[0], "serial": key[1], "reason": body.get("reason"),
+                        "revoked_at": body["revoked_at"], "request_id": None,
+                        "origin_node": self.node_id})
+                    counts["revocations_added"] += 1
+        return counts
+
+    def _store_imported_revocation(self, key: CertificateKey, body: Mapping[str, Any]) -> bool:
+        if body.get("revoked_at") is None:
+            return False
+        self._insert("revocations", {
+            "issuer": key[0], "serial": key[1], "reason": body.get("reason"),
+            "revoked_at": to_db_time(from_db_time(body["revoked_at"])), "request_id": None,
+            "origin_node": self.node_id, "recorded_at": self._now()})
+        return True
+
+    def import_crl_number_floor(self, issuer: str, number: int) -> bool:
+        """The old CA's last CRL number: every CRL built here numbers above it (RFC 5280
+        5.2.3: relying parties hold that CRL). Kept with the peer's floor (crl_number_floor)
+        and sent to the peer as a crl_issued event. False: the floor was that high already."""
+        if isinstance(number, bool) or not 1 <= number < 2**63:
+            raise ValueError(f"CRL number {number!r} is not between 1 and 2**63 - 1")
+        with self._write():
+            previous = self._previous_crl_number(issuer)
+            if previous is not None and previous >= number:
+                return False
+            self._db.execute("INSERT INTO crl_number_floor (issuer, number) VALUES (?, ?)"
+                             " ON CONFLICT (issuer) DO UPDATE SET number = excluded.number",
+                             (issuer, number))
+            self._log_change("crl_issued", {"issuer": issuer, "number": number,
+                                            "imported_from": "openssl-ca"})
+            return True
 
     def _revoked_rows(self, issuer: str, now: datetime, grace: timedelta) -> list[tuple]:
         """(serial hex, revoked_at text, reason) of revocations a CRL must still list:

@@ -201,8 +201,17 @@ _SYNC_QUARANTINE: Migration = (
     """,
 )
 
+# History imported from the CA this signer took over (core/openssl_ca_import.py,
+# docs/MIGRATION.md): imported_from names where a row came from ('openssl-ca'); NULL for
+# certificates this signer or its peer issued. An imported row is 'issued' (the old signer
+# issued it) and may have no DER: openssl ca keeps an index line for every certificate but
+# its newcerts/ file only while nobody deleted it.
+_IMPORTED_HISTORY: Migration = (
+    "ALTER TABLE certificates ADD COLUMN imported_from TEXT",
+)
+
 MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG, _AUDIT_SEALS,
-                               _SYNC_QUARANTINE]
+                               _SYNC_QUARANTINE, _IMPORTED_HISTORY]
 SCHEMA_VERSION = len(MIGRATIONS)
 AUDIT_SCHEMA_VERSION = 3  # the first version with audit_log
 AUDIT_SEALS_SCHEMA_VERSION = MIGRATIONS.index(_AUDIT_SEALS) + 1  # the first with audit_seals
@@ -226,6 +235,14 @@ def normalise_serial(serial_hex: str) -> str:
         raise ValueError(f"negative serial {serial_hex!r}")
     return format(value, "x")
 
+
+# Imported history (x509_imported events). An index line without its certificate file does
+# not say when the certificate began: its not_before is UNKNOWN_NOT_BEFORE. A serial only the
+# old CA's last CRL names has no expiry either: UNKNOWN_NOT_AFTER keeps it on every CRL
+# (a CRL that forgot it would make a revoked certificate look valid again).
+IMPORT_SOURCES = frozenset({"openssl-ca"})
+UNKNOWN_NOT_BEFORE = "1970-01-01T00:00:00Z"
+UNKNOWN_NOT_AFTER = "9999-12-31T23:59:59Z"
 
 # RFC 5280 section 5.3.1 CRLReason codes (7 is unassigned); the CHECK above agrees.
 CRL_REASON_CODES = frozenset({0, 1, 2, 3, 4, 5, 6, 8, 9, 10})

@@ -2,7 +2,8 @@
 
 Every signer publishes its whole event log, its own events and the ones it applied from
 the peer, and applies the events it receives with apply_event. An event applies once
-(its event_id is kept, so a repeat is a no-op), in one transaction with its effect, and
+(its event_id is kept, so a repeat is a no-op), in one transaction with its effect (a
+catch-up batch, apply_peer_events: one transaction, one savepoint per event), and
 is appended to the local log under the same event_id and origin_node, so a third signer
 replaying any one log reaches the same state. Each applied event also gets an entry in
 this signer's audit log (core/audit.py), so its chain covers everything its repository
@@ -17,6 +18,10 @@ Conflict rules:
   crl_issued     raises the issuer's CRL number floor: a CRL built here numbers above any
                  CRL the peer built (previous_crl_number).
   openpgp_signed the first signature stored under a request_id stays.
+  x509_imported  a certificate of the CA taken over (docs/MIGRATION.md), with or without its
+                 DER, and its revocation if any: never overwritten (another DER, or DER
+                 against none, for a known serial is a collision and refused); the
+                 revocation merges by the x509_revoked rule.
 Request records travel with x509_issued and openpgp_signed and are added when their
 request_id is unknown here, so a client retrying on the other signer gets the same answer.
 """
@@ -25,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
 from urllib.parse import quote
 from datetime import datetime
@@ -37,8 +42,9 @@ from core import audit
 from core.peer_validation import PeerEventRefused, PeerValidator
 from core.protocol import pack, unpack
 from core.x509build import X509_PARSE_ERRORS
-from core.repository_schema import (CRL_REASON_CODES, RepositoryError, UnknownCertificate,
-                                    from_db_time, normalise_serial, to_db_time)
+from core.repository_schema import (CRL_REASON_CODES, IMPORT_SOURCES, RepositoryError,
+                                    UnknownCertificate, from_db_time, normalise_serial,
+                                    to_db_time)
 
 # content_digest: rows both signers hold once converged, in an order independent of how
 # they were inserted. Node-local columns (created_at, recorded_at, seq) stay out, and so do
@@ -72,6 +78,13 @@ class RepositorySync:
         changed. Raises UnknownCertificate for a revocation whose issuance has not arrived
         yet (retry later) and RepositoryError for a malformed or conflicting event; either
         way nothing is stored."""
+        parsed = self._parse_event(event)
+        with self._write():
+            return self._apply_parsed(*parsed)
+
+    def _parse_event(self, event: Mapping[str, Any]) -> tuple[str, str, str, dict[str, Any],
+                                                               str, bytes | None]:
+        """(event_id, origin_node, type, body, created_at, signature), checked for shape."""
         try:
             event_id, origin_node, event_type = (_require(event, name, str) for name in
                                                  ("event_id", "origin_node", "type"))
@@ -83,24 +96,29 @@ class RepositorySync:
             signature = _optional(event, "signature", bytes)
         except (KeyError, TypeError, ValueError) as exc:
             raise RefusedEvent(f"malformed event: {_describe(exc)}") from exc
-        with self._write() as db:
-            if db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
-                return False
-            apply = _APPLY.get(event_type)
-            if apply is None:
-                raise RefusedEvent(f"unknown event type {event_type!r} (event {event_id})")
-            try:
-                apply(self, body, origin_node, created_at)
-                # Inside the try: a body field JSON cannot hold makes the event malformed.
-                self._append_audit(event_type, audit.event_summary(event_type, body,
-                                                                   origin_node, event_id))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise RefusedEvent(f"malformed {event_type} event {event_id}:"
-                                   f" {_describe(exc)}") from exc
-            db.execute("INSERT INTO events (event_id, origin_node, type, body, created_at,"
-                       " signature) VALUES (?, ?, ?, ?, ?, ?)",
-                       (event_id, origin_node, event_type, pack(body), created_at, signature))
-            return True
+        return event_id, origin_node, event_type, body, created_at, signature
+
+    def _apply_parsed(self, event_id: str, origin_node: str, event_type: str,
+                      body: dict[str, Any], created_at: str, signature: bytes | None) -> bool:
+        """apply_event inside the caller's write transaction."""
+        db = self._db
+        if db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
+            return False
+        apply = _APPLY.get(event_type)
+        if apply is None:
+            raise RefusedEvent(f"unknown event type {event_type!r} (event {event_id})")
+        try:
+            apply(self, body, origin_node, created_at)
+            # Inside the try: a body field JSON cannot hold makes the event malformed.
+            self._append_audit(event_type, audit.event_summary(event_type, body,
+                                                               origin_node, event_id))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RefusedEvent(f"malformed {event_type} event {event_id}:"
+                               f" {_describe(exc)}") from exc
+        db.execute("INSERT INTO events (event_id, origin_node, type, body, created_at,"
+                   " signature) VALUES (?, ?, ?, ?, ?, ?)",
+                   (event_id, origin_node, event_type, pack(body), created_at, signature))
+        return True
 
     def apply_peer_event(self, event: Mapping[str, Any], validator: PeerValidator) -> str:
         """Apply one event as it arrived from the peer, after `validator` checked it:
@@ -108,24 +126,59 @@ class RepositorySync:
         and parked in sync_quarantine, now or on an earlier delivery). A revocation whose
         certificate has not arrived yet raises UnknownCertificate (retry later); a local
         failure (sqlite) raises RepositoryError. Neither stores anything."""
+        outcomes, waiting = self.apply_peer_events([event], validator)
+        if waiting is not None:
+            raise waiting
+        return outcomes[0]
+
+    def apply_peer_events(self, events: Iterable[Mapping[str, Any]], validator: PeerValidator
+                          ) -> tuple[list[str], UnknownCertificate | None]:
+        """apply_peer_event for a batch in ONE transaction (catch-up speed: a commit with
+        synchronous=FULL costs more than checking and applying an event). Every event is
+        still checked by `validator` (signature and body) and applied in its own savepoint,
+        so a refused one is quarantined without undoing the others. Returns the outcome of
+        each event handled, in order, and the UnknownCertificate that stopped the batch
+        early (a revocation before its certificate: it and the events after it are not
+        handled and come again), else None. A local failure (sqlite) rolls the whole batch
+        back and raises RepositoryError."""
+        outcomes: list[str] = []
+        with self._write() as db:
+            for event in events:
+                try:
+                    outcomes.append(self._apply_peer_in_batch(db, event, validator))
+                except UnknownCertificate as exc:
+                    return outcomes, exc
+        return outcomes, None
+
+    def _apply_peer_in_batch(self, db: sqlite3.Connection, event: Mapping[str, Any],
+                             validator: PeerValidator) -> str:
         event_id = event.get("event_id")
-        if isinstance(event_id, str) and self._event_known(event_id):
+        if isinstance(event_id, str) and db.execute("SELECT 1 FROM events WHERE event_id = ?",
+                                                    (event_id,)).fetchone():
             return "known"  # before checking: our own events come back, no work to redo
         digest = hashlib.sha256(pack(_wire_form(event))).hexdigest()
-        with self._read() as db:
-            if db.execute("SELECT 1 FROM sync_quarantine WHERE digest = ?", (digest,)).fetchone():
-                return "quarantined"
+        if db.execute("SELECT 1 FROM sync_quarantine WHERE digest = ?", (digest,)).fetchone():
+            return "quarantined"
         try:
             validator.check(event)
-            return "applied" if self.apply_event(event) else "known"
+            parsed = self._parse_event(event)
+            db.execute("SAVEPOINT peer_event")
+            try:
+                applied = self._apply_parsed(*parsed)
+            except BaseException:
+                if db.in_transaction:  # some sqlite errors already rolled back
+                    db.execute("ROLLBACK TO peer_event")
+                    db.execute("RELEASE peer_event")
+                raise
+            db.execute("RELEASE peer_event")
+            return "applied" if applied else "known"
         except (PeerEventRefused, RefusedEvent) as exc:  # not UnknownCertificate: it waits
             reason = str(exc) if isinstance(exc, PeerEventRefused) else exc.message
-        with self._write() as db:
-            db.execute("INSERT INTO sync_quarantine (digest, event_id, origin_node, type, reason,"
-                       " event, quarantined_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (digest, _text_or_none(event_id), _text_or_none(event.get("origin_node")),
-                        _text_or_none(event.get("type")), reason, pack(_wire_form(event)),
-                        self._now()))
+        db.execute("INSERT INTO sync_quarantine (digest, event_id, origin_node, type, reason,"
+                   " event, quarantined_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                   (digest, _text_or_none(event_id), _text_or_none(event.get("origin_node")),
+                    _text_or_none(event.get("type")), reason, pack(_wire_form(event)),
+                    self._now()))
         return "quarantined"
 
     def _event_known(self, event_id: str) -> bool:
@@ -166,6 +219,16 @@ class RepositorySync:
 
     def _apply_x509_revoked(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
         key = _certificate_key(body)
+        certificate = self._certificate_row(key)
+        if certificate is None or certificate["status"] != "issued":
+            raise UnknownCertificate(f"revocation of {key[0]}/{key[1]}, which is not issued"
+                                     " here (yet)")
+        self._merge_revocation(key, body, origin_node)
+
+    def _merge_revocation(self, key: tuple[str, str], body: dict[str, Any],
+                          origin_node: str) -> None:
+        """The revocation `body` carries, by the conflict rule: the earliest revoked_at
+        wins, a tie goes to the smaller origin_node."""
         reason = body.get("reason")
         if reason is not None and (isinstance(reason, bool) or reason not in CRL_REASON_CODES):
             raise ValueError(f"{reason!r} is not an RFC 5280 CRLReason code")
@@ -174,10 +237,6 @@ class RepositorySync:
                       "request_id": _optional(body, "request_id", str),
                       "origin_node": _optional(body, "origin_node", str, origin_node),
                       "recorded_at": self._now()}
-        certificate = self._certificate_row(key)
-        if certificate is None or certificate["status"] != "issued":
-            raise UnknownCertificate(f"revocation of {key[0]}/{key[1]}, which is not issued"
-                                     " here (yet)")
         local = self._db.execute("SELECT revoked_at, origin_node FROM revocations"
                                  " WHERE issuer = ? AND serial = ?", key).fetchone()
         if local is None:
@@ -189,6 +248,22 @@ class RepositorySync:
                 " origin_node = :origin_node, request_id = :request_id,"
                 " recorded_at = :recorded_at WHERE issuer = :issuer AND serial = :serial",
                 revocation)
+
+    def _apply_x509_imported(self, body: dict[str, Any], origin_node: str,
+                             created_at: str) -> None:
+        """A certificate of the CA this signer took over, with its revocation if any
+        (core/openssl_ca_import.py). Never overwrites: the same serial with another DER (or
+        one with a DER, the other without) is a collision."""
+        key = _certificate_key(body)
+        row = imported_certificate_row(body, origin_node, created_at)
+        existing = self._certificate_row(key)
+        if existing is None:
+            self._insert("certificates", row)
+        elif existing["status"] != "issued" or existing["der"] != row["der"]:
+            raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is held here as another"
+                               " certificate")
+        if body.get("revoked_at") is not None:
+            self._merge_revocation(key, body, origin_node)
 
     def _apply_crl_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
         number = _require(body, "number", int)
@@ -286,7 +361,26 @@ _APPLY: dict[str, Callable[[RepositorySync, dict[str, Any], str, str], None]] = 
     "x509_revoked": RepositorySync._apply_x509_revoked,
     "crl_issued": RepositorySync._apply_crl_issued,
     "openpgp_signed": RepositorySync._apply_openpgp_signed,
+    "x509_imported": RepositorySync._apply_x509_imported,
 }
+
+
+def imported_certificate_row(body: Mapping[str, Any], origin_node: str,
+                             created_at: str) -> dict[str, Any]:
+    """The certificates row of an x509_imported body, the same on the importing signer and
+    on the peer (request_id and profile say where it came from: no request made it)."""
+    source = _require(body, "imported_from", str)
+    if source not in IMPORT_SOURCES:
+        raise ValueError(f"imported_from {source!r} is not one of {sorted(IMPORT_SOURCES)}")
+    return {"issuer": _require(body, "issuer", str),
+            "serial": normalise_serial(_require(body, "serial", str)),
+            "request_id": f"imported:{source}", "profile": "imported", "status": "issued",
+            "subject": _require(body, "subject", str),
+            "not_before": _db_time(_require(body, "not_before", str)),
+            "not_after": _db_time(_require(body, "not_after", str)),
+            "created_at": created_at,
+            "origin_node": _optional(body, "origin_node", str, origin_node),
+            "der": _optional(body, "der", bytes), "imported_from": source}
 
 
 def subject_of(der: bytes) -> str:
