@@ -1,10 +1,12 @@
 """`signer dev-init`: a development CA on a SoftHSM token, created idempotently.
 
 Creates (each step only when missing): the SoftHSM token with random PINs kept in
-DIR/secrets (mode 0600, never printed), the CA keys on the token (non-extractable), a
-self-signed root and a subordinate "class3" certificate issued through the HSM, the
-OpenPGP CA key and its public key block, the audit key (EC P-256, it seals the audit log)
-and its public key DIR/ca/audit-key.pem, and DIR/signer.yaml pointing at all of it.
+DIR/secrets (mode 0600, never printed), then, through the key ceremony's steps
+(core/ceremony.py, logged in DIR/ca/ceremony-log.jsonl), the CA keys on the token
+(non-extractable), a self-signed root and a subordinate "class3" certificate issued through
+the HSM, the audit key (EC P-256, it seals the audit log); then the
+OpenPGP CA key and its public key block, the audit key's public half DIR/ca/audit-key.pem,
+and DIR/signer.yaml pointing at all of it.
 """
 from __future__ import annotations
 
@@ -13,16 +15,14 @@ import os
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from cryptography.x509.oid import NameOID
 
+from core.ceremony import LOG_NAME, CeremonyRunner, KeyStep, RootStep, SignStep, Step
 from core.hsm import HsmSession
 from core.softhsm import SOFTHSM_MODULE, init_softhsm_token
 
@@ -31,6 +31,9 @@ AUDIT_KEY_LABEL = "audit-key"
 AUDIT_PUBLIC_KEY = "ca/audit-key.pem"  # relative to the data folder
 ROOT_VALIDITY = timedelta(days=3650)
 SUB_VALIDITY = timedelta(days=1825)
+_DEV_ORG = {"O": "CAcert Inc. (development)", "OU": "http://www.CAcert.org"}
+DEV_SUBJECTS = {"root": {**_DEV_ORG, "CN": "CAcert Dev Root"},
+                "class3": {**_DEV_ORG, "CN": "CAcert Dev Class 3"}}
 
 
 @dataclass(frozen=True)
@@ -53,53 +56,6 @@ def _secret(path: Path, nbytes: int = 12) -> str:
     with os.fdopen(fd, "w") as handle:
         handle.write(value + "\n")
     return value
-
-
-def _ensure_key(session: HsmSession, label: str, spec: str, log: Callable[[str], None]) -> None:
-    if session.has_key(label):
-        return
-    log(f"generating {spec} key {label} on the token")
-    kind, size = spec.split("-")
-    if kind == "rsa":
-        session.generate_rsa_key(label, int(size))
-    else:
-        session.generate_ec_key(label, {"p256": "secp256r1", "p384": "secp384r1"}[size])
-
-
-def _ca_name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CAcert Inc. (development)"),
-                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "http://www.CAcert.org"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-
-def _ca_certificate(subject: x509.Name, public_key, issuer_cert: x509.Certificate | None,
-                    signing_key, validity: timedelta, path_length: int | None) -> x509.Certificate:
-    now = datetime.now(timezone.utc).replace(microsecond=0)
-    issuer_name = issuer_cert.subject if issuer_cert else subject
-    issuer_public = issuer_cert.public_key() if issuer_cert else public_key
-    builder = (x509.CertificateBuilder()
-               .subject_name(subject).issuer_name(issuer_name).public_key(public_key)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + validity)
-               .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False,
-                                            key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                            encipher_only=False, decipher_only=False), critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public),
-                              critical=False))
-    return builder.sign(signing_key, hashes.SHA256())
-
-
-def _ensure_certificate(path: Path, make: Callable[[], x509.Certificate],
-                        log: Callable[[str], None]) -> x509.Certificate:
-    if path.exists():
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    log(f"issuing {path.name} through the HSM")
-    cert = make()
-    path.write_bytes(cert.public_bytes(Encoding.PEM))
-    return cert
 
 
 def _ensure_openpgp(session: HsmSession, ca_dir: Path, log: Callable[[str], None]) -> int:
@@ -129,6 +85,22 @@ def _write_public_key(session: HsmSession, label: str, path: Path,
     log(f"wrote the public key of {label} to {path}")
 
 
+def dev_ceremony_steps(options: DevCaOptions, ca_dir: Path) -> list[Step]:
+    """The key ceremony of the development CA, run by dev-init on every call (each step
+    finds what exists and does nothing)."""
+    return [
+        KeyStep("root-key", "key", "root-key", options.root_key),
+        KeyStep("class3-key", "key", "class3-key", options.class3_key),
+        RootStep("root", "root", "root-key", DEV_SUBJECTS["root"], str(ca_dir / "root.pem"),
+                 ROOT_VALIDITY.days),
+        SignStep("class3", "subordinate", issuer_certificate=str(ca_dir / "root.pem"),
+                 issuer_key_label="root-key", certificate=str(ca_dir / "class3.pem"),
+                 validity_days=SUB_VALIDITY.days, subject_key_label="class3-key",
+                 subject=DEV_SUBJECTS["class3"], path_length=0),
+        KeyStep(AUDIT_KEY_LABEL, "key", AUDIT_KEY_LABEL, "ecdsa-p256"),
+    ]
+
+
 def initialise_dev_ca(options: DevCaOptions, log: Callable[[str], None] = lambda _: None) -> Path:
     data = options.data_dir
     ca_dir, secrets_dir = data / "ca", data / "secrets"
@@ -144,20 +116,18 @@ def initialise_dev_ca(options: DevCaOptions, log: Callable[[str], None] = lambda
     session = HsmSession(SOFTHSM_MODULE, TOKEN_LABEL, user_pin)
     session.open()
     try:
-        _ensure_key(session, "root-key", options.root_key, log)
-        _ensure_key(session, "class3-key", options.class3_key, log)
-        _ensure_key(session, "openpgp-key", options.openpgp_key, log)
-        root_key = session.private_key("root-key")
-        root = _ensure_certificate(
-            ca_dir / "root.pem",
-            lambda: _ca_certificate(_ca_name("CAcert Dev Root"), session.public_key("root-key"),
-                                    None, root_key, ROOT_VALIDITY, None), log)
-        _ensure_certificate(
-            ca_dir / "class3.pem",
-            lambda: _ca_certificate(_ca_name("CAcert Dev Class 3"), session.public_key("class3-key"),
-                                    root, root_key, SUB_VALIDITY, 0), log)
+        # The ceremony's progress lines, without its indented fingerprint lines.
+        runner = CeremonyRunner(session, ca_dir / LOG_NAME, file_mode=0o600,
+                                out=lambda line: None if line.startswith(" ") else log(line))
+        steps = dev_ceremony_steps(options, ca_dir)
+        for step in steps[:-1]:
+            runner.run(step)
+        # An existing OpenPGP key is kept whatever its type: --openpgp-key only matters
+        # the first time (docs/configuration.md).
+        if not session.has_key("openpgp-key"):
+            runner.run(KeyStep("openpgp-key", "key", "openpgp-key", options.openpgp_key))
         created = _ensure_openpgp(session, ca_dir, log)
-        _ensure_key(session, AUDIT_KEY_LABEL, "ecdsa-p256", log)
+        runner.run(steps[-1])
         _write_public_key(session, AUDIT_KEY_LABEL, data / AUDIT_PUBLIC_KEY, log)
     finally:
         session.close()
