@@ -124,6 +124,7 @@ class FakeSigner:
         self._outbox = bytearray()
         self.errors: list[BaseException] = []  # exceptions in the serving thread
         self.handled = 0  # requests answered (or left silent) so far
+        self.clock_offset_s = 0.0  # health's `time` is this far from the real clock
         self._thread = threading.Thread(target=self._serve, name="fake-signer", daemon=True)
         self._thread.start()
 
@@ -155,7 +156,7 @@ class FakeSigner:
                                       for i in self.ca.issuers.values()]}
         if cmd == "health":
             return "ok", {"healthy": True, "problems": [], "version": "x", "node_id": "fake",
-                          "time": now().isoformat()}
+                          "time": (now() + dt.timedelta(seconds=self.clock_offset_s)).isoformat()}
         if cmd in ("sign_x509", "revoke_x509", "sign_openpgp") and rid in self.stored:
             return "ok", {**self.stored[rid], "replayed": True}
         if cmd == "sign_x509":

@@ -44,7 +44,11 @@ def test_minimal_config_loads_with_defaults_and_paths_resolved_against_its_folde
     assert config.webdb.revoke_marker == MARKER
     assert config.x509.routes == default_routes()
     assert config.source == str((tmp_path / "client.yaml").resolve())
-    assert config.route("domaincerts", "ocsp") == X509Route("domaincerts", "ocsp", "root", "ocsp")
+    assert config.route("domaincerts", "ocsp") == X509Route("domaincerts", "ocsp", None, "ocsp")
+    assert config.route("orgdomaincerts", "timestamp") == X509Route("orgdomaincerts", "timestamp", None, "timestamp")
+    assert [config.x509.issuer_for(r) for r in (1, "2", 3)] == ["root", "class3", None]
+    assert config.mail.host == "localhost" and config.mail.port == 25 and config.mail.enabled
+    assert config.health.max_clock_skew_s == 120
     assert config.route("orgdomaincerts", "codesign") is None
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.openpgp_packets import serialise_packet
 from tests.fake_signer import FakeCa, FakeSigner, crl_answer
-from tests.webdb_side import PREFIX, WebSide, client_config, open_web_side
+from tests.webdb_side import PREFIX, CacertWebApp, SmtpSink, WebSide, client_config, open_web_side
 from tools import client_cli
 from tools.webdb.config import load_client_config
 from tools.webdb.daemon import ClientDaemon
@@ -181,7 +181,7 @@ def cli_status(env: Env, capsys) -> tuple[int, str]:
 
 def test_rows_of_two_tables_and_gpg_are_issued_and_status_counts_them(env, fake):
     alice = [env.side.add_certificate("emailcerts", SUBJECT) for _ in range(2)]
-    org = env.side.add_certificate("orgdomaincerts", SERVER_SUBJECT)
+    org = env.side.add_certificate("orgdomaincerts", SERVER_SUBJECT, rootcert=2)
     gpg = env.side.add_gpg(GPG_KEY, "alice@example.org")
 
     env.daemon().run(cycles=1)
@@ -276,7 +276,7 @@ def test_hsm_unavailable_leaves_every_row_alone_and_the_rows_are_served_after(en
 # -- 4. a kind of work this signer cannot serve (setup) --------------------------------------
 
 def test_unknown_profile_blocks_only_its_kind_and_status_exits_1(env, fake, capsys):
-    org = env.side.add_certificate("orgemailcerts", SUBJECT)
+    org = env.side.add_certificate("orgemailcerts", SUBJECT, rootcert=2)
     alice = env.side.add_certificate("emailcerts", SUBJECT)
     gpg = env.side.add_gpg(GPG_KEY, "alice@example.org")
     known = {"client", "server"}
@@ -309,7 +309,7 @@ def test_unknown_profile_blocks_only_its_kind_and_status_exits_1(env, fake, caps
 
 
 def test_a_blocked_kind_with_several_rows_is_served_in_the_first_round_after_the_fix(env, fake):
-    rows = [env.side.add_certificate("orgemailcerts", SUBJECT) for _ in range(3)]  # one window
+    rows = [env.side.add_certificate("orgemailcerts", SUBJECT, rootcert=2) for _ in range(3)]  # one window
     known = {"client", "server"}
     slow = []
 
@@ -693,3 +693,113 @@ def test_line_noise_does_not_keep_a_silence_timeout_waiting_for_ever():
         client.close()
         os.close(master)
         os.close(slave)
+
+
+# -- 12. what client.pl did besides signing: mails, the clock, renewals -------------------------
+
+@pytest.fixture
+def smtp(tmp_path):
+    sink = SmtpSink(tmp_path)
+    yield sink
+    sink.stop()
+
+
+def mails_to(smtp: SmtpSink, address: str) -> list:
+    return [m for m in smtp.messages() if m["To"] == address]
+
+
+def test_notification_mails_reach_a_real_smtp_server_in_the_members_language(env, fake, smtp):
+    env.configure(env.config.signer.device, mail={"host": "127.0.0.1", "port": smtp.port})
+    app = CacertWebApp(env.side.db, env.side.files_root)
+    app.member(11, "anna@example.org", "Anna", "de_DE")
+    app.member(12, "ben@example.org", "Ben", "")
+    app.member(13, "cleo@example.org", "Cleo", "en_AU")
+    app.organisation(5, "Corp Ltd", admins=[12, 13])
+    personal = env.side.add_certificate("emailcerts", SUBJECT, memid=11, CN="anna@example.org")
+    org = env.side.add_certificate("orgemailcerts", SUBJECT, orgid=5, rootcert=2, CN="bob@corp.example",
+                                   orgadminid=13)
+    gpg = env.side.add_gpg(GPG_KEY, "alice@example.org", memid=12)
+    daemon = env.daemon()
+    env.round(daemon)
+    assert env.row("emailcerts", personal)["crt_name"] and env.row("orgemailcerts", org)["crt_name"]
+    assert env.row("gpg", gpg)["crt"]
+    (anna,) = mails_to(smtp, "anna@example.org")  # issuance, in German
+    assert anna["Subject"] == "[CAcert.org] Ihr Zertifikat" and anna["From"] == "CAcert Support <support@cacert.org>"
+    assert f"https://www.cacert.org/account.php?id=6&cert={personal}" in anna.get_content()
+    assert "Hallo Anna" in anna.get_content() and "anna@example.org" in anna.get_content()
+    (cleo,) = mails_to(smtp, "cleo@example.org")  # the org admin who asked for it
+    assert cleo["Subject"] == "[CAcert.org] Your certificate" and "Hi Cleo" in cleo.get_content()
+    (ben,) = mails_to(smtp, "ben@example.org")  # his OpenPGP key
+    assert ben["Subject"] == "[CAcert.org] Your GPG/PGP Key"
+    assert f"gpg.php?id=3&cert={gpg}" in ben.get_content() and "alice@example.org" in ben.get_content()
+
+    env.round(daemon)  # nothing new: no second mail for the same rows
+    assert len(smtp.messages()) == 3
+
+    env.side.request_revocation("orgemailcerts", org)
+    env.round(daemon)
+    serial = env.row("orgemailcerts", org)["serial"]
+    for address in ("ben@example.org", "cleo@example.org"):  # every admin of the organisation
+        revoked = [m for m in mails_to(smtp, address) if "revoked" in m.get_content()]
+        assert len(revoked) == 1 and f"'bob@corp.example' with the serial number '{serial}'" in revoked[0].get_content()
+    assert env.status()["counters"]["mails_sent"] == 5
+
+
+def test_mails_off_or_unreachable_never_hold_up_a_row(env, fake, smtp, tmp_path):
+    app = CacertWebApp(env.side.db, env.side.files_root)
+    app.member(11, "anna@example.org", "Anna")
+    env.configure(env.config.signer.device, mail={"enabled": False, "host": "127.0.0.1", "port": smtp.port})
+    first = env.side.add_certificate("emailcerts", SUBJECT, memid=11)
+    daemon = env.daemon()
+    env.round(daemon)
+    daemon.link.close()
+    assert env.row("emailcerts", first)["crt_name"] and smtp.messages() == []
+    smtp.stop()  # nothing listens on the port any more
+    env.configure(env.config.signer.device, mail={"host": "127.0.0.1", "port": smtp.port, "timeout_s": 5})
+    second = env.side.add_certificate("emailcerts", SUBJECT, memid=11)
+    daemon = env.daemon()
+    env.round(daemon)
+    assert env.row("emailcerts", second)["crt_name"] and env.row("emailcerts", second)["warning"] == 0
+    status = env.status()
+    assert status["counters"]["mail_failed"] == 1 and "issued mail to member 11 not sent" in status["last_error"]["message"]
+    # an address with a line break (no header may hold it) is a mail error too, not the row's
+    env.side.db.execute("UPDATE users SET email=? WHERE id=11", ("anna@example.org\r\nBcc: x@example.net",))
+    third = env.side.add_certificate("emailcerts", SUBJECT, memid=11)
+    env.round(daemon)
+    assert env.row("emailcerts", third)["crt_name"] and env.book("emailcerts", third)["state"] == "done"
+    assert env.status()["counters"]["mail_failed"] == 2
+    assert "ValueError" in env.status()["last_error"]["message"]
+
+
+@pytest.mark.parametrize("offset, problem", [(0, False), (-90, False), (400, True), (-400, True)])
+def test_a_signer_clock_off_by_more_than_the_threshold_is_a_problem(env, fake, capsys, offset, problem):
+    fake.clock_offset_s = offset
+    env.configure(env.config.signer.device, health={"interval_s": 60, "max_clock_skew_s": 120})
+    env.round(env.daemon())
+    health = env.status()["health"]
+    assert abs(health["clock_skew_s"] - offset) < 30  # a loaded box: the poll itself takes time
+    assert health["healthy"] is not problem
+    code, out = cli_status(env, capsys)
+    assert code == (1 if problem else 0)
+    assert ("problem: clock: the signer's clock is more than 120 s" in out) is problem
+    assert f"signer clock: {health['clock_skew_s']:+g} s" in out
+
+
+def test_a_renewal_in_its_insert_window_never_overwrites_the_old_certificate(env, fake):
+    """account.php inserts the renewal with the OLD row's csr_name, then copies the file and
+    updates it: the certificate's file comes from the row id, so the old file stays."""
+    app = CacertWebApp(env.side.db, env.side.files_root)
+    app.member(11, "anna@example.org", "Anna")
+    old = env.side.add_certificate("emailcerts", SUBJECT, memid=11)
+    daemon = env.daemon()
+    env.round(daemon)
+    old_name = env.row("emailcerts", old)["crt_name"]
+    old_pem = (env.side.files_root / old_name).read_bytes()
+    new = app.renew_start(old)  # the daemon's round falls into the window
+    assert env.row("emailcerts", new)["csr_name"] == env.row("emailcerts", old)["csr_name"]
+    env.round(daemon)
+    row = env.row("emailcerts", new)
+    assert row["crt_name"] == f"crt/client/0/client-{new}.crt" != old_name
+    assert (env.side.files_root / old_name).read_bytes() == old_pem
+    assert x509.load_pem_x509_certificate((env.side.files_root / row["crt_name"]).read_bytes()).serial_number \
+        == int(row["serial"], 16)

@@ -14,9 +14,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from tools.webdb.work import (RowProblem, db_time, classify, key_uids, openpgp_job, output_name,
-                              parse_san, parse_subject, read_csr_der, request_id, revoke_job,
-                              uid_email, variant_of, x509_job)
+from tools.webdb.work import (RowProblem, db_time, classify, key_uids, openpgp_job, parse_san,
+                              parse_spkac_file, parse_subject, read_csr_der, request_id, result_name,
+                              revoke_job, uid_email, validity_days, variant_of, x509_job)
 from tests import webdb_fixtures
 from tests.webdb_fixtures import ALICE, ALICE_WORK, Web, issued_row
 from tests.webdb_side import csr_pem
@@ -51,17 +51,27 @@ def test_db_time_is_utc_datetime_text(iso, text):
     assert db_time(iso) == text
 
 
-@pytest.mark.parametrize("name, suffix, expected", [
-    ("csr/client/0/client-5.csr", ".crt", "crt/client/0/client-5.crt"),
-    ("csr/gpg/1/gpg-1234.csr", ".crt", "crt/gpg/1/gpg-1234.crt"),
-    ("/var/www/cacert/csr/server/0/server-7.csr", ".crt", "/var/www/cacert/crt/server/0/server-7.crt"),
-    # only the innermost `csr` folder is the request folder
-    ("/srv/csr/www/csr/client/0/client-5.csr", ".crt", "/srv/csr/www/crt/client/0/client-5.crt"),
-    ("requests/client-5.csr", ".pem", "requests/client-5.pem"),
-    ("csr/client/0/request.der", ".crt", "crt/client/0/request.der.crt"),
+@pytest.mark.parametrize("table, row_id, expected", [
+    ("emailcerts", 5, "crt/client/0/client-5.crt"),
+    ("domaincerts", 1999, "crt/server/1/server-1999.crt"),
+    ("orgemailcerts", 2000, "crt/orgclient/2/orgclient-2000.crt"),
+    ("orgdomaincerts", 7, "crt/orgserver/0/orgserver-7.crt"),
+    ("gpg", 1234, "crt/gpg/1/gpg-1234.crt"),
 ])
-def test_output_name(name, suffix, expected):
-    assert output_name(name, suffix) == expected
+def test_result_name_comes_from_table_and_id_as_generatecertpath(tmp_path, table, row_id, expected):
+    (tmp_path / "www").mkdir()
+    w = Web(tmp_path)
+    try:
+        assert result_name(w.config.webdb, table, row_id) == expected
+    finally:
+        w.close()
+    # CAcert's layout: names relative to its www folder, one level below files_root
+    w = Web(tmp_path, webdb={"names_relative_to": str(tmp_path / "www" / "www")})
+    try:
+        (tmp_path / "www" / "www").mkdir(exist_ok=True)
+        assert result_name(w.config.webdb, table, row_id) == "../" + expected
+    finally:
+        w.close()
 
 
 @pytest.mark.parametrize("text, subject, sans", [
@@ -117,7 +127,47 @@ def test_parse_san(text, pair):
     ({"type": 1}, [["dns", "a.example.org"], ["xmpp", "chat.example.org"]], "jabber"),
 ])
 def test_variant_of(row, sans, variant):
-    assert variant_of(row, sans) == variant
+    assert variant_of(row, sans, "domaincerts") == variant
+
+
+@pytest.mark.parametrize("table, row, variant", [
+    # the web app puts an XmppAddr next to every DNS name: org server rows stay server-org
+    ("orgdomaincerts", {"type": None}, ""),
+    ("orgdomaincerts", {"type": ""}, ""),  # what the org server INSERT leaves in the tinyint
+    ("orgdomaincerts", {"type": 8}, "ocsp"),
+    ("orgemailcerts", {"type": 9}, "timestamp"),
+    ("emailcerts", {"type": 8, "codesign": 1}, "ocsp"),
+])
+def test_variant_of_other_tables(table, row, variant):
+    assert variant_of(row, [["dns", "a.example.org"], ["xmpp", "a.example.org"]], table) == variant
+
+
+@pytest.mark.parametrize("table, points, days", [
+    ("orgdomaincerts", None, 730), ("orgemailcerts", None, 365),
+    ("emailcerts", 50, 730), ("emailcerts", 150, 730), ("emailcerts", 49, 180), ("emailcerts", None, 180),
+    ("domaincerts", 100, 730), ("domaincerts", 0, 180),
+])
+def test_validity_days_as_client_pl(table, points, days):
+    assert validity_days(table, points) == days
+
+
+def test_parse_subject_skips_the_sso_attribute_as_openssl_did():
+    skipped: list[str] = []
+    text = "/CN=CAcert WoT User/emailAddress=alice@example.org/emailAddress = 0123456789abcdef0123"
+    assert parse_subject(text, skipped) == ([["CN", "CAcert WoT User"], ["emailAddress", "alice@example.org"]], [])
+    assert len(skipped) == 1 and "emailAddress = 0123456789abcdef0123" in skipped[0]
+
+
+def test_parse_spkac_file_reads_cacerts_format():
+    text = ("0.emailAddress = alice@example.org\n1.emailAddress = a2@example.org\n"
+            "commonName = CAcert WoT User\nSPKAC = AAEC AwQ=")
+    spkac, subject = parse_spkac_file(text.encode())
+    assert spkac == "AAECAwQ="  # the base64 text sign_x509's `spkac` takes, blanks removed
+    assert subject == [["CN", "CAcert WoT User"], ["emailAddress", "alice@example.org"],
+                       ["emailAddress", "a2@example.org"]]
+    assert parse_spkac_file(b"-----BEGIN CERTIFICATE REQUEST-----\n") is None
+    with pytest.raises(RowProblem, match="not base64"):
+        parse_spkac_file(b"SPKAC = !!!")
 
 
 @pytest.mark.parametrize("code, verdict", [
@@ -184,13 +234,17 @@ def test_uid_email(uid, email):
 
 @pytest.mark.parametrize("table, columns, profile, issuer", [
     ("emailcerts", {}, "client", "root"),
-    ("emailcerts", {"codesign": 1}, "client-codesign", "class3"),
+    ("emailcerts", {"rootcert": 2}, "client", "class3"),
+    ("emailcerts", {"codesign": 1}, "client-codesign", "root"),
+    ("emailcerts", {"codesign": 1, "rootcert": 2}, "client-codesign", "class3"),
     ("domaincerts", {}, "server", "root"),
+    ("domaincerts", {"rootcert": 2}, "server", "class3"),
     ("domaincerts", {"type": 8}, "ocsp", "root"),
-    ("domaincerts", {"type": 9}, "timestamp", "root"),
-    ("orgemailcerts", {}, "client-org", "class3"),
-    ("orgemailcerts", {"codesign": 1}, "client-codesign", "class3"),
-    ("orgdomaincerts", {}, "server-org", "class3"),
+    ("domaincerts", {"type": 9, "rootcert": 2}, "timestamp", "class3"),
+    ("orgemailcerts", {}, "client-org", "root"),
+    ("orgemailcerts", {"codesign": 1, "rootcert": 2}, "client-codesign", "class3"),
+    ("orgdomaincerts", {"rootcert": 2}, "server-org", "class3"),
+    ("orgdomaincerts", {"type": 8}, "ocsp", "root"),
 ])
 def test_x509_job_uses_the_default_route_of_table_and_variant(web, table, columns, profile, issuer):
     row_id = web.side.add_certificate(table, "/CN=a.example.org/subjectAltName=DNS:a.example.org",
@@ -204,15 +258,23 @@ def test_x509_job_uses_the_default_route_of_table_and_variant(web, table, column
     assert job.body["sans"] == [["dns", "a.example.org"]]
     assert job.body["hash"] == "sha256"
     assert job.body["csr"] == read_csr_der(web.root / row["csr_name"])
-    assert "days" not in job.body
+    assert job.body["days"] == {"orgdomaincerts": 730, "orgemailcerts": 365}.get(table, 180)
+
+
+def test_x509_job_rootcert_without_an_issuer_is_a_setup_problem(web):
+    row_id = web.side.add_certificate("emailcerts", "/CN=Alice", rootcert=3)
+    with pytest.raises(RowProblem, match="rootcert 3 names no issuer") as caught:
+        x509_job(web.config, "emailcerts", web.row("emailcerts", row_id))
+    assert caught.value.verdict == "setup"
 
 
 @pytest.mark.parametrize("md, expected", [("sha512", "sha512"), ("SHA384", "sha384"), ("sha1", "sha1"),
-                                          ("md5", "md5"), (None, "sha256"), ("", "sha256")])
+                                          ("md5", "md5"), (None, None), ("", None)])
 def test_x509_job_passes_md_as_hash(web, md, expected):
+    # '' is what MySQL stores for sha384 (not in the enum): no hash, the signer's default
     row_id = web.side.add_certificate("emailcerts", "/CN=Alice")
     row = {**web.row("emailcerts", row_id), "md": md}
-    assert x509_job(web.config, "emailcerts", row).body["hash"] == expected
+    assert x509_job(web.config, "emailcerts", row).body.get("hash") == expected
 
 
 def test_x509_job_schema_default_md_is_sha512(web):
@@ -225,8 +287,9 @@ def test_x509_job_route_days_and_prefix(tmp_path):
             x509={"routes": [{"table": "emailcerts", "profile": "client", "issuer": "root", "days": 90}]})
     try:
         row_id = w.side.add_certificate("emailcerts", "/CN=Alice")
-        job = x509_job(w.config, "emailcerts", w.row("emailcerts", row_id))
-        assert job.body["days"] == 90 and job.request_id == f"pre:emailcerts:{row_id}:sign"
+        job = x509_job(w.config, "emailcerts", w.row("emailcerts", row_id), 100)
+        assert job.body["days"] == 90 and job.request_id == f"pre:emailcerts:{row_id}:sign"  # capped
+        assert x509_job(w.config, "emailcerts", w.row("emailcerts", row_id), 100).body["issuer"] == "root"
         other = w.side.add_certificate("domaincerts", "/CN=a.example.org")
         with pytest.raises(RowProblem, match="no x509 route for table domaincerts") as caught:
             x509_job(w.config, "domaincerts", w.row("domaincerts", other))
@@ -235,11 +298,15 @@ def test_x509_job_route_days_and_prefix(tmp_path):
         w.close()
 
 
-def test_x509_job_without_route_for_the_variant(web):
-    row_id = web.side.add_certificate("emailcerts", "/CN=Alice", type=8)
-    with pytest.raises(RowProblem, match="no x509 route") as caught:
-        x509_job(web.config, "emailcerts", web.row("emailcerts", row_id))
-    assert caught.value.verdict == "setup"
+def test_x509_job_without_route_for_the_variant(tmp_path):
+    w = Web(tmp_path, x509={"routes": [{"table": "emailcerts", "profile": "client"}]})
+    try:
+        row_id = w.side.add_certificate("emailcerts", "/CN=Alice", type=8)
+        with pytest.raises(RowProblem, match="no x509 route") as caught:
+            x509_job(w.config, "emailcerts", w.row("emailcerts", row_id))
+        assert caught.value.verdict == "setup"
+    finally:
+        w.close()
 
 
 def test_x509_job_missing_csr_file_is_not_permanent(web):
@@ -261,9 +328,10 @@ def test_x509_job_for_an_xmpp_row_uses_the_server_jabber_profile(web):
 
 @pytest.mark.parametrize("table, columns, issuer", [
     ("emailcerts", {}, "root"),
-    ("emailcerts", {"codesign": 1}, "class3"),
+    ("emailcerts", {"codesign": 1, "rootcert": 2}, "class3"),
     ("domaincerts", {"type": 8}, "root"),
-    ("orgdomaincerts", {}, "class3"),
+    ("orgdomaincerts", {"rootcert": 2}, "class3"),
+    ("orgdomaincerts", {"rootcert": 1}, "root"),
 ])
 def test_revoke_job(web, table, columns, issuer):
     row_id = issued_row(web, table, "/CN=a.example.org", **columns)
@@ -346,7 +414,7 @@ def test_openpgp_job_keeps_only_verified_uids(web, gpg_key, emails, uids):
 def test_openpgp_job_without_a_verified_uid(web, gpg_key):
     row_id = web.side.add_gpg(gpg_key[1], "alice@example.org")
     for emails in (set(), {"mallory@example.org"}):
-        with pytest.raises(RowProblem, match="no user id on the key has a verified address") as caught:
+        with pytest.raises(RowProblem, match="no user id on the key is name-only or has a verified") as caught:
             openpgp_job(web.config, web.row("gpg", row_id), emails)
         assert caught.value.permanent is True
 

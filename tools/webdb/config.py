@@ -65,33 +65,55 @@ class WebDbConfig:
 
 @dataclass(frozen=True)
 class X509Route:
-    """Which profile and issuer a row of `table` gets; `variant` comes from the row:
-    `codesign` = 1 gives "codesign", `type` 8 "ocsp", `type` 9 "timestamp", an XMPP
-    subjectAltName "jabber", else ""."""
+    """Which profile a row of `table` gets; `variant` comes from the row: `type` 8 "ocsp",
+    `type` 9 "timestamp" (any table, as client.pl), `codesign` = 1 "codesign", an XMPP
+    subjectAltName on a personal server row "jabber", else "". The issuer follows from the
+    row's `rootcert` (X509WorkConfig.rootcerts) unless the route names one."""
     table: str
     profile: str
-    issuer: str
+    issuer: str | None = None  # None: the issuer the row's rootcert names
     variant: str = ""
-    days: int | None = None  # None: the profile's default validity
+    days: int | None = None  # a cap on the validity client.pl's rule gives (None: no cap)
 
 
 def default_routes() -> list[X509Route]:
-    # Mirrors config/profiles/*.yaml of the signer (profile -> issuer is fixed there).
-    return [X509Route("emailcerts", "client", "root"),
-            X509Route("emailcerts", "client-codesign", "class3", "codesign"),
-            X509Route("domaincerts", "server", "root"),
-            X509Route("domaincerts", "server-jabber", "root", "jabber"),
-            X509Route("domaincerts", "ocsp", "root", "ocsp"),
-            X509Route("domaincerts", "timestamp", "root", "timestamp"),
-            X509Route("orgemailcerts", "client-org", "class3"),
-            X509Route("orgemailcerts", "client-codesign", "class3", "codesign"),
-            X509Route("orgdomaincerts", "server-org", "class3")]
+    # client.pl's profile choice (CommModule/client.pl HandleCerts): type 8/9 on any table,
+    # codesign on the e-mail tables, org client -> client-org, org server -> server-org.
+    routes = [X509Route("emailcerts", "client"),
+              X509Route("emailcerts", "client-codesign", variant="codesign"),
+              X509Route("domaincerts", "server"),
+              X509Route("domaincerts", "server-jabber", variant="jabber"),
+              X509Route("orgemailcerts", "client-org"),
+              X509Route("orgemailcerts", "client-codesign", variant="codesign"),
+              X509Route("orgdomaincerts", "server-org")]
+    for table in TABLES:
+        routes += [X509Route(table, "ocsp", variant="ocsp"), X509Route(table, "timestamp", variant="timestamp")]
+    return routes
+
+
+@dataclass(frozen=True)
+class RootcertIssuer:
+    """The web application's `rootcert` value and the signer's issuer id for it."""
+    rootcert: int
+    issuer: str
+
+
+def default_rootcerts() -> list[RootcertIssuer]:
+    # CommModule/server.pl: rootcert 1 = the CAcert root ("class 1"), 2 = class 3.
+    return [RootcertIssuer(1, "root"), RootcertIssuer(2, "class3")]
 
 
 @dataclass(frozen=True)
 class X509WorkConfig:
     enabled: bool = True
     routes: list[X509Route] = field(default_factory=default_routes)
+    rootcerts: list[RootcertIssuer] = field(default_factory=default_rootcerts)
+
+    def issuer_for(self, rootcert: object) -> str | None:
+        for entry in self.rootcerts:
+            if str(entry.rootcert) == str(rootcert).strip():
+                return entry.issuer
+        return None
 
 
 @dataclass(frozen=True)
@@ -117,6 +139,21 @@ class CrlWorkConfig:
 @dataclass(frozen=True)
 class HealthWorkConfig:
     interval_s: float = 60.0
+    # The signer's clock (health `time`) and the daemon's may differ by this much; more is a
+    # problem in the log and in `signer-client status` (certificates are dated by the signer).
+    max_clock_skew_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class MailConfig:
+    """Notification mails as client.pl sent them (docs/webdb-client.md#notification-mails)."""
+    enabled: bool = True
+    host: str = "localhost"
+    port: int = 25
+    sender: str = "support@cacert.org"  # From: and Reply-To:, as client.pl
+    envelope_from: str = "returns@cacert.org"  # MAIL FROM, Sender: and Errors-To:
+    site_url: str = "https://www.cacert.org"  # the links in the mails
+    timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +165,7 @@ class ClientConfig:
     openpgp: OpenPgpWorkConfig = field(default_factory=OpenPgpWorkConfig)
     crl: CrlWorkConfig = field(default_factory=CrlWorkConfig)
     health: HealthWorkConfig = field(default_factory=HealthWorkConfig)
+    mail: MailConfig = field(default_factory=MailConfig)
     source: str = ""
 
     def route(self, table: str, variant: str) -> X509Route | None:
@@ -181,8 +219,14 @@ def validate(config: ClientConfig) -> None:
         seen.add((route.table, route.variant))
         if route.days is not None and route.days <= 0:
             raise ConfigError(f"x509.routes[{i}].days: expected a positive number of days")
-    if config.crl.interval_s <= 0 or config.health.interval_s <= 0:
-        raise ConfigError("crl.interval_s and health.interval_s: expected positive seconds")
+    rootcerts = [entry.rootcert for entry in config.x509.rootcerts]
+    if len(set(rootcerts)) != len(rootcerts):
+        raise ConfigError(f"x509.rootcerts: a rootcert value twice in {rootcerts}")
+    if config.crl.interval_s <= 0 or config.health.interval_s <= 0 or config.health.max_clock_skew_s <= 0:
+        raise ConfigError("crl.interval_s, health.interval_s and health.max_clock_skew_s: "
+                          "expected positive seconds")
+    if not 0 < config.mail.port < 65536 or config.mail.timeout_s <= 0:
+        raise ConfigError("mail: port must be 1..65535 and timeout_s positive")
     for i, publication in enumerate(config.crl.issuers):
         if "/" in publication.file or publication.file in ("", ".", ".."):
             raise ConfigError(f"crl.issuers[{i}].file: a file name, not a path: {publication.file!r}")

@@ -8,6 +8,7 @@ Flow, failures and columns: docs/webdb-client.md.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import threading
@@ -23,6 +24,7 @@ from tools.webdb.config import ClientConfig
 from tools.webdb.crl_publisher import CrlPublisher
 from tools.webdb.db import DbUnavailable, WebDb
 from tools.webdb.link import SignerAway, SignerLink
+from tools.webdb.mail import Mailer
 from tools.webdb.queue import PrefixChanged, WorkQueue
 from tools.webdb.status import StatusFile
 from tools.webdb.work import (CERT_TABLES, Job, LocalTrouble, RowProblem, audit_head_of, classify,
@@ -41,6 +43,7 @@ class ClientDaemon:
         self.stopping = threading.Event()
         self.link = SignerLink(config.signer, Path(config.state_dir), abort=self.stopping.is_set)
         self.crls = CrlPublisher(config.crl)
+        self.mailer = Mailer(config.mail)
         self.backoff = config.signer.backoff_initial_s
         self.next_health = 0.0
         self.next_crl = 0.0
@@ -125,7 +128,7 @@ class ClientDaemon:
         if self.config.x509.enabled:
             for table in CERT_TABLES:
                 full |= self._kind(table, "sign", lambda t: self.queue.pending_certificates(t, self.config.webdb.batch),
-                                   lambda row, t: x509_job(self.config, t, row))
+                                   lambda row, t: x509_job(self.config, t, row, self.queue.assurance_points(t, row)))
         if self.config.openpgp.enabled:
             full |= self._kind("gpg", "sign", lambda t: self.queue.pending_openpgp(self.config.webdb.batch),
                                lambda row, t: openpgp_job(self.config, row, self.queue.verified_emails(row)))
@@ -180,9 +183,11 @@ class ClientDaemon:
         self.next_health = time.monotonic() + self.config.health.interval_s
         body = response.body or {}
         health = {"at": now_text(), "healthy": bool(body.get("healthy")) and response.ok,
-                  "problems": body.get("problems", []) if response.ok else [str(response.error)],
+                  "problems": list(body.get("problems", [])) if response.ok else [str(response.error)],
                   "version": body.get("version"), "node_id": body.get("node_id"),
-                  "signer_time": body.get("time")}
+                  "signer_time": body.get("time"), "clock_skew_s": None}
+        if response.ok:
+            self._check_clock(health, body.get("time"))
         last = self.status.data.get("health") or {}
         if (last.get("healthy"), last.get("problems")) != (health["healthy"], health["problems"]):
             if health["healthy"]:
@@ -196,6 +201,28 @@ class ClientDaemon:
         self.status.update(health=health, signer=signer)
         if response.ok:
             self.note_audit_head(body, is_log_end=True)
+
+    def _check_clock(self, health: dict[str, Any], signer_time: Any) -> None:
+        """The signer dates every certificate and CRL by its own clock, which nothing sets on
+        the offline box: compare it with this host's at every health poll. Over
+        health.max_clock_skew_s it is a problem (status exit 1, logged when it changes)."""
+        try:
+            moment = dt.datetime.fromisoformat(str(signer_time))
+            if moment.tzinfo is None:
+                raise ValueError("no time zone")
+        except ValueError:
+            health["problems"].append(f"clock: the signer's time {signer_time!r} is not an ISO 8601 time")
+            health["healthy"] = False
+            return
+        skew = (moment - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        health["clock_skew_s"] = round(skew, 1)
+        limit = self.config.health.max_clock_skew_s
+        if abs(skew) > limit:
+            # no seconds in the text: it is logged when the problems change, not every poll
+            health["problems"].append(f"clock: the signer's clock is more than {limit:g} s "
+                                      f"{'ahead of' if skew > 0 else 'behind'} this host's "
+                                      "(health.max_clock_skew_s; the skew is in clock_skew_s)")
+            health["healthy"] = False
 
     def note_audit_head(self, body: Any, is_log_end: bool = False) -> None:
         """Keep the signer's newest audit head (docs/webdb-client.md, "The audit head")."""
@@ -358,22 +385,58 @@ class ClientDaemon:
         replay = " (stored answer)" if body.get("replayed") else ""
         if job.command == "sign_x509":
             pem = x509.load_der_x509_certificate(body["certificate"]).public_bytes(Encoding.PEM)
-            self.queue.store_certificate(job, pem, body["serial"], body["not_after"])
+            written = self.queue.store_certificate(job, pem, body["serial"], body["not_after"])
             self.status.count("issued")
-            log.info("%s row %s: issued serial %s until %s%s", job.table, job.row_id,
-                     body["serial"], body["not_after"], replay)
+            log.info("%s row %s: issued serial %s by %s until %s%s", job.table, job.row_id,
+                     body["serial"], job.issuer, body["not_after"], replay)
+            for note in job.notes:
+                log.info("%s row %s: %s", job.table, job.row_id, note)
+            if written:  # once per row: a repeated write-back finds it done and mails nobody
+                self._mail("issued", self._issuance_recipients(job), name=str(job.row.get("CN") or ""),
+                           url=f"{self.config.mail.site_url}/account.php?id="
+                               f"{15 if job.table.endswith('domaincerts') else 6}&cert={job.row_id}")
         elif job.command == "revoke_x509":
-            self.queue.store_revocation(job, body["revoked_at"])
+            written = self.queue.store_revocation(job, body["revoked_at"])
             if job.issuer in self.crls.issuers:
                 self.crl_dirty.add(job.issuer)
             self.status.count("revoked")
             log.info("%s row %s: revoked serial %s at %s%s", job.table, job.row_id, body["serial"],
                      body["revoked_at"], " (already revoked)" if body.get("already_revoked") else "")
+            if written:
+                self._mail("revoked", self._revocation_recipients(job), name=str(job.row.get("CN") or ""),
+                           serial=str(job.row.get("serial") or body["serial"]).upper())
         else:
-            self.queue.store_openpgp(job, body["key"], body["expires_at"])
+            written = self.queue.store_openpgp(job, body["key"], body["expires_at"])
             self.status.count("openpgp_signed")
             log.info("gpg row %s: certified %s on %s until %s%s", job.row_id,
                      ", ".join(body["certified_uids"]), body["fingerprint"], body["expires_at"], replay)
+            if written:
+                self._mail("openpgp", self.queue.users([int(job.row.get("memid") or 0)]),
+                           name=str(job.row.get("email") or ""),
+                           url=f"{self.config.mail.site_url}/gpg.php?id=3&cert={job.row_id}")
+
+    # -- notification mails (docs/webdb-client.md#notification-mails) ----------------------
+    def _issuance_recipients(self, job: Job) -> list[dict[str, Any]]:
+        # Personal rows: the member. Org rows have no member column (client.pl's mail went
+        # to nobody): the org admin who asked for it (orgadminid), when the row names one.
+        memid = self.queue.member_of(job.table, job.row) or int(job.row.get("orgadminid") or 0)
+        return self.queue.users([memid]) if memid else []
+
+    def _revocation_recipients(self, job: Job) -> list[dict[str, Any]]:
+        if job.table.startswith("org"):  # every admin of the organisation, as client.pl
+            return self.queue.users(self.queue.org_admins(int(job.row.get("orgid") or 0)))
+        memid = self.queue.member_of(job.table, job.row)
+        return self.queue.users([memid]) if memid else []
+
+    def _mail(self, kind: str, recipients: list[dict[str, Any]], **values: str) -> None:
+        if not self.config.mail.enabled:
+            return
+        errors = self.mailer.send(kind, recipients, **values)
+        for line in errors:
+            self.status.count("mail_failed")
+            self.status.error(line)
+        for _ in range(len(recipients) - len(errors)):
+            self.status.count("mails_sent")
 
     # -- CRLs ------------------------------------------------------------------------------
     def publish_crls(self) -> None:

@@ -13,7 +13,7 @@ from tools.files import write_atomically
 from tools.webdb.config import ClientConfig
 from tools.webdb.db import WebDb
 from tools.webdb.schema import ZERO
-from tools.webdb.work import CERT_TABLES, Job, db_time, later, now_text, output_name, row_file
+from tools.webdb.work import CERT_TABLES, Job, db_time, later, now_text, result_name, row_file
 
 FAILED, DONE, RETRYING = "failed", "done", "retrying"
 
@@ -102,6 +102,39 @@ class WorkQueue:
             emails |= {str(r["email"]).lower() for r in found}
         return emails
 
+    # -- what client.pl read besides the request tables ------------------------------------
+    def member_of(self, table: str, row: dict[str, Any]) -> int | None:
+        """The member a personal row belongs to: emailcerts.memid, or for domaincerts the
+        owner of its domain (domains.memid), as client.pl looked it up. None for org rows."""
+        if table in ("emailcerts", "gpg"):
+            return int(row.get("memid") or 0) or None
+        if table == "domaincerts":
+            found = self.db.query("SELECT memid FROM domains WHERE id=?", (int(row.get("domid") or 0),))
+            return int(found[0]["memid"]) if found and found[0]["memid"] else None
+        return None
+
+    def assurance_points(self, table: str, row: dict[str, Any]) -> int | None:
+        """The member's assurance points as client.pl's calculateDays summed them: notary
+        `awarded` where `to` is the member and the entry is not deleted. None for org rows."""
+        memid = self.member_of(table, row)
+        if memid is None:
+            return None
+        found = self.db.query("SELECT SUM(awarded) AS total FROM notary WHERE `to`=? AND deleted=?",
+                              (memid, ZERO.strip("'")))
+        return int(found[0]["total"] or 0) if found else 0
+
+    def users(self, memids: list[int]) -> list[dict[str, Any]]:
+        """id, email, fname, language of these members (the mails' recipients), in memid order."""
+        found = []
+        for memid in memids:
+            found += self.db.query("SELECT id, email, fname, language FROM users WHERE id=?", (memid,))
+        return found
+
+    def org_admins(self, orgid: int) -> list[int]:
+        """Every admin of the organisation (client.pl mailed them all on a revocation)."""
+        found = self.db.query("SELECT memid FROM org WHERE orgid=? ORDER BY memid", (int(orgid),))
+        return [int(r["memid"]) for r in found]
+
     def depth(self) -> dict[str, int]:
         """Rows waiting, per table and action (for `signer-client status`)."""
         counts: dict[str, int] = {}
@@ -115,7 +148,7 @@ class WorkQueue:
 
     # -- results ---------------------------------------------------------------------------
     def store_certificate(self, job: Job, pem: bytes, serial: str, not_after: str) -> bool:
-        name = output_name(job.row["csr_name"], ".crt")
+        name = result_name(self.config.webdb, job.table, job.row_id)
         write_atomically(row_file(self.config.webdb, name), pem)
         changed = self.db.execute(
             f"UPDATE `{job.table}` SET crt_name=?, serial=?, expire=?, modified=? "
@@ -132,7 +165,7 @@ class WorkQueue:
         return changed == 1
 
     def store_openpgp(self, job: Job, armoured: str, expires_at: str) -> bool:
-        name = output_name(job.row["csr"], ".crt")
+        name = result_name(self.config.webdb, "gpg", job.row_id)
         write_atomically(row_file(self.config.webdb, name), armoured.encode())
         changed = self.db.execute("UPDATE gpg SET crt=?, issued=?, expire=? WHERE id=? AND crt=''",
                                   (name, now_text(), db_time(expires_at), job.row_id))

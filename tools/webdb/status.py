@@ -85,6 +85,8 @@ def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
     if health:
         lines.append(f"last health {health.get('at')}: {'healthy' if health.get('healthy') else 'UNHEALTHY'}"
                      f", version {health.get('version')}, node {health.get('node_id')}")
+        if health.get("clock_skew_s") is not None:
+            lines.append(f"  signer clock: {health['clock_skew_s']:+g} s against this host's")
         lines += [f"  problem: {p}" for p in health.get("problems") or []]
     else:
         lines.append("last health: none yet")
@@ -102,3 +104,24 @@ def status_lines(status: dict[str, Any], alive: bool) -> list[str]:
     error = status.get("last_error")
     lines.append(f"last error: {error['at']} {error['message']}" if error else "last error: none")
     return lines
+
+
+def health_age_s(status: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since the daemon's last health answer from the signer (None: none yet)."""
+    at = (status.get("health") or {}).get("at")
+    try:
+        moment = time.mktime(time.strptime(str(at), "%Y-%m-%d %H:%M:%S")) - time.timezone
+    except ValueError:
+        return None
+    return max(0.0, (time.time() if now is None else now) - moment)
+
+
+def stale_signer_line(age_s: float | None, bound_s: float) -> str | None:
+    """Why the signer's state cannot be trusted as green: its last answer is too old (a
+    signer that stopped answering is only noticed at the next health poll or request)."""
+    if age_s is None:
+        return "signer: no health answer yet"
+    if age_s > bound_s:
+        return (f"signer: STALE: last health answer {age_s:.0f} s ago (more than {bound_s:g} s): "
+                "the signer may not answer")
+    return None

@@ -6,6 +6,8 @@ which rows are work, the request id of a row, the subject and SANs out of CAcert
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import errno
 import os
@@ -22,6 +24,10 @@ from core.x509build import X509_PARSE_ERRORS, MalformedCsr, load_csr
 from tools.webdb.config import ClientConfig, WebDbConfig
 
 CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
+# The file-name prefix of each table (includes/general.php generatecertpath, client.pl HandleCerts).
+FILE_PREFIX = {"emailcerts": "client", "domaincerts": "server", "orgemailcerts": "orgclient",
+               "orgdomaincerts": "orgserver", "gpg": "gpg"}
+ASSURED_POINTS = 50  # client.pl calculateDays: 730 days from 50 assurance points, else 180
 XMPP_OID = "1.3.6.1.5.5.7.8.5"
 ALLOWED_HASHES = ("sha256", "sha384", "sha512")
 
@@ -96,6 +102,7 @@ class Job:
     body: dict[str, Any]
     row: dict[str, Any] = field(repr=False)
     issuer: str = ""
+    notes: list[str] = field(default_factory=list)  # what the daemon changed, logged at issuance
 
 
 def request_id(prefix: str, table: str, row_id: int, action: str) -> str:
@@ -142,27 +149,37 @@ def row_file(webdb: WebDbConfig, name: Any) -> Path:
     return path
 
 
-def output_name(input_name: str, suffix: str) -> str:
-    """Where the web application looks for the result of the request file `input_name`: as the
-    old client did, the `csr` folder becomes `crt` and `.csr` becomes `suffix`."""
-    parts = list(Path(input_name).parts)
-    if "csr" in parts:
-        parts[len(parts) - 1 - parts[::-1].index("csr")] = "crt"
-    path = Path(*parts)
-    stem = path.name[:-4] if path.name.endswith(".csr") else path.name
-    return str(path.with_name(stem + suffix))
+def result_name(webdb: WebDbConfig, table: str, row_id: int) -> str:
+    """The certificate (or signed key) file of a row, from its table and id alone as
+    client.pl and the web application's generatecertpath() name it:
+    files_root/crt/<prefix>/<id // 1000>/<prefix>-<id>.crt, written relative to
+    names_relative_to (CAcert: `../crt/...`). Never from csr_name: a renewal inserts its row
+    with the OLD row's csr_name first, and a name derived from that would overwrite the
+    previous certificate's file."""
+    prefix = FILE_PREFIX[table]
+    root = os.path.realpath(webdb.files_root)
+    start = os.path.realpath(webdb.names_relative_to or webdb.files_root)
+    path = os.path.join(root, "crt", prefix, str(int(row_id) // 1000), f"{prefix}-{int(row_id)}.crt")
+    return os.path.relpath(path, start)
 
 
-def parse_subject(text: str) -> tuple[list[list[str]], list[list[str]]]:
+def parse_subject(text: str, skipped: list[str] | None = None) -> tuple[list[list[str]], list[list[str]]]:
     """CAcert's `subject` column, "/CN=a/emailAddress=b/subjectAltName=email:b", into the
-    signer's subject pairs and SAN pairs (in their order)."""
+    signer's subject pairs and SAN pairs (in their order). A part whose type has blanks
+    around it (`/emailAddress = <hash>`, which the web application adds for SSO
+    certificates) is no attribute openssl knew: the old signer skipped it ("Skipping unknown
+    subject name attribute") and issued without it, and so does this; it is named in
+    `skipped` for the log."""
     subject: list[list[str]] = []
     sans: list[list[str]] = []
     for part in (p for p in text.strip().split("/") if p.strip()):
-        key, sep, value = part.partition("=")
-        key, value = key.strip(), value.strip()
+        raw_key, sep, value = part.partition("=")
+        key, value = raw_key.strip(), value.strip()
         if not sep or not key or not value:
             raise RowProblem(f"subject part {part!r} is not TYPE=VALUE")
+        if raw_key != key and key != "subjectAltName" and skipped is not None:
+            skipped.append(f"subject attribute {part.strip()!r} skipped (blanks around its type, as openssl did)")
+            continue
         if key != "subjectAltName":
             subject.append([key, value])
             continue
@@ -181,25 +198,87 @@ def parse_san(text: str) -> list[str]:
     raise RowProblem(f"subjectAltName {text!r} is not email:, DNS: or an XMPP otherName")
 
 
-def variant_of(row: dict[str, Any], sans: list[list[str]]) -> str:
+def variant_of(row: dict[str, Any], sans: list[list[str]], table: str = "domaincerts") -> str:
+    """client.pl's profile choice: `type` 8 / 9 on any table, then `codesign`. An XMPP name
+    picks server-jabber only on personal server rows; the web application puts an XmppAddr
+    next to every DNS name, org server rows too, and those stay server-org."""
     if row.get("type") in (8, "8"):
         return "ocsp"
     if row.get("type") in (9, "9"):
         return "timestamp"
     if str(row.get("codesign", 0)) not in ("0", "", "None"):
         return "codesign"
-    if any(kind == "xmpp" for kind, _ in sans):
+    if table == "domaincerts" and any(kind == "xmpp" for kind, _ in sans):
         return "jabber"
     return ""
 
 
-def read_csr_der(path: Path) -> bytes:
+def validity_days(table: str, points: int | None) -> int:
+    """client.pl's validity: org server 730 days, org client 365, otherwise 730 for a
+    member with at least ASSURED_POINTS assurance points and 180 for the others."""
+    if table == "orgdomaincerts":
+        return 730
+    if table == "orgemailcerts":
+        return 365
+    return 730 if (points or 0) >= ASSURED_POINTS else 180
+
+
+def issuer_of(config: ClientConfig, route: Any, row: dict[str, Any]) -> str:
+    """The issuer the row's `rootcert` names (1 the root, 2 class 3), unless the route fixes one."""
+    if route.issuer:
+        return route.issuer
+    rootcert = row.get("rootcert")
+    issuer = config.x509.issuer_for(1 if rootcert in (None, "") else rootcert)
+    if issuer is None:
+        raise RowProblem(f"rootcert {rootcert!r} names no issuer (x509.rootcerts in the client "
+                         "configuration)", verdict="setup")
+    return issuer
+
+
+_SPKAC_LINE = re.compile(r"^\s*(?:\d+\.)?(\w+)\s*=\s*(.*?)\s*$")
+
+
+def parse_spkac_file(data: bytes) -> tuple[str, list[list[str]]] | None:
+    """CAcert's SPKAC request file (includes/account.php, keytype NS): `N.emailAddress = …`
+    lines, a `commonName = …` line and an `SPKAC = <base64>` line (an openssl `spkac`
+    file). Returns the SignedPublicKeyAndChallenge as base64 text without blanks (the form
+    sign_x509's `spkac` takes) and the subject the file names (commonName first, then the
+    addresses), or None when the file is no SPKAC file."""
     try:
-        data = path.read_bytes()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("latin-1")
+    fields = [m.groups() for m in map(_SPKAC_LINE.match, text.splitlines()) if m]
+    spkac = [value for key, value in fields if key == "SPKAC"]
+    if not spkac:
+        return None
+    if len(spkac) > 1:
+        raise RowProblem("the SPKAC file holds more than one SPKAC line")
+    text = "".join(spkac[0].split())
+    try:
+        base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RowProblem("the SPKAC line of the request file is not base64") from None
+    names = [["CN", value] for key, value in fields if key == "commonName" and value]
+    names += [["emailAddress", value] for key, value in fields if key == "emailAddress" and value]
+    return text, names
+
+
+def read_request_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
     except OSError as exc:
         # A missing file may still be on its way (shared storage): counted, retried; an
         # unreadable tree is the daemon's problem, not the row's.
         raise file_problem("read the CSR file", path, exc) from None
+
+
+def read_csr_der(path: Path) -> bytes:
+    return csr_der(read_request_file(path), path)
+
+
+def csr_der(data: bytes, path: Path) -> bytes:
+    """A PKCS#10 request (PEM or DER) as DER; anything else is the row's error."""
     if data.lstrip().startswith(b"SPKAC="):
         raise RowProblem("SPKAC (Netscape keygen) requests are not supported; a PKCS#10 CSR is needed")
     try:
@@ -209,24 +288,42 @@ def read_csr_der(path: Path) -> bytes:
     return csr.public_bytes(Encoding.DER)
 
 
-def x509_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
-    subject, sans = parse_subject(row.get("subject") or "")
-    variant = variant_of(row, sans)
+def x509_job(config: ClientConfig, table: str, row: dict[str, Any], points: int | None = None) -> Job:
+    """The sign_x509 request for a certificate row. `points`: the member's assurance points
+    (personal tables; they choose the validity)."""
+    notes: list[str] = []
+    subject, sans = parse_subject(row.get("subject") or "", notes)
+    variant = variant_of(row, sans, table)
     route = config.route(table, variant)
     if route is None:
         raise RowProblem(f"no x509 route for table {table} variant {variant or 'default'!r} "
                          "(x509.routes in the client configuration)", verdict="setup")
-    body: dict[str, Any] = {"issuer": route.issuer, "profile": route.profile,
-                            "csr": read_csr_der(row_file(config.webdb, row["csr_name"])),
-                            "subject": subject, "sans": sans}
-    md = (row.get("md") or "sha256").lower()
-    # md5/sha1 are sent as they are: the signer refuses them with hash_not_allowed, and the
-    # row says so, rather than silently getting another hash than the one asked for.
-    body["hash"] = md
-    if route.days is not None:
-        body["days"] = route.days
+    issuer = issuer_of(config, route, row)
+    path = row_file(config.webdb, row["csr_name"])
+    data = read_request_file(path)
+    body: dict[str, Any] = {"issuer": issuer, "profile": route.profile}
+    spkac = parse_spkac_file(data)
+    if spkac is not None:
+        # keytype NS: the web application leaves `subject` empty and names it in the file
+        body["spkac"], file_subject = spkac
+        if not subject and not sans:
+            subject = file_subject
+    else:
+        body["csr"] = csr_der(data, path)
+    kept = [pair for pair in subject if pair[0] != "emailAddress" or "@" in pair[1]]
+    notes += [f"subject attribute emailAddress={value!r} dropped (not an address: the SSO hash)"
+              for key, value in subject if [key, value] not in kept]
+    body["subject"], body["sans"] = kept, sans
+    # md as the row gives it; '' (what MySQL stores for a value its enum lacks, e.g. sha384)
+    # sends none, so the signer's default applies, as openssl's did. md5/sha1 are sent as
+    # they are: the signer refuses them with hash_not_allowed and the row says so.
+    md = str(row.get("md") or "").strip().lower()
+    if md:
+        body["hash"] = md
+    days = validity_days(table, points)
+    body["days"] = min(days, route.days) if route.days is not None else days
     rid = request_id(config.webdb.request_id_prefix, table, row["id"], "sign")
-    return Job(table, int(row["id"]), "sign", rid, "sign_x509", body, row, route.issuer)
+    return Job(table, int(row["id"]), "sign", rid, "sign_x509", body, row, issuer, notes)
 
 
 def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
@@ -243,12 +340,13 @@ def revoke_job(config: ClientConfig, table: str, row: dict[str, Any]) -> Job:
         _, sans = parse_subject(row.get("subject") or "")
     except RowProblem:
         sans = []  # the subject only picks the variant; an old, odd one must not block a revocation
-    route = config.route(table, variant_of(row, sans)) or config.route(table, "")
+    route = config.route(table, variant_of(row, sans, table)) or config.route(table, "")
     if route is None:
         raise RowProblem(f"no x509 route for table {table}: the issuer is unknown", verdict="setup")
+    issuer = issuer_of(config, route, row)
     rid = request_id(config.webdb.request_id_prefix, table, row["id"], "revoke")
     return Job(table, int(row["id"]), "revoke", rid, "revoke_x509",
-               {"issuer": route.issuer, "serial": serial}, row, route.issuer)
+               {"issuer": issuer, "serial": serial}, row, issuer)
 
 
 def serial_from_file(path: Path) -> str:
@@ -272,21 +370,31 @@ def key_uids(data: bytes) -> list[str]:
     return [p.body.decode("utf-8", "replace") for p in packets if p.tag == 13]
 
 
+def uid_is_name_only(uid: str) -> bool:
+    """`Name` or `Name (comment)`: no address part at all."""
+    return "<" not in uid and "@" not in uid and bool(uid.strip())
+
+
 def uid_email(uid: str) -> str | None:
     match = re.search(r"<([^<>\s]+@[^<>\s]+)>\s*$", uid) or re.fullmatch(r"\s*(\S+@\S+)\s*", uid)
     return match.group(1).lower() if match else None
 
 
 def openpgp_job(config: ClientConfig, row: dict[str, Any], emails: set[str]) -> Job:
-    """`emails` are the member's addresses the web side has verified (see docs/webdb-client.md)."""
+    """`emails` are the member's addresses the web side has verified (see docs/webdb-client.md).
+    The web application (www/gpg.php) keeps on the key only the uids it accepted (a verified
+    address, or the member's verified name without an address) and the old signer certified
+    every uid left: so are name-only uids here. A uid whose address is not verified is not
+    asked for (the web side should have deleted it)."""
     path = row_file(config.webdb, row["csr"])
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise file_problem("read the key file", path, exc) from None
-    uids = [uid for uid in key_uids(data) if uid_email(uid) in emails]
+    uids = [uid for uid in key_uids(data) if uid_is_name_only(uid) or uid_email(uid) in emails]
     if not uids:
-        raise RowProblem(f"no user id on the key has a verified address ({', '.join(sorted(emails))})")
+        raise RowProblem(f"no user id on the key is name-only or has a verified address "
+                         f"({', '.join(sorted(emails))})")
     body: dict[str, Any] = {"key": data, "uids": uids}
     if config.openpgp.days is not None:
         body["days"] = config.openpgp.days
