@@ -22,6 +22,7 @@ the CRL number floor.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -78,8 +79,9 @@ def parse_openssl_time(text: str) -> datetime:
         text = ("19" if year >= 50 else "20") + text
     if len(text) != 15 or not text.endswith("Z") or not text[:14].isdigit():
         raise IndexLineError(f"time {text!r} is neither YYMMDDHHMMSSZ nor YYYYMMDDHHMMSSZ")
-    try:
-        return datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=timezone.utc)
+    try:  # not strptime: a million lines, and it costs 10 times this
+        return datetime(int(text[0:4]), int(text[4:6]), int(text[6:8]), int(text[8:10]),
+                        int(text[10:12]), int(text[12:14]), tzinfo=timezone.utc)
     except ValueError:
         raise IndexLineError(f"time {text!r} is no date") from None
 
@@ -195,17 +197,16 @@ def _read_hex_file(path: Path) -> str | None:
         return None
 
 
-def _certificate_der(newcerts: Path, serial: str) -> bytes | None:
+def _certificate_der(newcerts: Path, present: set[str], serial: str) -> bytes | None:
     """The DER of newcerts/<SERIAL>.pem (openssl's spelling first, then canonical upper-case
-    hex of even length); None when the file is absent. Unreadable: X509_PARSE_ERRORS."""
+    hex of even length); None when the file is absent (`present`: the folder's names, read
+    once). Unreadable: X509_PARSE_ERRORS."""
     canonical = format(int(serial, 16), "X")
     canonical = canonical.zfill(len(canonical) + len(canonical) % 2)
     for name in dict.fromkeys((serial, serial.upper(), canonical)):
-        try:
+        if f"{name}.pem" in present:
             data = (newcerts / f"{name}.pem").read_bytes()
-        except FileNotFoundError:
-            continue
-        return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+            return x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
     return None
 
 
@@ -273,6 +274,10 @@ def _records(summary: ImportSummary, issuer_id: str, issuer: x509.Certificate, c
     """The x509_imported bodies of index.txt, then of the CRL's serials it lacks; each one
     checked as the peer will check it."""
     newcerts = ca_dir / "newcerts"
+    try:
+        present = set(os.listdir(newcerts))
+    except FileNotFoundError:
+        present = set()
     with open(ca_dir / "index.txt", encoding="utf-8", errors="surrogateescape") as index:
         for number, line in enumerate(index, 1):
             if not line.strip():
@@ -281,11 +286,11 @@ def _records(summary: ImportSummary, issuer_id: str, issuer: x509.Certificate, c
             where = f"index.txt line {number}"
             try:
                 entry = parse_index_line(line)
-                der = _certificate_der(newcerts, entry.serial)
+                der = _certificate_der(newcerts, present, entry.serial)
             except IndexLineError as exc:
                 summary.refuse("malformed_line", where, str(exc))
                 continue
-            except X509_PARSE_ERRORS as exc:
+            except (OSError, *X509_PARSE_ERRORS) as exc:
                 summary.refuse("unreadable_certificate", where, f"newcerts/{entry.serial}.pem: {exc}")
                 continue
             serial = int(entry.serial, 16)

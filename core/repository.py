@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
@@ -83,6 +84,11 @@ _REVOKED_FOR_CRL_SQL = """
     ORDER BY length(r.serial), r.serial
 """
 _LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"  # 0: no event yet
+_IMPORT_CERTIFICATE_SQL = (
+    "INSERT INTO certificates (issuer, serial, request_id, profile, status, subject, not_before,"
+    " not_after, created_at, origin_node, der, imported_from) VALUES (:issuer, :serial,"
+    " :request_id, :profile, :status, :subject, :not_before, :not_after, :created_at,"
+    " :origin_node, :der, :imported_from) ON CONFLICT (issuer, serial) DO NOTHING")
 _AUDIT_COLUMNS = "seq, at, kind, body, prev_hash, hash"  # core.audit.AuditRow's order
 DEFAULT_AUDIT_PAGE = 1000
 _COUNTED_TABLES = ("certificates", "revocations", "crls", "openpgp_signatures", "requests",
@@ -105,6 +111,11 @@ class Repository(RepositorySync):
     def __init__(self, path: str, node_id: str) -> None:
         self.path = path
         self.node_id = node_id
+        self._now_second, self._now_text = -1, ""
+        # The audit log's last (seq, hash) while a bulk write keeps it (_audit_tail_kept):
+        # saves reading it back for every entry. None: read it from the table.
+        self._audit_tail: tuple[int, str] | None = None
+        self._keep_audit_tail = False
         with _sqlite_errors_as_repository_errors():
             # isolation_level=None: transactions are ours (BEGIN/COMMIT below), never
             # opened implicitly by the sqlite3 module.
@@ -161,9 +172,14 @@ class Repository(RepositorySync):
                     self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
 
-    @staticmethod
-    def _now() -> str:
-        return to_db_time(datetime.now(timezone.utc))
+    def _now(self) -> str:
+        """The current second as database time text; the text is made once per second (a
+        bulk import asks for it several times per record)."""
+        second = int(time.time())
+        if second != self._now_second:
+            self._now_second = second
+            self._now_text = time.strftime(schema.DB_TIME_FORMAT, time.gmtime(second))
+        return self._now_text
 
     def _append_event(self, event_type: str, body: dict[str, Any]) -> str:
         event_id = uuid.uuid4().hex
@@ -179,13 +195,28 @@ class Repository(RepositorySync):
         if kind not in audit.KINDS:
             raise ValueError(f"{kind!r} is not an audited kind")
         text = audit.canonical_body(body)
-        last = self._db.execute("SELECT seq, hash FROM audit_log"
-                                " ORDER BY seq DESC LIMIT 1").fetchone()
+        last = self._audit_tail if self._keep_audit_tail else None
+        if last is None:
+            last = self._db.execute("SELECT seq, hash FROM audit_log"
+                                    " ORDER BY seq DESC LIMIT 1").fetchone()
         seq, prev_hash = (1, audit.GENESIS_HASH) if last is None else (last[0] + 1, last[1])
         at = self._now()
+        entry_hash = audit.entry_hash(prev_hash, seq, at, kind, text)
         self._db.execute(f"INSERT INTO audit_log ({_AUDIT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)",
-                         (seq, at, kind, text, prev_hash,
-                          audit.entry_hash(prev_hash, seq, at, kind, text)))
+                         (seq, at, kind, text, prev_hash, entry_hash))
+        if self._keep_audit_tail:
+            self._audit_tail = (seq, entry_hash)
+
+    @contextmanager
+    def _audit_tail_kept(self) -> Iterator[None]:
+        """Inside ONE write transaction: _append_audit remembers the tail it wrote instead
+        of reading it back. Whoever rolls back part of the transaction (a savepoint) must
+        set _audit_tail to None; a whole rollback ends the block, which forgets it."""
+        self._audit_tail, self._keep_audit_tail = None, True
+        try:
+            yield
+        finally:
+            self._audit_tail, self._keep_audit_tail = None, False
 
     def _log_change(self, event_type: str, body: dict[str, Any], **audited: Any) -> None:
         """The event of a local change and its audit entry (plus `audited` fields the
@@ -229,11 +260,14 @@ class Repository(RepositorySync):
             raise RepositoryError(f"certificate {key[0]}/{key[1]} is already issued")
         return row
 
-    def lookup_request(self, request_id: str) -> dict[str, Any] | None:
-        with self._read() as db:
-            row = db.execute("SELECT command, request_digest, result FROM requests"
-                             " WHERE request_id = ?", (request_id,)).fetchone()
+    def _request_record_of(self, request_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT command, request_digest, result FROM requests"
+                               " WHERE request_id = ?", (request_id,)).fetchone()
         return None if row is None else _row_to_dict(row)
+
+    def lookup_request(self, request_id: str) -> dict[str, Any] | None:
+        with self._read():
+            return self._request_record_of(request_id)
 
     def record_request(self, request_id: str, command: str, request_digest: str,
                        result: dict[str, Any]) -> dict[str, Any]:
@@ -248,15 +282,32 @@ class Repository(RepositorySync):
     def reserve_serial(self, issuer: str, serial_hex: str, request_id: str, profile: str,
                        subject: str, not_before: datetime, not_after: datetime) -> None:
         """Claim (issuer, serial) before signing, so a serial is never signed twice."""
-        key = (issuer, normalise_serial(serial_hex))
         with self._write():
-            if self._certificate_row(key) is not None:
-                raise DuplicateSerial(f"serial {key[1]} of {issuer} is already used")
-            self._insert("certificates", {
-                "issuer": issuer, "serial": key[1], "request_id": request_id,
-                "profile": profile, "status": "reserved", "subject": subject,
-                "not_before": to_db_time(not_before), "not_after": to_db_time(not_after),
-                "created_at": self._now(), "origin_node": self.node_id, "der": None})
+            self._reserve(issuer, serial_hex, request_id, profile, subject, not_before, not_after)
+
+    def lookup_or_reserve(self, issuer: str, serial_hex: str, request_id: str, profile: str,
+                          subject: str, not_before: datetime, not_after: datetime
+                          ) -> dict[str, Any] | None:
+        """`lookup_request` and, when the request id is unknown, `reserve_serial`, in one
+        write transaction (one round trip on the signing path instead of two). Returns the
+        stored request (nothing reserved) or None (reserved)."""
+        with self._write():
+            stored = self._request_record_of(request_id)
+            if stored is not None:
+                return stored
+            self._reserve(issuer, serial_hex, request_id, profile, subject, not_before, not_after)
+            return None
+
+    def _reserve(self, issuer: str, serial_hex: str, request_id: str, profile: str,
+                 subject: str, not_before: datetime, not_after: datetime) -> None:
+        key = (issuer, normalise_serial(serial_hex))
+        if self._certificate_row(key) is not None:
+            raise DuplicateSerial(f"serial {key[1]} of {issuer} is already used")
+        self._insert("certificates", {
+            "issuer": issuer, "serial": key[1], "request_id": request_id,
+            "profile": profile, "status": "reserved", "subject": subject,
+            "not_before": to_db_time(not_before), "not_after": to_db_time(not_after),
+            "created_at": self._now(), "origin_node": self.node_id, "der": None})
 
     def complete_certificate(self, issuer: str, serial_hex: str, der: bytes, request_id: str,
                              command: str, request_digest: str, result: dict[str, Any]) -> None:
@@ -328,20 +379,20 @@ class Repository(RepositorySync):
         another certificate: left alone)."""
         counts = dict.fromkeys(("certificates", "revocations", "already_present",
                                 "revocations_added", "serial_collisions"), 0)
-        with self._write():
+        with self._write() as db, self._audit_tail_kept():
             now = self._now()
             for body in bodies:
                 row = imported_certificate_row(body, self.node_id, now)
                 key = (row["issuer"], row["serial"])
-                existing = self._certificate_row(key)
-                if existing is None:
-                    self._insert("certificates", row)
+                # Insert first, look only on a conflict: a first import meets no conflicts.
+                if db.execute(_IMPORT_CERTIFICATE_SQL, row).rowcount == 1:
                     revoked = self._store_imported_revocation(key, body)
                     self._log_change("x509_imported", {**body, "serial": key[1],
                                                        "origin_node": self.node_id})
                     counts["certificates"] += 1
                     counts["revocations"] += revoked
                     continue
+                existing = self._certificate_row(key)
                 if existing["status"] != "issued" or None not in (existing["der"], row["der"]) \
                         and existing["der"] != row["der"]:
                     counts["serial_collisions"] += 1

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import closing
@@ -67,7 +68,7 @@ class RefusedEvent(RepositoryError):
 class RepositorySync:
     """Mixin of core.repository.Repository. It relies on the host's connection helpers:
     `_db`, `_read()` and `_write()` (transactions), `_insert(table, values)`, `_now()`,
-    `_certificate_row(key)` and `_append_audit(kind, body)`."""
+    `_certificate_row(key)`, `_append_audit(kind, body)` and `_audit_tail_kept()`."""
 
     _db: sqlite3.Connection
 
@@ -99,10 +100,13 @@ class RepositorySync:
         return event_id, origin_node, event_type, body, created_at, signature
 
     def _apply_parsed(self, event_id: str, origin_node: str, event_type: str,
-                      body: dict[str, Any], created_at: str, signature: bytes | None) -> bool:
-        """apply_event inside the caller's write transaction."""
+                      body: dict[str, Any], created_at: str, signature: bytes | None,
+                      known_checked: bool = False) -> bool:
+        """apply_event inside the caller's write transaction (known_checked: the caller
+        has just found event_id not in the log)."""
         db = self._db
-        if db.execute("SELECT 1 FROM events WHERE event_id = ?", (event_id,)).fetchone():
+        if not known_checked and db.execute("SELECT 1 FROM events WHERE event_id = ?",
+                                            (event_id,)).fetchone():
             return False
         apply = _APPLY.get(event_type)
         if apply is None:
@@ -142,30 +146,33 @@ class RepositorySync:
         handled and come again), else None. A local failure (sqlite) rolls the whole batch
         back and raises RepositoryError."""
         outcomes: list[str] = []
-        with self._write() as db:
+        with self._write() as db, self._audit_tail_kept():
+            # Most batches meet an empty quarantine: then no event needs its digest looked up.
+            parked = db.execute("SELECT EXISTS (SELECT 1 FROM sync_quarantine)").fetchone()[0]
             for event in events:
                 try:
-                    outcomes.append(self._apply_peer_in_batch(db, event, validator))
+                    outcomes.append(self._apply_peer_in_batch(db, event, validator, parked))
                 except UnknownCertificate as exc:
                     return outcomes, exc
         return outcomes, None
 
     def _apply_peer_in_batch(self, db: sqlite3.Connection, event: Mapping[str, Any],
-                             validator: PeerValidator) -> str:
+                             validator: PeerValidator, parked: bool) -> str:
         event_id = event.get("event_id")
         if isinstance(event_id, str) and db.execute("SELECT 1 FROM events WHERE event_id = ?",
                                                     (event_id,)).fetchone():
             return "known"  # before checking: our own events come back, no work to redo
-        digest = hashlib.sha256(pack(_wire_form(event))).hexdigest()
-        if db.execute("SELECT 1 FROM sync_quarantine WHERE digest = ?", (digest,)).fetchone():
+        if parked and db.execute("SELECT 1 FROM sync_quarantine WHERE digest = ?",
+                                 (_quarantine_digest(event),)).fetchone():
             return "quarantined"
         try:
             validator.check(event)
             parsed = self._parse_event(event)
             db.execute("SAVEPOINT peer_event")
             try:
-                applied = self._apply_parsed(*parsed)
+                applied = self._apply_parsed(*parsed, known_checked=True)
             except BaseException:
+                self._audit_tail = None  # the entry it may have written is undone
                 if db.in_transaction:  # some sqlite errors already rolled back
                     db.execute("ROLLBACK TO peer_event")
                     db.execute("RELEASE peer_event")
@@ -176,7 +183,8 @@ class RepositorySync:
             reason = str(exc) if isinstance(exc, PeerEventRefused) else exc.message
         db.execute("INSERT INTO sync_quarantine (digest, event_id, origin_node, type, reason,"
                    " event, quarantined_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                   (digest, _text_or_none(event_id), _text_or_none(event.get("origin_node")),
+                   (_quarantine_digest(event), _text_or_none(event_id),
+                    _text_or_none(event.get("origin_node")),
                     _text_or_none(event.get("type")), reason, pack(_wire_form(event)),
                     self._now()))
         return "quarantined"
@@ -410,11 +418,17 @@ def _certificate_key(body: Mapping[str, Any]) -> tuple[str, str]:
     return _require(body, "issuer", str), normalise_serial(_require(body, "serial", str))
 
 
+_DB_TIME_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+
+
 def _db_time(value: datetime | str) -> str:
     """Database time text from an aware datetime or from database time text (checked:
     a malformed or naive time would break the text comparisons of times)."""
     if isinstance(value, str):
-        value = from_db_time(value)
+        parsed = from_db_time(value)
+        if _DB_TIME_TEXT.fullmatch(value):
+            return value  # already the one spelling (and a real date: it parsed)
+        value = parsed
     if not isinstance(value, datetime):
         raise TypeError(f"a time is a {type(value).__name__}")
     return to_db_time(value)
@@ -440,6 +454,11 @@ def read_quarantine_file(path: str, limit: int = 1000) -> list[dict[str, Any]]:
             return _quarantine_rows(db, limit)
     except sqlite3.Error as exc:
         raise RepositoryError(f"cannot read repository {path}: {exc}") from None
+
+
+def _quarantine_digest(event: Mapping[str, Any]) -> str:
+    """Of the event as received: the same delivery twice is parked once."""
+    return hashlib.sha256(pack(_wire_form(event))).hexdigest()
 
 
 def _wire_form(event: Mapping[str, Any]) -> dict[str, Any]:

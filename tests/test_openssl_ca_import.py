@@ -279,9 +279,67 @@ def test_cli_refuses_while_a_signer_runs_and_imports_when_stopped(old_ca, dev_da
     assert running.returncode == 2 and "stop it first" in running.stderr
     assert json.loads(running_json.stdout)["error"]["code"] == "signer_running"
     assert not (tmp_path / "repository.sqlite").exists()
+    # A signer on this repository under another admin port: its instance lock refuses it.
+    from core.instance_lock import InstanceLock
+    held = InstanceLock.acquire(tmp_path, {"pid": 4711, "node_id": "signer-dev", "admin_port": 1})
+    try:
+        locked = run_tool("signer-admin", *args)
+    finally:
+        held.release()
+    assert locked.returncode == 2 and "pid 4711" in locked.stderr and "stopped" in locked.stderr
+    assert not (tmp_path / "repository.sqlite").exists()
     stopped = run_tool("signer-admin", *args, "--json")
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr  # one certificate refused
     summary = json.loads(stopped.stdout)
     assert summary["certificates"] == 10 and summary["refused"] == {"not_signed_by_issuer": 1}
     again = run_tool("signer-admin", *args)
     assert again.returncode == 1 and "already_present: 10" in again.stdout
+
+
+def test_catch_up_applies_a_batch_in_one_transaction(old_ca, imported, tmp_path):
+    repo, _ = imported
+    key = Ed25519PrivateKey.generate()
+    validator = PeerValidator({"importer": key.public_key()},
+                              {i: old_ca[i].certificate for i in ("root", "class3")}, None)
+    events = signed_events(repo, key)[:12]
+    peer = Repository(str(tmp_path / "peer.sqlite"), "peer")
+    statements = []
+    peer._db.set_trace_callback(statements.append)
+    outcomes, waiting = peer.apply_peer_events(events, validator)
+    peer._db.set_trace_callback(None)
+    assert waiting is None and outcomes == ["applied"] * 12
+    assert sum(s.strip().upper().startswith("COMMIT") for s in statements) == 1
+    assert peer.last_event_seq() == 12
+
+
+def test_a_refused_event_in_a_batch_is_quarantined_alone(old_ca, imported, tmp_path):
+    repo, _ = imported
+    key = Ed25519PrivateKey.generate()
+    validator = PeerValidator({"importer": key.public_key()},
+                              {i: old_ca[i].certificate for i in ("root", "class3")}, None)
+    events = [e for e in signed_events(repo, key) if e["type"] == "x509_imported"][:6]
+    bad = forged(events[1], key, not_before="2020-01-01T00:00:00Z") if events[1]["body"]["der"] is None \
+        else forged(events[1], key, issuer="class3" if events[1]["body"]["issuer"] == "root" else "root")
+    peer = Repository(str(tmp_path / "peer.sqlite"), "peer")
+    outcomes, waiting = peer.apply_peer_events(events[:3] + [bad] + events[3:], validator)
+    assert waiting is None
+    assert outcomes == ["applied"] * 3 + ["quarantined"] + ["applied"] * 3
+    assert peer.health()["counts"]["certificates"] == 6 and peer.quarantine_count() == 1
+
+
+def test_a_batch_stops_at_a_revocation_before_its_certificate(old_ca, tmp_path):
+    """What was applied before it is committed; it and the rest come again later."""
+    repo = Repository(str(tmp_path / "origin.sqlite"), "importer")
+    import_openssl_ca(repo, "root", old_ca["root"].certificate, old_ca["root"].dir)
+    repo.revoke("root", format(serial_of(old_ca, "root", "live"), "x"), 4, NOW, "req-live")
+    key = Ed25519PrivateKey.generate()
+    validator = PeerValidator({"importer": key.public_key()},
+                              {i: old_ca[i].certificate for i in ("root", "class3")}, None)
+    events = signed_events(repo, key)
+    revocation = events[-1]
+    assert revocation["type"] == "x509_revoked"
+    others = [e for e in events[:-1] if e["body"].get("serial") != revocation["body"]["serial"]]
+    peer = Repository(str(tmp_path / "peer.sqlite"), "peer")
+    outcomes, waiting = peer.apply_peer_events(others[:2] + [revocation] + others[2:], validator)
+    assert outcomes == ["applied", "applied"] and waiting is not None and waiting.code == "unknown_serial"
+    assert peer.last_event_seq() == 2
