@@ -109,17 +109,23 @@ class HandlerActor(SignerActor):
         """Idempotency by request id: a stored result for the same request is answered again
         (with replayed: true) and nothing new is made; the id with other content is refused;
         an unknown id continues with `then`. Sets job.state["request_digest"]."""
-        digest = job.state["request_digest"] = request_digest(job.command, job.body)
+        job.state["request_digest"] = request_digest(job.command, job.body)
 
         def after_lookup(job: Job, stored: dict[str, Any] | None) -> None:
             if stored is None:
                 then(job)
-            elif stored["command"] == job.command and stored["request_digest"] == digest:
-                self.finish(job, dict(stored["result"], replayed=True))
             else:
-                raise SignerError("request_id_conflict",
-                                  f"request id {job.request_id!r} was used for a different request")
+                self.answer_stored(job, stored)
         self.ask(job, "repository", lambda tag: LookupRequest(tag, str(job.request_id)), after_lookup)
+
+    def answer_stored(self, job: Job, stored: dict[str, Any]) -> None:
+        """The stored outcome of job's request id: the same request is answered again with
+        `replayed: true`; other content under that id is refused."""
+        if stored["command"] == job.command and stored["request_digest"] == job.state["request_digest"]:
+            self.finish(job, dict(stored["result"], replayed=True))
+        else:
+            raise SignerError("request_id_conflict",
+                              f"request id {job.request_id!r} was used for a different request")
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> None:
         if message.audit_head is not None:  # the step changed state: the answer names the head

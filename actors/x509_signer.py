@@ -2,16 +2,22 @@
 in docs/ISSUANCE-CYCLE.md:
 
   1. body fields, profile and issuer (one the profile names; typed errors name the field)
-  2. request id known? same content -> the stored result; other content -> request_id_conflict
-  3. key request (a CSR, or an SPKAC: core/spkac.py) parsed, its signature (proof of
+  2. key request (a CSR, or an SPKAC: core/spkac.py) parsed, its signature (proof of
      possession) and key policy checked
-  4. subject and SANs from the web side's verified values, checked against the profile;
+  3. subject and SANs from the web side's verified values, checked against the profile;
      the CSR's own subject and extensions are ignored: the profile is the only source of
      extensions
-  5. TBS built with a throwaway key of the issuer's type, linted (pkilint RFC 5280)
-  6. serial reserved in the repository (before any real signature)
-  7. TBS signed by the Hsm actor; certificate assembled and verified against the issuer
-  8. certificate, request result and event stored in one transaction; answered
+  4. TBS built with a throwaway key of the issuer's type, linted (pkilint RFC 5280)
+  5. one repository transaction (LookupOrReserve): request id known? same content -> the
+     stored result; other content -> request_id_conflict; else the serial is reserved
+     (before any real signature). When steps 2-4 refuse the request, the request id is
+     looked up first all the same: a stored result is answered again rather than refused
+  6. TBS signed by the Hsm actor; certificate assembled and verified against the issuer
+  7. certificate, request result and event stored in one transaction; answered
+
+Steps 2-4 are the CPU-bound part (pkilint most of it) and need no state but the
+configuration, so the Supervisor runs `x509.workers` of these actors and the Dispatcher
+spreads `sign_x509` over them (docs/actors.md, "The X509Signer pool").
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from actors.handler import HandlerActor, Job
+from actors.handler import HandlerActor, Job, request_digest
 from core.issuers import load_issuers, utc_now
 from core.profiles import check_issuers, load_profiles
 from core.protocol import SignerError, check_count, field
@@ -28,7 +34,7 @@ from core.x509build import (PkixLinter, assemble_certificate, build_sans, build_
                             build_tbs_certificate, check_csr, key_info_of, new_serial,
                             validity_window, verify_issued)
 from messages import HsmSignRequest
-from messages.repository import CompleteCertificate, DiscardReservation, ReserveSerial
+from messages.repository import CompleteCertificate, DiscardReservation, LookupOrReserve
 
 COMMAND = "sign_x509"
 
@@ -92,7 +98,19 @@ class X509Signer(HandlerActor):
         if days is not None and days > profile.max_validity_days:
             raise SignerError("validity_too_long", f"profile {profile.name!r} allows at most "
                                                    f"{profile.max_validity_days} days, not {days}")
-        self.unless_replayed(job, self.build)
+        job.state["request_digest"] = request_digest(job.command, job.body)
+        try:
+            self.build(job)
+        except SignerError as exc:
+            # A request that would be refused now may have been answered before (another
+            # configuration, the peer signer): its stored result wins, as for any replay.
+            self.unless_replayed(job, lambda job, refusal=exc: self.refuse(refusal))
+            return
+        self.reserve(job)
+
+    @staticmethod
+    def refuse(refusal: SignerError) -> None:
+        raise refusal
 
     def build(self, job: Job) -> None:
         state = job.state
@@ -112,12 +130,19 @@ class X509Signer(HandlerActor):
             self.linter.check(prepared.throwaway_certificate.public_bytes(Encoding.DER))
         state.update(prepared=prepared, serial_hex=format(serial, "x"), subject_text=subject.rfc4514_string(),
                      not_before=not_before, not_after=not_after)
+
+    def reserve(self, job: Job) -> None:
+        state = job.state
         self.ask(job, "repository",
-                 lambda tag: ReserveSerial(tag, issuer.id, state["serial_hex"], str(job.request_id),
-                                           profile.name, state["subject_text"], not_before, not_after),
+                 lambda tag: LookupOrReserve(tag, state["issuer"].id, state["serial_hex"], str(job.request_id),
+                                             state["profile"].name, state["subject_text"],
+                                             state["not_before"], state["not_after"]),
                  self.after_reserve)
 
-    def after_reserve(self, job: Job, _: Any) -> None:
+    def after_reserve(self, job: Job, stored: dict[str, Any] | None) -> None:
+        if stored is not None:  # the request id is known: nothing was reserved
+            self.answer_stored(job, stored)
+            return
         self.ask(job, "hsm", lambda tag: HsmSignRequest(tag, job.state["issuer"].key_label,
                                                         job.state["prepared"].mechanism,
                                                         job.state["prepared"].tbs_der),

@@ -64,6 +64,20 @@ class ReserveSerial(RepoRequest):
 
 
 @dataclass
+class LookupOrReserve(RepoRequest):
+    """LookupRequest and ReserveSerial in one transaction: the stored outcome of the request
+    id (then nothing is reserved), or None once the serial is reserved for it."""
+    issuer: str
+    serial_hex: str
+    request_id: str
+    profile: str
+    subject: str
+    not_before: datetime
+    not_after: datetime
+    operation: ClassVar[str] = "lookup_or_reserve"
+
+
+@dataclass
 class CompleteCertificate(RepoRequest):
     """Store the signed certificate, the request's result and an x509_issued event."""
     issuer: str

@@ -32,7 +32,7 @@ from actors.x509_signer import X509Signer
 from core.crldiff import apply_diff
 from messages import CommandReply, CommandRequest, HsmSignReply, HsmSignRequest
 from messages.repository import (CompleteCertificate, CrlState, DiscardReservation, LookupRequest,
-                                 RepoReply, ReserveSerial, RevokeCertificate, StoreCrl)
+                                 LookupOrReserve, RepoReply, RevokeCertificate, StoreCrl)
 from tests.actor_harness import ActorHarness
 from tests.fixtures_shared import write_test_ca
 from tests.handler_playing import CLIENT, asked, assert_quiet, body_of, error_of, play_repo
@@ -148,16 +148,17 @@ def request_signature(h: ActorHarness, body: dict[str, Any], tag: int = 1) -> No
     h.deliver(CommandRequest(tag, "rid-1", "sign_x509", body), CLIENT)
 
 
-def reach_hsm(h: ActorHarness, body: dict[str, Any]) -> ReserveSerial:
-    """Request a signature and answer lookup and reservation: the HSM request is next."""
+def reach_hsm(h: ActorHarness, body: dict[str, Any]) -> LookupOrReserve:
+    """Request a signature and answer the lookup-and-reservation (one repository message,
+    the request id unknown): the HSM request is next."""
     request_signature(h, body)
-    lookup = play_repo(h, LookupRequest, None)
-    assert lookup.request_id == "rid-1"
-    return play_repo(h, ReserveSerial, None)
+    reserve = play_repo(h, LookupOrReserve, None)
+    assert reserve.request_id == "rid-1"
+    return reserve
 
 
 def issue(h: ActorHarness, ca: Ca, body: dict[str, Any]
-          ) -> tuple[ReserveSerial, CompleteCertificate, x509.Certificate, dict[str, Any]]:
+          ) -> tuple[LookupOrReserve, CompleteCertificate, x509.Certificate, dict[str, Any]]:
     """The whole issuance: (reservation, stored certificate, parsed, client's answer)."""
     reserve = reach_hsm(h, body)
     play_hsm(h, ca)
@@ -213,10 +214,22 @@ def test_known_request_id_with_same_content_is_replayed(signer, csrs):
     body = sign_body(csrs["rsa"])
     stored_result = {"certificate": b"stored der", "serial": "ab" * 16, "issuer": "root"}
     request_signature(signer, body)
+    play_repo(signer, LookupOrReserve, {"command": "sign_x509", "result": stored_result,
+                                        "request_digest": request_digest("sign_x509", body)})
+    assert body_of(signer) == dict(stored_result, replayed=True)
+    assert_quiet(signer)  # no signature, nothing to discard (the repository reserved nothing)
+
+
+def test_known_request_id_is_replayed_even_when_the_request_would_now_be_refused(signer, csrs):
+    # Built before the repository is asked: a refusal there (here: a key policy made
+    # stricter since) must not hide a result stored for this request id.
+    body = sign_body(csrs["rsa1024"])
+    stored_result = {"certificate": b"stored der", "serial": "ab" * 16, "issuer": "root"}
+    request_signature(signer, body)
     play_repo(signer, LookupRequest, {"command": "sign_x509", "result": stored_result,
                                       "request_digest": request_digest("sign_x509", body)})
     assert body_of(signer) == dict(stored_result, replayed=True)
-    assert_quiet(signer)  # no reservation, no signature
+    assert_quiet(signer)
 
 
 @pytest.mark.parametrize("command, same_digest", [("sign_x509", False), ("sign_openpgp", True)])
@@ -224,7 +237,7 @@ def test_known_request_id_with_other_content_is_a_conflict(signer, csrs, command
     body = sign_body(csrs["rsa"])
     digest = request_digest("sign_x509", body) if same_digest else request_digest("sign_x509", {})
     request_signature(signer, body)
-    play_repo(signer, LookupRequest, {"command": command, "request_digest": digest, "result": {}})
+    play_repo(signer, LookupOrReserve, {"command": command, "request_digest": digest, "result": {}})
     assert error_of(signer)["code"] == "request_id_conflict"
     assert_quiet(signer)
 
@@ -270,7 +283,7 @@ def test_refusals_reserve_no_serial(signer, csrs, changes, code, named):
 def test_a_peer_that_never_answers_times_out(signer, csrs, stage):
     if stage == "repository":
         request_signature(signer, sign_body(csrs["rsa"]))
-        late = asked(signer, LookupRequest, "REPO")
+        late = asked(signer, LookupOrReserve, "REPO")
     else:
         reserve = reach_hsm(signer, sign_body(csrs["rsa"]))
         late = asked(signer, HsmSignRequest, "HSM")

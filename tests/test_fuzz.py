@@ -48,7 +48,7 @@ from core.profiles import load_profiles
 from core.protocol import (ERROR_CODES, MAX_ID_LENGTH, RequestError, SignerError, decode_request,
                            pack, unpack, valid_request_id)
 from messages import CommandReply, CommandRequest, FrameReceived, FrameToSend, HsmSignRequest
-from messages.repository import CrlState, LookupRequest, RepoReply, ReserveSerial, RevokeCertificate
+from messages.repository import CrlState, LookupOrReserve, LookupRequest, RepoReply, RevokeCertificate
 from tests.actor_harness import ActorHarness
 from tests.fixtures_shared import write_test_ca
 
@@ -451,7 +451,7 @@ def test_sign_x509_handler_answers_typed_errors_or_asks_a_peer(x509_config, csrs
     outcome = drive(h, "sign_x509", body)
     if outcome[0] == "asked":
         [(peer, message)] = outcome[1]
-        assert (peer, type(message)) == ("REPO", ReserveSerial)
+        assert (peer, type(message)) == ("REPO", LookupOrReserve)
     check_outcome(h, before, outcome)
 
 

@@ -181,6 +181,22 @@ def test_reserving_a_used_serial_raises_duplicate_serial(repo: Repository) -> No
     repo.reserve_serial("other-issuer", "ab", "r2", "server", "CN=x", NOW, NOW)  # per issuer
 
 
+def test_lookup_or_reserve_reserves_for_an_unknown_request_only(repo: Repository) -> None:
+    def lookup_or_reserve(serial: str, request_id: str) -> dict | None:
+        return repo.lookup_or_reserve(ISSUER, serial, request_id, "server", "CN=x",
+                                      NOW - timedelta(days=1), NOW + timedelta(days=365))
+    assert lookup_or_reserve("ab", "req-ab") is None
+    assert repo.get_certificate(ISSUER, "ab")["status"] == "reserved"
+    with pytest.raises(DuplicateSerial):
+        lookup_or_reserve("ab", "req-other")
+    issue(repo, "cd")  # request req-cd answered: its record comes back, nothing is reserved
+    assert lookup_or_reserve("ef", "req-cd") == {
+        "command": "sign_x509", "request_digest": "digest-cd",
+        "result": {"issuer": ISSUER, "serial": "cd"}}
+    assert repo.get_certificate(ISSUER, "ef") is None
+    assert lookup_or_reserve("ef", "req-cd") == repo.lookup_request("req-cd")
+
+
 def test_complete_issues_records_request_and_appends_event(repo: Repository) -> None:
     issue(repo, "1f")
     row = repo.get_certificate(ISSUER, "1F")
