@@ -14,7 +14,7 @@ quarantine (core/repository_sync.py) and goes on with the next one.
 | x509_issued | the DER parses and verifies against the configured certificate of `issuer`; serial, not_before, not_after and subject equal the certificate's; the request record is a sign_x509 whose result names the same issuer, serial and DER |
 | x509_revoked | the issuer is configured; an RFC 5280 reason code; revoked_at from 2000-01-01 to now + 5 min (the local revoke_x509 rule); the certificate must be issued here (else the event waits: UnknownCertificate) |
 | crl_issued | the issuer is configured; 1 <= number <= the clock-derived number a day from now |
-| x509_imported | imported_from is a known source; with a DER: as x509_issued (signed by the issuer, serial, dates and subject equal the certificate's); without: a positive serial of at most 159 bits, not_before the "unknown" mark, a not_after and a subject; a revocation it carries: as x509_revoked |
+| x509_imported | imported_from is a known source; with a DER: as x509_issued (signed by the issuer, serial, dates and subject equal the certificate's); without: a positive serial of at most 159 bits, not_before the "unknown" mark, a not_after and a subject; a revocation it carries: as x509_revoked, not removeFromCRL |
 | openpgp_signed | signed_key is one v4 public key with that fingerprint, and each listed uid carries a certification that verifies with our CA's OpenPGP key; the request record is a sign_openpgp whose result names the same fingerprint and key |
 """
 from __future__ import annotations
@@ -46,6 +46,7 @@ from core.repository_schema import (CRL_REASON_CODES, IMPORT_SOURCES, UNKNOWN_NO
 # clock by the clock difference between the signers, never by more than a day.
 MAX_CRL_NUMBER_LEAD = timedelta(days=1)
 _HASHES = {8: hashes.SHA256, 9: hashes.SHA384, 10: hashes.SHA512}
+REMOVE_FROM_CRL = 8  # RFC 5280 CRLReason: delta CRLs only; a CRL built here cannot list it
 
 
 class PeerEventRefused(ValueError):
@@ -255,6 +256,8 @@ def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datet
             raise PeerEventRefused("not_after has no time zone")
     if body.get("revoked_at") is not None:
         _check_revocation(body, now)
+        if body.get("reason") == REMOVE_FROM_CRL:  # no revocation: it lifts a hold
+            raise PeerEventRefused("reason removeFromCRL (8) is no revocation")
     elif body.get("reason") is not None:
         raise PeerEventRefused("a reason without revoked_at")
 

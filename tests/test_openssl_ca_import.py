@@ -256,6 +256,7 @@ def test_forged_imported_events_are_quarantined(old_ca, imported, tmp_path):
         forged(without, key, imported_from="elsewhere"),
         forged(class3_der, key, revoked_at="1999-12-31T00:00:00Z", reason=1),
         forged(without, key, revoked_at=None, reason=1),
+        forged(without, key, revoked_at="2020-01-01T00:00:00Z", reason=8),  # removeFromCRL
     ]
     peer = Repository(str(tmp_path / "peer.sqlite"), "peer")
     outcomes, waiting = peer.apply_peer_events(bad, validator)
