@@ -34,6 +34,7 @@ from messages.sync import EventsCommitted
 QUICK_CHECK_INTERVAL_S = 300.0
 SEAL_TIMEOUT_S = 30.0  # a seal the Hsm actor has not answered by then is asked again
 SEAL_RETRY_S = 30.0  # after a failed seal (no audit key, HSM away): the next try
+PUSH_LIMIT = 200  # newest events pushed to Sync with EventsCommitted; more: Sync's outbox
 
 
 class Repository(SignerActor):
@@ -111,8 +112,10 @@ class Repository(SignerActor):
             return
         last_seq = self.store.last_event_seq()
         if last_seq > self.events_told:
+            after = max(self.events_told, last_seq - PUSH_LIMIT)
+            events = tuple(self.store.events_after(after, PUSH_LIMIT))
             self.events_told = last_seq
-            self.send(self.peer("sync"), EventsCommitted(last_seq))
+            self.send(self.peer("sync"), EventsCommitted(last_seq, events))
 
     # -- audit seals ------------------------------------------------------------------
     def head_of(self, head: dict[str, Any]) -> dict[str, Any]:

@@ -94,7 +94,15 @@ class Sync(SignerActor):
         # Pushed by the Repository after each commit that appended events. A publish in
         # progress re-reads the outbox when JetStream acked it, so nothing waits for a tick.
         self.last_event_seq = max(self.last_event_seq, message.last_seq)
-        self.check_outbox()
+        events = message.events
+        if (events and self.last_published is not None and self.local_ready and not self.publishing
+                and events[0]["seq"] <= self.last_published + 1 <= events[-1]["seq"]):
+            # They continue what was published: no Outbox round trip to the repository.
+            self.publishing = True
+            self.publish_started = time.monotonic()
+            self.bridge.publish([self.signed(e) for e in events if e["seq"] > self.last_published])
+        else:
+            self.check_outbox()
         return self.after_message()
 
     def check_outbox(self) -> None:

@@ -29,7 +29,8 @@ from nats.js import api
 from core.nats_auth import consumer_name, inbox_prefix, stream_name, subject
 
 FETCH_BATCH = 200
-FETCH_WAIT_S = 1.0
+FETCH_WAIT_S = 1.0  # a lingering pull for the next message: returns when it arrives
+DRAIN_WAIT_S = 0.005  # then what else is there, without waiting for a full batch
 RETRY_S = 0.5
 STATUS_EVERY_S = 2.0
 ACK_WAIT_S = 10.0  # an applier that died without a nak: its messages come back after this
@@ -197,7 +198,7 @@ class NatsBridge:
                                                   stream=stream_name(self.peer_node_id),
                                                   config=api.ConsumerConfig(ack_policy=api.AckPolicy.EXPLICIT,
                                                                             ack_wait=ACK_WAIT_S, max_ack_pending=FETCH_BATCH))
-                msgs = await sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+                msgs = await self._fetch_available(sub)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
                 continue
             except Exception as exc:  # noqa: BLE001 - peer or stream not there (yet)
@@ -215,6 +216,22 @@ class NatsBridge:
             self._batch_done.clear()
             self._post("received", batch)
             await self._batch_done.wait()  # in order: the next batch after this one settled
+
+    @staticmethod
+    async def _fetch_available(sub: Any) -> list[Any]:
+        """The next message as soon as it exists, plus whatever else is there already.
+
+        nats-py's fetch(n) with nothing waiting sends a lingering pull and then waits for n
+        messages or its whole timeout: with n = 200 one event could wait up to 1 s. So: a
+        lingering fetch of ONE message (returns the moment it arrives), then a drain of up
+        to FETCH_BATCH - 1 more that waits at most DRAIN_WAIT_S when nothing else is there.
+        """
+        msgs = await sub.fetch(1, timeout=FETCH_WAIT_S)
+        try:
+            msgs += await sub.fetch(FETCH_BATCH - 1, timeout=DRAIN_WAIT_S)
+        except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            pass
+        return msgs
 
     async def _settle(self, ack: list[int], nak: list[int]) -> None:
         for token in ack:

@@ -9,9 +9,12 @@ from messages.repository import RepoRequest
 
 @dataclass(frozen=True)
 class EventsCommitted:
-    """Repository -> Sync: the event log grew to `last_seq`. Sync publishes at once instead
-    of waiting for its next outbox tick, so replication lag is bounded by the work."""
+    """Repository -> Sync: the event log grew to `last_seq`; `events` are the newest ones
+    (at most PUSH_LIMIT, in seq order). Sync publishes them at once when they continue what
+    it published (else it reads its outbox), so replication lag is bounded by the work, not
+    by a timer or a second repository round trip."""
     last_seq: int
+    events: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass

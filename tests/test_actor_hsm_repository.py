@@ -96,6 +96,7 @@ def test_repository_actor_pushes_new_events_to_sync_after_the_commit(tmp_path):
     assert [reply.error for _, reply in h.take(RepoReply)] == [None]
     (address, told), = h.take(EventsCommitted)
     assert address == "SYNC" and told.last_seq == 1
+    assert [event["seq"] for event in told.events] == [1]  # pushed along: no Outbox round trip
     h.deliver(GetSyncState(2, "last_published_seq"), "sync")  # reads append nothing: no push
     h.take(RepoReply)
     assert h.take(EventsCommitted) == []
