@@ -12,7 +12,7 @@ quarantine (core/repository_sync.py) and goes on with the next one.
 |---|---|
 | every one | the Ed25519 signature of its origin_node (core/event_signing.py); a body origin_node equal to the event's |
 | x509_issued | the DER parses and verifies against the configured certificate of `issuer`; serial, not_before, not_after and subject equal the certificate's; the request record is a sign_x509 whose result names the same issuer, serial and DER |
-| x509_revoked | the issuer is configured; an RFC 5280 reason code; revoked_at from 2000-01-01 to now + 5 min (the local revoke_x509 rule); the certificate must be issued here (else the event waits: UnknownCertificate) |
+| x509_revoked | the issuer is configured; an RFC 5280 reason code other than removeFromCRL (8); revoked_at from 2000-01-01 to now + 5 min (the local revoke_x509 rule); the certificate must be issued here (else the event waits: UnknownCertificate) |
 | crl_issued | the issuer is configured; 1 <= number <= the clock-derived number a day from now |
 | x509_imported | imported_from is a known source; with a DER: as x509_issued (signed by the issuer, serial, dates and subject equal the certificate's); without: a positive serial of at most 159 bits, not_before the "unknown" mark, a not_after and a subject; a revocation it carries: as x509_revoked, not removeFromCRL |
 | openpgp_signed | signed_key is one v4 public key with that fingerprint, and each listed uid carries a certification that verifies with our CA's OpenPGP key; the request record is a sign_openpgp whose result names the same fingerprint and key |
@@ -219,11 +219,14 @@ def _check_certificate(body: Mapping[str, Any], issuer: x509.Certificate) -> Non
 
 
 def _check_revocation(body: Mapping[str, Any], now: datetime) -> None:
-    """The local revoke_x509 rules: an RFC 5280 reason code, revoked_at from
-    EARLIEST_REVOCATION to now + MAX_CLOCK_SKEW."""
+    """The local revoke_x509 rules: an RFC 5280 reason code other than removeFromCRL,
+    revoked_at from EARLIEST_REVOCATION to now + MAX_CLOCK_SKEW."""
     reason = body.get("reason")
     if reason is not None and (isinstance(reason, bool) or reason not in CRL_REASON_CODES):
         raise PeerEventRefused(f"reason {reason!r} is not an RFC 5280 CRLReason code")
+    if reason == REMOVE_FROM_CRL:  # revoke_x509 refuses it too (core.crl.parse_reason)
+        raise PeerEventRefused("reason removeFromCRL (8) is for delta CRLs only: a CRL built"
+                               " here cannot list it")
     revoked_at = from_db_time(_typed(body, "revoked_at", str))
     if revoked_at.tzinfo is None:
         raise PeerEventRefused("revoked_at has no time zone")
@@ -256,8 +259,6 @@ def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datet
             raise PeerEventRefused("not_after has no time zone")
     if body.get("revoked_at") is not None:
         _check_revocation(body, now)
-        if body.get("reason") == REMOVE_FROM_CRL:  # no revocation: it lifts a hold
-            raise PeerEventRefused("reason removeFromCRL (8) is no revocation")
     elif body.get("reason") is not None:
         raise PeerEventRefused("a reason without revoked_at")
 

@@ -154,6 +154,11 @@ def _revoked_in_1900(a: Repository) -> dict:
     return wire(with_body(last_event(a), revoked_at="1900-01-01T00:00:00Z"))
 
 
+def _revoked_remove_from_crl(a: Repository) -> dict:
+    a.revoke(ISSUER, "100", 1, NOW, "rev-remove")
+    return wire(with_body(last_event(a), reason=8))
+
+
 def _revoked_in_the_future(a: Repository) -> dict:
     a.revoke(ISSUER, "100", 1, NOW, "rev-future")
     return wire(with_body(last_event(a), revoked_at=(NOW + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")))
@@ -196,6 +201,7 @@ FORGERIES: list[tuple[str, Forger, str]] = [
     ("backdated keyCompromise revocation, forged", _backdated_key_compromise_forged, "does not verify"),
     ("revocation dated 1900", _revoked_in_1900, "outside 2000-01-01"),
     ("revocation dated ahead", _revoked_in_the_future, "outside 2000-01-01"),
+    ("revocation with reason removeFromCRL", _revoked_remove_from_crl, "removeFromCRL"),
     ("CRL number floor 2^63-1", _crl_floor_at_the_end, "CRL number"),
     ("OpenPGP key without our certification", _openpgp_without_our_certification,
      "no certification by our OpenPGP CA"),
