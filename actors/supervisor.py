@@ -166,8 +166,12 @@ class Supervisor(SignerActor):
         query = self.status_queries.pop(tag, None)
         if query is None:
             return
+        config = getattr(self, "config", None)
+        # node_id and repository: signer-admin checks it reached the signer its config names.
         records = [{"name": self.actor_name, "pid": os.getpid(), "alive": True, "restarts": 0,
-                    "messages": self.handled, "errors": self.errors, "last_error": self.last_error}]
+                    "messages": self.handled, "errors": self.errors, "last_error": self.last_error,
+                    "node_id": config.node_id if config else None,
+                    "repository": config.repository.path if config else None}]
         for name in self.children:
             record = query.records.get(name) or {
                 "name": name, "alive": False,

@@ -58,8 +58,9 @@ class PtyRelay:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
-        for link in self.links:
-            if link and os.path.islink(link):
+        for link, target in zip(self.links, (self.path_a, self.path_b)):
+            # Only our own link: another relay may have replaced it since (it is theirs now).
+            if link and os.path.islink(link) and os.readlink(link) == target:
                 os.unlink(link)
         for fd in (self.master_a, self.master_b, self.slave_a, self.slave_b):
             try:

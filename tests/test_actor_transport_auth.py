@@ -351,15 +351,16 @@ def test_thespian_log_is_in_the_data_folder(pin_env_signer, run_dir):
 
 
 def test_admin_without_the_key_says_it_cannot_reach_the_signer(pin_env_signer, tmp_path):
-    """A copy of the configuration whose data folder holds no key: a clear line, exit 1."""
+    """A copy of the configuration whose data folder holds no key (and no running signer):
+    a clear line, exit 2 (the config names another signer than the one on the port)."""
     config = yaml.safe_load(pin_env_signer.config.read_text())
     config["repository"]["path"] = str(tmp_path / "repository.sqlite")
     other = tmp_path / "signer.yaml"
     other.write_text(yaml.safe_dump(config))
     result = subprocess.run([str(Path(os.sys.executable).parent / "signer-admin"), "--config",
                              str(other), "status"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "cannot reach the signer" in result.stderr and "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert "no signer runs on" in result.stderr and "Traceback" not in result.stderr
     assert read_key_file(pin_env_signer.config.parent / KEY_FILE_NAME)  # the real one is there
 
 

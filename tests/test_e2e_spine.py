@@ -211,7 +211,7 @@ def test_dev_init_is_idempotent(dev_data):
 def test_admin_says_clearly_when_no_signer_runs(dev_data, tmp_path):
     config = signer_config(dev_data, tmp_path)  # a fresh admin port nobody listens on
     result = run_tool("signer-admin", "--config", str(config), "status")
-    assert result.returncode == 1 and "no signer is running" in result.stderr
+    assert result.returncode == 3 and "no signer is running" in result.stderr  # 3: not running
 
 
 def test_sigterm_during_start_up_leaves_nothing_behind(dev_data, tmp_path):

@@ -25,7 +25,12 @@ MAX_ERROR_FRAMES = 100  # error frames in one wait that mean noise, not a slow a
 
 
 class SignerTimeout(Exception):
-    """No answer within the timeout: the signer is down, or the link is broken."""
+    """No answer within the timeout: the signer is down, or the link is broken. `noise`:
+    the wait ended on too many error frames; `stopped`: on the caller's abort."""
+
+    def __init__(self, message: str, noise: bool = False, stopped: bool = False) -> None:
+        super().__init__(message)
+        self.noise, self.stopped = noise, stopped
 
 
 @dataclass
@@ -48,6 +53,10 @@ class SignerClient:
         # request, so a 4 MB CRL taking minutes at 115200 baud is not "no answer".
         self.timeout_is_silence = timeout_is_silence
         self.abort: Callable[[], bool] | None = None  # checked while waiting: True ends the wait
+        # Called with the bytes received so far while waiting for one answer (a progress
+        # display for a long answer: a full CRL over a slow line). The size is not known
+        # before the answer's last frame, so no total is given.
+        self.progress: Callable[[int], None] | None = None
         # exclusive: refuse the port while another exclusive client holds it (flock)
         self.serial = serial.Serial(port, baudrate, timeout=0.05, exclusive=exclusive or None)
         self.serial.reset_input_buffer()  # stale answers of an earlier client are not ours
@@ -58,6 +67,7 @@ class SignerClient:
         self.waiting: dict[Any, Response] = {}
         self.unmatched: list[Response] = []  # answers with id nil (frame errors)
         self._ids = itertools.count(1)
+        self.received = 0  # bytes read from the port
         # Ids are the idempotency keys on every replicated signer: unique per client.
         self._prefix = f"c-{secrets.token_hex(8)}-"
 
@@ -102,13 +112,16 @@ class SignerClient:
         # line noise must not keep the client waiting for ever.
         cap = started + budget + MAX_ANSWER_BYTES * 10 / max(self.serial.baudrate, 1)
         errors_before = len(self.unmatched)
+        received_before = self.received
         while request_id not in self.waiting:
             if self.abort is not None and self.abort():
-                raise SignerTimeout("stopped while waiting for the signer")
+                raise SignerTimeout("stopped while waiting for the signer", stopped=True)
             clean = self._read_some(deadline)
+            if self.progress is not None:
+                self.progress(self.received - received_before)
             if len(self.unmatched) - errors_before > MAX_ERROR_FRAMES:
                 raise SignerTimeout(f"{len(self.unmatched) - errors_before} error frames while waiting "
-                                    f"on {self.port_path}: line noise?")
+                                    f"on {self.port_path}: line noise?", noise=True)
             if clean and self.timeout_is_silence:
                 deadline = min(time.monotonic() + budget, cap)
         return self.waiting.pop(request_id)
@@ -122,6 +135,7 @@ class SignerClient:
         if time.monotonic() > deadline:
             raise SignerTimeout(f"no answer from the signer on {self.port_path} in time")
         data = self.serial.read(self.serial.in_waiting or 1)
+        self.received += len(data)
         clean = bool(data)
         for result in self.decoder.feed(data):
             response = (Response(None, error={"code": result.code, "message": result.message})

@@ -2,9 +2,10 @@
 
 The WebDB daemon's commands (run, status, init-webdb) are in tools/webdb/cli.py.
 
-Exit codes: 0 the command succeeded (health: healthy); 1 the signer refused the request
-(its error code and message are printed) or health is unhealthy; 2 usage or local error;
-3 no answer from the signer within the timeout.
+Exit codes (core/cli_contract.py, one table for every command): 0 the command succeeded
+(health: healthy); 1 the signer refused the request (its error code and message are
+printed) or health is unhealthy; 2 usage or local error; 3 no answer from the signer within
+the timeout. With --json, errors are {"error": {"code", "message"}} on stdout.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -20,13 +22,26 @@ import serial
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from core.cli_contract import (EXIT_NO_ANSWER, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, Progress,
+                               add_version_argument, fail, flattened, shown, table, wants_json)
 from core.protocol import SignerError
 from core.x509build import csr_der
 from tools.client import Response, SignerClient, SignerTimeout
 from tools.files import write_atomically
 from tools.webdb import cli as webdb_cli
 
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_NO_ANSWER = 0, 1, 2, 3
+PROG = "signer-client"
+EXIT_REFUSED = EXIT_PROBLEM
+# Quick commands answer in well under a second; when nothing answers, say so soon. The
+# others may wait on the signer's own 30 s HSM and repository deadlines (their typed errors
+# arrive first). fetch-crl counts its timeout from the last byte received instead.
+QUICK_TIMEOUT_S = 10.0
+LONG_TIMEOUT_S = 90.0
+QUICK_COMMANDS = ("health", "ca-info")
+
+
+def default_timeout(command: str) -> float:
+    return QUICK_TIMEOUT_S if command in QUICK_COMMANDS else LONG_TIMEOUT_S
 
 
 def to_json(value: Any) -> Any:
@@ -40,29 +55,44 @@ def to_json(value: Any) -> Any:
     return value
 
 
-def print_refusal(response: Response) -> int:
+def print_refusal(response: Response, args: argparse.Namespace | None = None) -> int:
     error = response.error or {}
-    print(f"error: {error.get('code')}: {error.get('message')}", file=sys.stderr)
+    if args is not None and wants_json(args):
+        print(json.dumps({"error": {"code": error.get("code"), "message": error.get("message")}}))
+    else:
+        print(f"error: {error.get('code')}: {error.get('message')}", file=sys.stderr)
     return EXIT_REFUSED
 
 
+def whole_seconds(iso_time: Any) -> str:
+    """An ISO 8601 time without its fraction of a second."""
+    return re.sub(r"(T\d\d:\d\d:\d\d)\.\d+", r"\1", shown(iso_time))
+
+
+HEALTH_SUMMARY = ("healthy", "problems", "version", "node_id", "time", "ca_certificates")
+
+
 def health_lines(body: dict[str, Any]) -> list[str]:
-    hsm, repo = body.get("hsm", {}), body.get("repository", {})
-    return ([f"healthy: {'yes' if body.get('healthy') else 'NO'}",
-             f"version: {body.get('version')}  node: {body.get('node_id')}  time: {body.get('time')}"]
-            + [f"ca {ca['id']}: {ca['subject']} expires {ca['not_after']} ({ca['days_to_expiry']:.0f} days)"
-               for ca in body.get("ca_certificates", [])]
-            + [f"hsm: token {hsm.get('token')} logged in {hsm.get('logged_in')} "
-               f"test signature {hsm.get('test_signature_ms')} ms",
-               f"repository: quick_check {repo.get('quick_check')} counts {repo.get('counts')} "
-               f"last event {repo.get('last_event_seq')}"]
-            + [f"problem: {problem}" for problem in body.get("problems", [])])
+    lines = [f"healthy: {'yes' if body.get('healthy') else 'NO'}   version {shown(body.get('version'))}"
+             f"   node {shown(body.get('node_id'))}   signer time {whole_seconds(body.get('time'))}"]
+    lines += [f"problem: {problem}" for problem in body.get("problems", [])]
+    cas = body.get("ca_certificates", [])
+    if cas:
+        lines += [""] + table(["issuer", "expires", "days left", "ok", "subject"],
+                              [[ca.get("id"), ca.get("not_after"), round(float(ca.get("days_to_expiry", 0))),
+                                shown(ca.get("ok")), ca.get("subject")] for ca in cas])
+    parts = [(part, item, shown(value)) for part, section in body.items() if part not in HEALTH_SUMMARY
+             for item, value in (flattened("", section) if isinstance(section, dict)
+                                 else [("", section)])]
+    if parts:
+        lines += [""] + table(["part", "item", "value"], [list(row) for row in parts])
+    return lines
 
 
 def cmd_health(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("health")
     if not response.ok:
-        return print_refusal(response)
+        return print_refusal(response, args)
     print_body(args, response.body, health_lines(response.body))
     return EXIT_OK if response.body.get("healthy") else EXIT_REFUSED
 
@@ -70,7 +100,7 @@ def cmd_health(client: SignerClient, args: argparse.Namespace) -> int:
 def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("ca_info")
     if not response.ok:
-        return print_refusal(response)
+        return print_refusal(response, args)
     body = response.body
     if args.out_dir:
         out = Path(args.out_dir)
@@ -99,8 +129,7 @@ def cmd_sign_x509(client: SignerClient, args: argparse.Namespace) -> int:
     try:
         csr = csr_der(Path(args.csr).read_bytes())
     except SignerError as exc:
-        print(f"signer-client: {args.csr}: {exc.message}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(PROG, EXIT_USAGE, exc.code, f"{args.csr}: {exc.message}", wants_json(args))
     body: dict[str, Any] = {"issuer": args.issuer, "profile": args.profile, "csr": csr, "hash": args.hash,
                             "subject": [pair.split("=", 1) for pair in args.subject],
                             "sans": [san.split(":", 1) for san in args.san]}
@@ -108,7 +137,7 @@ def cmd_sign_x509(client: SignerClient, args: argparse.Namespace) -> int:
         body["days"] = args.days
     response = client.call("sign_x509", body, request_id=args.request_id)
     if not response.ok:
-        return print_refusal(response)
+        return print_refusal(response, args)
     result = response.body
     cert = x509.load_der_x509_certificate(result["certificate"])
     out = Path(args.out)
@@ -127,7 +156,7 @@ def cmd_revoke_x509(client: SignerClient, args: argparse.Namespace) -> int:
         body["time"] = args.time
     response = client.call("revoke_x509", body, request_id=args.request_id)
     if not response.ok:
-        return print_refusal(response)
+        return print_refusal(response, args)
     result = response.body
     print_body(args, result, [f"revoked {result['serial']} at {result['revoked_at']} reason "
                               f"{result['reason']}{' (already revoked)' if result['already_revoked'] else ''}"])
@@ -136,14 +165,21 @@ def cmd_revoke_x509(client: SignerClient, args: argparse.Namespace) -> int:
 
 def cmd_fetch_crl(client: SignerClient, args: argparse.Namespace) -> int:
     from tools.crl_fetch import fetch_crl_into
+    # A full CRL at 115200 baud takes minutes: the timeout counts silence, not the whole
+    # answer, and a terminal shows the bytes as they come.
+    client.timeout_is_silence = True
+    progress = Progress(f"fetch-crl {args.issuer}")
+    client.progress = progress.update
     try:
         ca_cert = x509.load_pem_x509_certificate(Path(args.ca_cert).read_bytes()) if args.ca_cert else None
         outcome = fetch_crl_into(client, args.issuer, Path(args.out), ca_cert)
     except ValueError as exc:
-        print(f"signer-client: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return fail(PROG, EXIT_REFUSED, "crl_unusable", str(exc), wants_json(args))
+    finally:
+        progress.close()
+        client.progress = None
     if outcome.error is not None:
-        return print_refusal(outcome.error)
+        return print_refusal(outcome.error, args)
     print_body(args, outcome.summary, [f"CRL {args.issuer} number {outcome.summary['number']}: "
                                        f"{outcome.summary['status']}, {outcome.summary['bytes_moved']} "
                                        f"bytes moved -> {args.out}"])
@@ -158,7 +194,7 @@ def cmd_sign_openpgp(client: SignerClient, args: argparse.Namespace) -> int:
         body["days"] = args.days
     response = client.call("sign_openpgp", body, request_id=args.request_id)
     if not response.ok:
-        return print_refusal(response)
+        return print_refusal(response, args)
     result = response.body
     write_atomically(Path(args.out), result["key"].encode())
     print_body(args, result, [f"certified {', '.join(result['certified_uids'])} on {result['fingerprint']} "
@@ -178,12 +214,15 @@ COMMANDS: dict[str, Callable[[SignerClient, argparse.Namespace], int]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="signer-client", description="Talk to the signer")
+    add_version_argument(parser)
     parser.add_argument("--port", default=os.environ.get("SIGNER_PORT"),
                         help="serial port or pty of the signer (default: $SIGNER_PORT)")
     parser.add_argument("--baud", type=int, default=115200)
-    parser.add_argument("--timeout", type=float, default=90.0,
-                        help="seconds to wait for an answer (above the signer's own 30 s HSM and "
-                             "repository deadlines, so their typed errors arrive first)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help=f"seconds to wait for an answer (default: {QUICK_TIMEOUT_S:g} for "
+                             f"{' and '.join(QUICK_COMMANDS)}, {LONG_TIMEOUT_S:g} for the others: "
+                             "above the signer's own 30 s HSM and repository deadlines, so their "
+                             "typed errors arrive first; fetch-crl: seconds of silence)")
     parser.add_argument("--json", action="store_true", help="print the answer body as JSON")
     # --json is accepted before or after the command name.
     common = argparse.ArgumentParser(add_help=False)
@@ -233,21 +272,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command in ("run", "status", "init-webdb"):
         return webdb_cli.run_command(args)
+    as_json = wants_json(args)
     if not args.port:
-        print("signer-client: --port is required (or set SIGNER_PORT)", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(PROG, EXIT_USAGE, "usage", "--port is required (or set SIGNER_PORT)", as_json)
+    timeout = args.timeout if args.timeout is not None else default_timeout(args.command)
     try:
-        with SignerClient(args.port, args.baud, args.timeout) as client:
+        with SignerClient(args.port, args.baud, timeout) as client:
             return COMMANDS[args.command](client, args)
     except SignerTimeout as exc:
-        print(f"signer-client: {exc}", file=sys.stderr)
-        return EXIT_NO_ANSWER
+        return fail(PROG, EXIT_NO_ANSWER, "no_answer", no_answer_message(exc, args, timeout), as_json)
     except serial.SerialException as exc:
-        print(f"signer-client: cannot open {args.port}: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(PROG, EXIT_USAGE, "cannot_open_port", f"cannot open {args.port}: {exc}", as_json)
     except (OSError, ValueError) as exc:  # an unreadable or unparsable local file
-        print(f"signer-client: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return fail(PROG, EXIT_USAGE, "local_file", str(exc), as_json)
+
+
+def no_answer_message(exc: SignerTimeout, args: argparse.Namespace, timeout: float) -> str:
+    """What went wrong, the timeout that ran out, and what to check."""
+    if exc.noise or exc.stopped:
+        return str(exc)
+    silence = " of silence" if args.command == "fetch-crl" else ""
+    return (f"no answer from the signer on {args.port} within {timeout:g} s{silence} (--timeout). "
+            f"Is a signer behind this port (dev: `signer run` running, and this is its client-pty "
+            f"or client-link)? Is it the right port, at --baud {args.baud}? Is another client "
+            f"(the WebDB daemon) using it? A signer busy with a long job: raise --timeout")
 
 
 if __name__ == "__main__":
