@@ -58,7 +58,7 @@ class Progress:
         self.enabled = bool(getattr(self.stream, "isatty", lambda: False)())
         self.label, self.unit, self.every_s = label, unit, every_s
         self.started = time.monotonic()
-        self.last_drawn = 0.0
+        self.last_drawn = self.started  # nothing for an operation shorter than every_s
         self.drawn = False
 
     def update(self, done: int, total: int | None = None) -> None:
