@@ -219,15 +219,15 @@ def write_daemon_status(state: Path, health_age_s: float) -> None:
 
 def test_client_status_is_green_only_while_the_signer_answered_recently(tmp_path):
     config = client_yaml(tmp_path)
-    # Defaults: health.interval_s 60 + min(30, timeout_s 90) + poll_interval_s 5 + 10 s = 105 s.
+    # Defaults: health.interval_s 15 + min(10, timeout_s 90) + poll_interval_s 5 + 10 s = 40 s.
     write_daemon_status(tmp_path / "state", health_age_s=5)
     fresh = run_tool("signer-client", "status", "--config", str(config))
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
-    write_daemon_status(tmp_path / "state", health_age_s=130)
+    write_daemon_status(tmp_path / "state", health_age_s=50)
     stale = run_tool("signer-client", "status", "--config", str(config))
     assert stale.returncode == 1 and "STALE" in stale.stdout, stale.stdout
     as_json = json.loads(run_tool("signer-client", "status", "--json", "--config", str(config)).stdout)
-    assert as_json["signer_stale"] is True and as_json["health_age_s"] >= 130
+    assert as_json["signer_stale"] is True and as_json["health_age_s"] >= 50
 
 
 # -- progress ----------------------------------------------------------------------------------

@@ -68,7 +68,8 @@ def cmd_run(config, args: argparse.Namespace) -> int:
 def signer_stale_after_s(config) -> float:
     """The longest a daemon whose signer answers goes without a health answer: one health
     interval, the health request's own timeout, one poll round, and a margin."""
-    return (config.health.interval_s + min(30.0, config.signer.timeout_s)
+    from tools.webdb.daemon import health_timeout_s
+    return (config.health.interval_s + health_timeout_s(config)
             + config.webdb.poll_interval_s + STALE_MARGIN_S)
 
 

@@ -138,7 +138,7 @@ class CrlWorkConfig:
 
 @dataclass(frozen=True)
 class HealthWorkConfig:
-    interval_s: float = 60.0
+    interval_s: float = 15.0  # also bounds how long `status` may show a stopped signer green
     # The signer's clock (health `time`) and the daemon's may differ by this much; more is a
     # problem in the log and in `signer-client status` (certificates are dated by the signer).
     max_clock_skew_s: float = 120.0

@@ -34,6 +34,15 @@ from tools.webdb.work import (CERT_TABLES, Job, LocalTrouble, RowProblem, audit_
 log = logging.getLogger("signer-client")
 
 
+
+HEALTH_TIMEOUT_S = 10.0  # the signer answers health within its 5 s part deadline plus ~0.1 s of link
+
+
+def health_timeout_s(config: Any) -> float:
+    """How long a health poll waits: short, so a signer that stopped answering is seen soon
+    (`signer-client status` bounds its staleness with it)."""
+    return min(HEALTH_TIMEOUT_S, config.signer.timeout_s)
+
 class ClientDaemon:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
@@ -179,7 +188,7 @@ class ClientDaemon:
 
     # -- health ----------------------------------------------------------------------------
     def poll_health(self) -> None:
-        response: Response = self.link.request("health", timeout=min(30.0, self.config.signer.timeout_s))
+        response: Response = self.link.request("health", timeout=health_timeout_s(self.config))
         self.next_health = time.monotonic() + self.config.health.interval_s
         body = response.body or {}
         health = {"at": now_text(), "healthy": bool(body.get("healthy")) and response.ok,
