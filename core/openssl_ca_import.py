@@ -32,6 +32,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from core.crl import REASON_CODES
 from core.peer_validation import NotSignedByIssuer, PeerEventRefused, check_imported
 from core.repository import Repository
 from core.repository_schema import (UNKNOWN_NOT_AFTER, UNKNOWN_NOT_BEFORE, normalise_serial,
@@ -164,16 +165,10 @@ def read_crl_file(path: Path, issuer: x509.Certificate
         number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     except x509.ExtensionNotFound:
         number = None
-    return number, _crl_entries(crl)
-
-
-# x509.ReasonFlags in declaration order is not the RFC code order: map by name.
-_REASON_CODE_BY_FLAG = {
-    x509.ReasonFlags.unspecified: 0, x509.ReasonFlags.key_compromise: 1,
-    x509.ReasonFlags.ca_compromise: 2, x509.ReasonFlags.affiliation_changed: 3,
-    x509.ReasonFlags.superseded: 4, x509.ReasonFlags.cessation_of_operation: 5,
-    x509.ReasonFlags.certificate_hold: 6, x509.ReasonFlags.remove_from_crl: 8,
-    x509.ReasonFlags.privilege_withdrawn: 9, x509.ReasonFlags.aa_compromise: 10}
+    try:
+        return number, _crl_entries(crl)
+    except X509_PARSE_ERRORS as exc:  # an entry extension that does not parse
+        raise ImportRefused(f"the CRL {path} has an entry that does not parse: {exc}") from None
 
 
 def _crl_entries(crl: x509.CertificateRevocationList) -> dict[int, tuple[datetime, int | None]]:
@@ -181,7 +176,7 @@ def _crl_entries(crl: x509.CertificateRevocationList) -> dict[int, tuple[datetim
     for entry in crl:
         try:
             flag = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
-            reason: int | None = _REASON_CODE_BY_FLAG[flag]
+            reason: int | None = REASON_CODES[flag.value]  # ReasonFlags values are the RFC names
         except x509.ExtensionNotFound:
             reason = None
         entries[entry.serial_number] = (entry.revocation_date_utc, reason)
