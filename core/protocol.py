@@ -12,6 +12,8 @@ from typing import Any
 
 import msgpack
 
+from core.errors import ErrorCode
+
 PROTOCOL_VERSION = 1
 MAX_ID_LENGTH = 128
 # How deep a request may nest maps and arrays, the envelope map being level 1 (the deepest
@@ -21,56 +23,10 @@ MAX_ID_LENGTH = 128
 MAX_NESTING_DEPTH = 32
 _CONTAINER_TYPES = frozenset({list, dict})  # what msgpack decodes arrays and maps into
 
-# Every error code the signer sends, with its meaning. docs/protocol.md documents the
-# same table; tests/test_protocol.py checks that the two stay in step.
-ERROR_CODES: dict[str, str] = {
-    "bad_cobs": "the frame's COBS encoding is invalid",
-    "bad_crc": "the frame's CRC32 does not match its payload",
-    "frame_too_short": "the decoded frame is shorter than its 4-byte CRC32",
-    "frame_too_large": "the frame exceeds the payload size limit; its bytes were dropped",
-    "bad_msgpack": "the payload is not one complete msgpack object",
-    "bad_envelope": "the payload is not a map with valid v, id, cmd and body fields",
-    "unsupported_version": "the protocol version is not one the signer speaks",
-    "unknown_command": "no handler exists for the command name",
-    "bad_request": "a body field is missing, has the wrong type or an invalid value",
-    "duplicate_request": "a request with this id is still being processed",
-    "request_id_conflict": "the id was used before for a different request",
-    "handler_unavailable": "the handler crashed or did not answer; the request may be retried",
-    "internal_error": "an unexpected failure inside the signer; the request may be retried",
-    "hsm_unavailable": "the HSM could not sign (session, token or device failure)",
-    "hsm_login_failed": "the HSM rejected the PIN",
-    "hsm_token_not_found": "no token with the configured label is present",
-    "hsm_key_not_found": "the configured key is not on the token",
-    "repository_error": "the repository could not complete the operation",
-    "unknown_issuer": "the issuer id is not configured, or the profile does not name it among its `issuers`",
-    "unknown_profile": "no certificate profile has this name",
-    "malformed_csr": "the key request is not a DER PKCS#10 request (`csr`) or not base64 of a DER SignedPublicKeyAndChallenge (`spkac`)",
-    "bad_csr_signature": "the key request's signature does not verify (no proof of possession)",
-    "key_too_weak": "the key is smaller than the profile allows",
-    "key_type_not_allowed": "the key type or curve is not allowed by the profile",
-    "attribute_not_allowed": "a subject attribute is not allowed by the profile",
-    "san_type_not_allowed": "a subjectAltName type is not allowed by the profile",
-    "validity_too_long": "the validity exceeds the profile's maximum or the issuer's lifetime",
-    "hash_not_allowed": "a signature hash is not allowed: the certificate's by the profile, or the key request's own (MD5, SHA-1)",
-    "limit_exceeded": "the request asks for more items than a configured limit allows; nothing was done",
-    "lint_failed": "pkilint found ERROR or FATAL findings in the certificate; nothing was signed",
-    "signature_invalid": "the HSM's signature did not verify with the issuer's key; nothing was issued",
-    "crl_build_failed": "the CRL could not be built from the stored revocations; nothing was signed",
-    "invalid_reason": "not an RFC 5280 CRLReason name or code usable in a CRL",
-    "unknown_serial": "no issued certificate has this serial for this issuer",
-    "duplicate_serial": "a serial collided with an existing one (retry)",
-    "openpgp_malformed": "the OpenPGP key is not a well-formed transferable public key",
-    "openpgp_oversized": "the OpenPGP key is larger than the configured limit",
-    "openpgp_secret_key": "the input holds secret key material; send the public key only",
-    "openpgp_multiple_keys": "the input holds more than one primary key",
-    "openpgp_unsupported_key": "the key's version or algorithm is not supported (v3, DSA, ElGamal, ...)",
-    "openpgp_weak_key": "the key is too weak (RSA below 2048 bits)",
-    "openpgp_key_revoked": "the primary key is revoked",
-    "openpgp_key_expired": "the primary key has expired",
-    "openpgp_uid_revoked": "a requested user id is revoked on the key",
-    "openpgp_no_uid": "none of the requested user ids is on the key",
-    "timeout": "inside a health answer only: that part of the signer did not answer in time",
-}
+# Every error code the signer sends, with its meaning (core/errors.py is the one source).
+# docs/protocol.md documents the same table; tests/test_docs_match_code.py checks that the
+# two stay in step.
+ERROR_CODES: dict[str, str] = {code.value: code.meaning for code in ErrorCode}
 
 
 class SignerError(Exception):

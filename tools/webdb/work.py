@@ -19,6 +19,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from core.errors import retry_class
 from core.openpgp_packets import OpenPgpError, dearmor, parse_packets
 from core.x509build import X509_PARSE_ERRORS, MalformedCsr, load_csr
 from tools.webdb.config import ClientConfig, WebDbConfig
@@ -39,26 +40,11 @@ ALLOWED_HASHES = ("sha256", "sha384", "sha512")
 # "signer" the signer cannot sign anything now (HSM, repository): rows untouched, back off;
 # "setup"  this kind of work does not fit this signer (profile, issuer or command unknown,
 #          validity above the profile's): rows untouched, the kind skipped, an operator's job.
-ROW_CODES = {"bad_request", "malformed_csr", "bad_csr_signature", "key_too_weak", "key_type_not_allowed",
-             "attribute_not_allowed", "san_type_not_allowed", "hash_not_allowed", "lint_failed",
-             "invalid_reason", "unknown_serial", "request_id_conflict", "limit_exceeded"}
-WAIT_CODES = {"duplicate_request", "handler_unavailable", "bad_cobs", "bad_crc", "frame_too_short", "frame_too_large",
-              "bad_msgpack", "bad_envelope"}
-SIGNER_CODES = {"repository_error", "crl_build_failed", "signature_invalid", "timeout"}
-SETUP_CODES = {"unknown_profile", "unknown_issuer", "unknown_command", "unsupported_version",
-               "validity_too_long"}
+# The class of each code is part of the signer's error vocabulary (core/errors.py).
 
 
 def classify(code: str) -> str:
-    if code in ROW_CODES or code.startswith("openpgp_"):
-        return "row"
-    if code in WAIT_CODES:
-        return "wait"
-    if code in SIGNER_CODES or code.startswith("hsm_"):
-        return "signer"
-    if code in SETUP_CODES:
-        return "setup"
-    return "retry"  # internal_error, duplicate_serial, and any new code
+    return retry_class(code).value  # an unknown, newer code: "retry"
 
 
 class RowProblem(Exception):
