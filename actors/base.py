@@ -16,7 +16,7 @@ from typing import Any
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, WakeupMessage
 
 from core.protocol import SignerError
-from messages import ActorStatusReply, ActorStatusRequest, Configure, Configured
+from messages import ActorStatusReply, ActorStatusRequest, Batch, Configure, Configured
 
 
 def error_dict(exc: BaseException) -> dict[str, str]:
@@ -49,10 +49,42 @@ class SignerActor(ActorTypeDispatcher):
         self.started_at = time.time()
         self._next_tag = 0
         self._before_configure: list[tuple[Any, Any]] = []
+        # Messages for peers, held while one incoming message (or Batch) is handled and
+        # then sent one Batch per peer (messages/batch.py); None between messages.
+        self._outbox: list[tuple[Any, list[Any]]] | None = None
         self.log = logging.getLogger(f"signer.{self.actor_name}")
 
     # -- plumbing every actor shares -------------------------------------------------
     def receiveMessage(self, message: Any, sender: Any) -> Any:
+        if self._outbox is not None:  # a Batch's item, or a message queued before Configure
+            return self._receive_one(message, sender)
+        self._outbox = []
+        try:
+            return self._receive_one(message, sender)
+        finally:
+            outbox, self._outbox = self._outbox, None
+            for address, messages in outbox:
+                super().send(address, messages[0] if len(messages) == 1 else Batch(messages))
+
+    def send(self, address: Any, message: Any) -> None:
+        """Sends to a peer in the address book (every one a SignerActor, which unpacks a
+        Batch) wait until the incoming message is handled; others (system.py, signer-admin,
+        the Supervisor) go at once, unbatched."""
+        if self._outbox is None or not any(address == peer for peer in self.addresses.values()):
+            super().send(address, message)
+            return
+        for queued_address, messages in self._outbox:
+            if queued_address == address:
+                messages.append(message)
+                return
+        self._outbox.append((address, [message]))
+
+    def _receive_one(self, message: Any, sender: Any) -> Any:
+        if isinstance(message, Batch):
+            result = None
+            for item in message.messages:
+                result = self._receive_one(item, sender)
+            return result
         self.handled += 1
         if self.config is None and self.needs_configure and not isinstance(message, _BEFORE_CONFIGURE):
             # Peers are configured in parallel: one may ask us before our Configure arrived.

@@ -3,6 +3,9 @@ the responses back in whatever order they finish, matched by the client's id.
 
 It owns no command logic. It guarantees that every valid request gets exactly one answer:
 the handler's, or `handler_unavailable` when the handler crashed or let its deadline pass.
+
+A handler with several workers (the X509Signer pool, actors/pool.py) gets each request on
+the worker with the fewest requests in flight, so a burst is spread evenly.
 """
 from __future__ import annotations
 
@@ -14,8 +17,9 @@ from typing import Any
 from thespian.actors import PoisonMessage, WakeupMessage
 
 from actors.base import PendingWork, SignerActor
+from actors.pool import members
 from core.protocol import SignerError, RequestError, decode_request, encode_error, encode_response
-from messages import CommandReply, CommandRequest, FrameReceived, FrameToSend
+from messages import Batch, CommandReply, CommandRequest, FrameReceived, FrameToSend
 
 # command name -> handler actor name. Later issues add their commands here.
 ROUTES: dict[str, str] = {
@@ -44,6 +48,8 @@ class Dispatcher(SignerActor):
 
     def configure(self, config: Any) -> None:
         self.routes = {cmd: name for cmd, name in ROUTES.items() if name in self.addresses}
+        self.workers = {name: members(name, self.addresses) for name in set(self.routes.values())}
+        self.busy: Counter[str] = Counter()  # requests in flight per worker
         self.timeout_s = config.protocol.handler_timeout_s
         self.pending = PendingWork()
         self.in_flight_ids: set[str | int] = set()
@@ -64,7 +70,8 @@ class Dispatcher(SignerActor):
             self.reply_error(request.request_id, "duplicate_request",
                              "a request with this id is in flight; its answer will follow")
             return
-        handler = self.routes[request.command]
+        handler = min(self.workers[self.routes[request.command]], key=lambda worker: self.busy[worker])
+        self.busy[handler] += 1
         tag = self.new_tag()
         address = self.peer(handler)
         self.pending.add(tag, InFlight(request.request_id, request.command, handler, address,
@@ -78,7 +85,7 @@ class Dispatcher(SignerActor):
         flight = self.pending.pop(message.tag)
         if flight is None:
             return  # answered already (deadline passed); the late reply is dropped
-        self.in_flight_ids.discard(flight.request_id)
+        self.done(flight)
         if message.error is not None:
             self.rejected[message.error.get("code", "internal_error")] += 1
             self.reply_error(flight.request_id, message.error.get("code", "internal_error"),
@@ -89,13 +96,14 @@ class Dispatcher(SignerActor):
     def receiveMsg_PoisonMessage(self, message: PoisonMessage, sender: Any) -> None:
         # A handler raised twice on the same request: answer it rather than let it hang.
         original = message.poisonMessage
-        if isinstance(original, CommandRequest):
-            self.fail(original.tag, "internal_error", f"handler failed on {original.command}")
+        for request in original.messages if isinstance(original, Batch) else [original]:
+            if isinstance(request, CommandRequest):
+                self.fail(request.tag, "internal_error", f"handler failed on {request.command}")
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
         self.sweeping = False
         for tag, flight in self.pending.expired():
-            self.in_flight_ids.discard(flight.request_id)
+            self.done(flight)
             self.reply_error(flight.request_id, "handler_unavailable",
                              f"{flight.handler} did not answer within {self.timeout_s:g} s")
         self.arm_sweep()
@@ -109,8 +117,12 @@ class Dispatcher(SignerActor):
     def fail(self, tag: int, code: str, message: str) -> None:
         flight = self.pending.pop(tag)
         if flight is not None:
-            self.in_flight_ids.discard(flight.request_id)
+            self.done(flight)
             self.reply_error(flight.request_id, code, message)
+
+    def done(self, flight: InFlight) -> None:
+        self.in_flight_ids.discard(flight.request_id)
+        self.busy[flight.handler] -= 1
 
     def reply_error(self, request_id: str | int | None, code: str, message: str) -> None:
         self.send(self.peer("framing"), FrameToSend(encode_error(request_id, code, message)))

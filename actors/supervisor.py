@@ -28,6 +28,7 @@ from actors.framing import Framing
 from actors.health import Health
 from actors.hsm import Hsm
 from actors.openpgp_signer import OpenPgpSigner
+from actors.pool import POOLED, pool_base, worker_names
 from actors.repository import Repository
 from actors.revoker import Revoker
 from actors.serial_link import SerialLink
@@ -47,7 +48,7 @@ CHILDREN: dict[str, type] = {
     "hsm": Hsm,
     "health": Health,
     "ca_info": CaInfo,
-    "x509_signer": X509Signer,
+    "x509_signer": X509Signer,  # x509.workers of them: x509_signer, x509_signer_2, ... (actors/pool.py)
     "revoker": Revoker,
     "crl_issuer": CrlIssuer,
     "openpgp_signer": OpenPgpSigner,
@@ -84,9 +85,10 @@ class Supervisor(SignerActor):
     def receiveMsg_StartSigner(self, message: StartSigner, sender: Any) -> None:
         self.config = message.config
         self.starter = sender
-        wanted = [name for name in CHILDREN if name != "sync" or message.config.sync is not None]
+        wanted = [worker for name in CHILDREN if name != "sync" or message.config.sync is not None
+                  for worker in (worker_names(name, message.config.x509.workers) if name == POOLED else [name])]
         for name in wanted:
-            self.children[name] = self.createActor(CHILDREN[name])
+            self.children[name] = self.createActor(CHILDREN[pool_base(name)])
             self.restarts[name] = 0
         self.awaiting = set(wanted)
         for name in wanted:
@@ -136,7 +138,7 @@ class Supervisor(SignerActor):
         self.wakeupAfter(delay, payload=("restart", name))
 
     def restart(self, name: str) -> None:
-        self.children[name] = self.createActor(CHILDREN[name])
+        self.children[name] = self.createActor(CHILDREN[pool_base(name)])
         self.configure_child(name)
         for other in self.children:
             if other != name:

@@ -32,7 +32,7 @@ from core.protocol import SignerError, check_count, field
 from core.spkac import check_spkac
 from core.x509build import (PkixLinter, assemble_certificate, build_sans, build_subject,
                             build_tbs_certificate, check_csr, key_info_of, new_serial,
-                            validity_window, verify_issued)
+                            throwaway_key, validity_window, verify_issued)
 from messages import HsmSignRequest
 from messages.repository import CompleteCertificate, DiscardReservation, LookupOrReserve
 
@@ -63,6 +63,10 @@ class X509Signer(HandlerActor):
         self.profiles = check_issuers(load_profiles(config.x509.profiles), {i.id for i in config.issuers})
         self.issuers = load_issuers(config)
         self.key_infos = {i: key_info_of(issuer.certificate.public_key()) for i, issuer in self.issuers.items()}
+        for key_info in self.key_infos.values():
+            # Made now, not on a first request: an RSA-4096 key takes ~1 s to generate, and
+            # every worker of the pool (and every restarted one) needs its own.
+            throwaway_key(key_info)
         self.linter = PkixLinter() if config.x509.lint else None
 
     def start(self, job: Job) -> None:

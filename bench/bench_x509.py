@@ -1,12 +1,13 @@
 """X.509 benchmark, in one run:
   - certificates per second end to end over an unthrottled pty (class3 = RSA-2048 issuer),
-    pipelined, next to the Hsm's raw RSA-2048 signatures per second on the same token;
+    pipelined, with each --workers count of X509Signers (x509.workers), next to the Hsm's
+    raw RSA-2048 signatures per second on the same token;
   - CRL build + HSM signature for 100k and 1M entries next to cryptography's own builder
     signing with an in-memory key (the floor: our path adds the throwaway-key TBS and the
     HSM call);
   - diff bytes for a 100k-entry CRL after k new revocations.
 
-    .venv/bin/python bench/bench_x509.py [--certs 300] [--crl-sizes 100000 1000000]
+    .venv/bin/python bench/bench_x509.py [--certs 300] [--workers 1 2] [--crl-sizes 100000 1000000]
 """
 from __future__ import annotations
 
@@ -23,14 +24,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_spine import raw_hsm_rate  # noqa: E402
+from bench.profile_x509 import sign_body, warm_up, with_x509_workers  # noqa: E402
 from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client import SignerClient  # noqa: E402
 
 
 def certificates_per_second(client: SignerClient, csr: bytes, count: int) -> float:
-    body = {"issuer": "class3", "profile": "server-org", "csr": csr,
-            "subject": [["CN", "www.example.org"], ["O", "Example"]], "sans": [["dns", "www.example.org"]]}
-    client.call("sign_x509", body)  # warm-up: linter and throwaway keys are loaded
+    body = sign_body(csr, "class3")
+    warm_up(client, body)
     started = time.perf_counter()
     ids = [client.send("sign_x509", body) for _ in range(count)]
     for request_id in ids:
@@ -118,6 +119,7 @@ def diff_sizes(ks: list[int], size: int = 100_000) -> list[tuple[int, int, float
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--certs", type=int, default=300)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="x509.workers to measure")
     parser.add_argument("--crl-sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--diff-k", type=int, nargs="+", default=[1, 10, 100, 1000])
     args = parser.parse_args()
@@ -127,19 +129,22 @@ def main() -> None:
                         "-out", f"{tmp}/r.csr", "-outform", "DER", "-subj", "/CN=x"], check=True,
                        capture_output=True)
         csr = Path(f"{tmp}/r.csr").read_bytes()
-        run_dir = Path(tmp) / "run"
-        run_dir.mkdir()
-        signer = SignerProcess(signer_config(data, run_dir), log_dir=run_dir)
-        try:
-            with SignerClient(signer.client_path, timeout=120) as client:
-                cert_rate = certificates_per_second(client, csr, args.certs)
-        finally:
-            signer.stop()
+        cert_rates = {}
+        for workers in args.workers:
+            run_dir = Path(tmp) / f"run-{workers}"
+            run_dir.mkdir()
+            signer = SignerProcess(with_x509_workers(signer_config(data, run_dir), workers), log_dir=run_dir)
+            try:
+                with SignerClient(signer.client_path, timeout=120) as client:
+                    cert_rates[workers] = certificates_per_second(client, csr, args.certs)
+            finally:
+                signer.stop()
         hsm_rate = raw_hsm_rate(data, "class3-key")
         crls = crl_timings(data, args.crl_sizes)
-    print(f"sign_x509 end to end over the pty (RSA-2048 issuer, pipelined): {cert_rate:7.1f} certificates/s")
+    for workers, cert_rate in cert_rates.items():
+        print(f"sign_x509 end to end over the pty (RSA-2048 issuer, pipelined), {workers} X509Signer "
+              f"worker(s): {cert_rate:7.1f} certificates/s = {cert_rate / hsm_rate:.3f} of the raw HSM rate")
     print(f"Hsm raw RSA-2048 signatures, same token, one process:            {hsm_rate:7.1f} signatures/s")
-    print(f"  end-to-end / raw HSM: {cert_rate / hsm_rate:.3f}")
     for size, ours, raw, length in crls:
         print(f"CRL {size:>9,} entries: throwaway-TBS + HSM sign {ours:6.2f} s | cryptography builder "
               f"+ in-memory key {raw:6.2f} s | ratio {ours / raw:4.2f} | {length / 1e6:5.1f} MB")

@@ -20,6 +20,9 @@ from typing import Any
 import yaml
 
 
+MAX_X509_WORKERS = 16  # each is a process of ~55 MiB (pkilint loaded)
+
+
 class ConfigError(Exception):
     """A configuration mistake; the message names the key."""
 
@@ -128,6 +131,9 @@ SHIPPED_PROFILES = _shipped_profiles()
 class X509Config:
     profiles: str = SHIPPED_PROFILES  # folder of profile YAML files (docs/profiles.md)
     lint: bool = True  # pkilint RFC 5280 lints on every certificate before it is signed
+    # X509Signer actors (processes) building and linting in parallel: CPU-bound work, so
+    # more than the CPUs buys nothing (docs/actors.md, "The X509Signer pool").
+    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
@@ -287,6 +293,8 @@ def validate(config: SignerConfig) -> None:
             raise ConfigError(f"openpgp.public_key: file {pgp.public_key} does not exist")
     if not os.path.isdir(config.x509.profiles):
         raise ConfigError(f"x509.profiles: folder {config.x509.profiles} does not exist")
+    if not 1 <= config.x509.workers <= MAX_X509_WORKERS:
+        raise ConfigError(f"x509.workers: expected 1 to {MAX_X509_WORKERS}")
     if not 0 < config.crl.rebuild_after_fraction <= 1:
         raise ConfigError("crl.rebuild_after_fraction: expected a number in (0, 1]")
     if config.crl.lifetime_days <= 0 or config.crl.grace < 0 or config.crl.keep < 1:

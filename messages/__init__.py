@@ -5,6 +5,7 @@ repeats it: an actor never blocks waiting for a reply, it keeps the pending work
 and finishes it when the reply arrives. Errors travel as `{"code", "message"}` dicts so they
 can be answered to the client unchanged.
 """
+from messages.batch import Batch
 from messages.commands import CommandReply, CommandRequest
 from messages.hsm import (HsmHealthReply, HsmHealthRequest, HsmSealReply, HsmSealRequest,
                           HsmSignReply, HsmSignRequest)
@@ -15,7 +16,7 @@ from messages.system import (ActorStatusReply, ActorStatusRequest, Configure, Co
                              SystemStatusRequest)
 
 __all__ = [
-    "CommandReply", "CommandRequest", "HsmHealthReply", "HsmHealthRequest", "HsmSealReply",
+    "Batch", "CommandReply", "CommandRequest", "HsmHealthReply", "HsmHealthRequest", "HsmSealReply",
     "HsmSealRequest", "HsmSignReply", "HsmSignRequest", "FrameReceived", "FrameToSend", "SerialBytesReceived",
     "SerialBytesToSend", "RepoHealthReply", "RepoHealthRequest", "ActorStatusReply",
     "ActorStatusRequest", "Configure", "Configured", "StartSigner", "SignerStarted",

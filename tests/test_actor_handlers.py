@@ -13,6 +13,7 @@ from thespian.actors import ChildActorExited, WakeupMessage
 from actors.ca_info import CaInfo
 from actors.health import Health
 from actors.supervisor import CHILDREN, Supervisor
+from actors.x509_signer import X509Signer
 from messages import (ActorStatusReply, ActorStatusRequest, CommandReply, CommandRequest, Configure,
                       Configured, HsmHealthReply, HsmHealthRequest, RepoHealthReply,
                       RepoHealthRequest, SignerStarted, StartSigner, SystemStatusReply,
@@ -122,12 +123,28 @@ def test_configure_failure_is_reported(tmp_path):
 WITHOUT_SYNC = [name for name in CHILDREN if name != "sync"]  # sync only when configured
 
 
-def started_supervisor():
+def started_supervisor(x509_workers: int = 1):
     h = ActorHarness(Supervisor)
-    h.deliver(StartSigner(SimpleNamespace(sync=None)), "system")
+    h.deliver(StartSigner(SimpleNamespace(sync=None, x509=SimpleNamespace(workers=x509_workers))), "system")
     configures = h.take(Configure)
-    assert [m.name for _, m in configures] == WITHOUT_SYNC
+    if x509_workers == 1:
+        assert [m.name for _, m in configures] == WITHOUT_SYNC
     return h, configures
+
+
+def test_supervisor_runs_a_pool_of_x509_signers_each_restarted_on_its_own():
+    h, configures = started_supervisor(x509_workers=3)
+    names = [m.name for _, m in configures]
+    pool = ["x509_signer", "x509_signer_2", "x509_signer_3"]
+    assert names == WITHOUT_SYNC[:WITHOUT_SYNC.index("x509_signer")] + pool + WITHOUT_SYNC[WITHOUT_SYNC.index("x509_signer") + 1:]
+    assert [cls for cls, address in h.created if address in [h.actor.children[n] for n in pool]] == [X509Signer] * 3
+    old = h.actor.children["x509_signer_2"]
+    h.deliver(ChildActorExited(old), "admin")
+    (delay, payload), = h.wakeups[-1:]
+    h.deliver(WakeupMessage(delay, payload))
+    new = h.actor.children["x509_signer_2"]
+    assert new != old and h.created[-1] == (X509Signer, new)
+    assert h.actor.restarts == dict.fromkeys(names, 0) | {"x509_signer_2": 1}
 
 
 def test_supervisor_starts_wires_and_reports():

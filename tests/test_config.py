@@ -1,4 +1,5 @@
 """core.config: a good file loads; each mistake names its key and what was expected."""
+import os
 import textwrap
 
 import pytest
@@ -59,12 +60,23 @@ def test_relative_paths_resolve_against_the_file(tmp_path, base):
     (lambda d: d["openpgp"].__setitem__("signature_type", 0x18), "openpgp.signature_type: expected 16 to 19"),
     (lambda d: d["serial"].__setitem__("reopen_max_backoff_s", 0), "reopen_max_backoff_s at least 0.1"),
     (lambda d: d["x509"].__setitem__("profiles", "/nonexistent"), "x509.profiles: folder /nonexistent does not exist"),
+    (lambda d: d["x509"].__setitem__("workers", 0), "x509.workers: expected 1 to 16"),
+    (lambda d: d["x509"].__setitem__("workers", 17), "x509.workers: expected 1 to 16"),
 ])
 def test_mistakes_name_the_key(tmp_path, base, mutate, message):
     mutate(base)
     with pytest.raises(ConfigError) as info:
         load_config(write(tmp_path, base))
     assert message in str(info.value)
+
+
+def test_x509_workers_default_to_the_cpus_at_most_two(tmp_path, base, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert load_config(write(tmp_path, base)).x509.workers == 1
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert load_config(write(tmp_path, base)).x509.workers == 2
+    base["x509"]["workers"] = 3
+    assert load_config(write(tmp_path, base)).x509.workers == 3
 
 
 def test_not_yaml_and_missing_file(tmp_path):

@@ -68,7 +68,6 @@ REASONS = [None, "keyCompromise", "superseded", "cessationOfOperation", "affilia
 WINDOW = 32            # requests in flight
 STALL_RESEND_S = 90    # no answer at all for this long: resend everything unanswered
 GIVE_UP_S = 600        # no progress for this long: fail
-TAIL_PENDING = 4       # see CrashRun.kill_plan
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -220,9 +219,9 @@ class CrashRun:
         self.admin_port = yaml.safe_load(self.config.read_text())["actor_system"]["admin_port"]
         self.csrs = make_csrs(16)
         # Kill points: after `threshold` final answers, wait `delay` s (answers go on
-        # arriving meanwhile), then kill; in the tail (everything sent) a kill also fires
-        # once at most TAIL_PENDING requests are left, so that every planned kill happens
-        # however fast the machine is. Repeated thresholds give kills soon after a restart.
+        # arriving meanwhile), then kill; in the tail (everything sent) a kill fires at
+        # once while requests are in flight, so that every planned kill happens however
+        # fast the machine is (and however many answers one read brings). Repeated thresholds give kills soon after a restart.
         self.kill_plan = sorted((self.rng.randrange(0, max(1, total - WINDOW)), self.rng.uniform(0.0, 1.2))
                                 for _ in range(kills))
         self.requests: dict[str, Request] = {}
@@ -366,6 +365,20 @@ class CrashRun:
                 self.requests[request.rid] = request
                 self.order.append(request.rid)
                 self.send(request)
+            # Checked before draining, right after sending or resending: answers can arrive
+            # in batches (many in one read), so "few left" may never be seen after a drain.
+            now = time.monotonic()
+            if kill_index < len(self.kill_plan):
+                threshold, delay = self.kill_plan[kill_index]
+                if kill_due is None and self.answered >= threshold:
+                    kill_due = now + delay
+                pending = len(self.pending())
+                tail = made == self.total
+                if kill_due is not None and (now >= kill_due or tail) and pending:
+                    self.crash_and_restart()
+                    kill_index, kill_due = kill_index + 1, None
+                    last_progress = last_answer = time.monotonic()
+                    continue
             try:
                 answers = drain(self.client, 0.05)
             except (serial.SerialException, OSError) as exc:
@@ -376,17 +389,6 @@ class CrashRun:
                 if self.handle(response):
                     self.answered += 1
                     last_progress = now
-            if kill_index < len(self.kill_plan):
-                threshold, delay = self.kill_plan[kill_index]
-                if kill_due is None and self.answered >= threshold:
-                    kill_due = now + delay
-                pending = len(self.pending())
-                tail = made == self.total and pending <= TAIL_PENDING
-                if kill_due is not None and (now >= kill_due or tail) and pending:
-                    self.crash_and_restart()
-                    kill_index, kill_due = kill_index + 1, None
-                    last_progress = last_answer = time.monotonic()
-                    continue
             if now - last_answer > STALL_RESEND_S:
                 self.counts["stall resends"] += 1
                 self.resend_pending()
