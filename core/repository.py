@@ -31,7 +31,8 @@ from core.protocol import pack, unpack
 from core.repository_schema import (DuplicateSerial, RepositoryError, RequestConflict,
                                     UnknownCertificate, from_db_time, normalise_serial,
                                     to_db_time)
-from core.repository_sync import RepositorySync, imported_certificate_row
+from core.repository_sync import (IMPORT_CERTIFICATE_SQL, RepositorySync,
+                                  imported_certificate_row)
 
 __all__ = ["DuplicateSerial", "Repository", "RepositoryError", "RequestConflict",
            "UnknownCertificate", "verify_audit_file", "verify_sealed_audit_file"]
@@ -84,11 +85,6 @@ _REVOKED_FOR_CRL_SQL = """
     ORDER BY length(r.serial), r.serial
 """
 _LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"  # 0: no event yet
-_IMPORT_CERTIFICATE_SQL = (
-    "INSERT INTO certificates (issuer, serial, request_id, profile, status, subject, not_before,"
-    " not_after, created_at, origin_node, der, imported_from) VALUES (:issuer, :serial,"
-    " :request_id, :profile, :status, :subject, :not_before, :not_after, :created_at,"
-    " :origin_node, :der, :imported_from) ON CONFLICT (issuer, serial) DO NOTHING")
 _AUDIT_COLUMNS = "seq, at, kind, body, prev_hash, hash"  # core.audit.AuditRow's order
 DEFAULT_AUDIT_PAGE = 1000
 _COUNTED_TABLES = ("certificates", "revocations", "crls", "openpgp_signatures", "requests",
@@ -385,7 +381,7 @@ class Repository(RepositorySync):
                 row = imported_certificate_row(body, self.node_id, now)
                 key = (row["issuer"], row["serial"])
                 # Insert first, look only on a conflict: a first import meets no conflicts.
-                if db.execute(_IMPORT_CERTIFICATE_SQL, row).rowcount == 1:
+                if db.execute(IMPORT_CERTIFICATE_SQL, row).rowcount == 1:
                     revoked = self._store_imported_revocation(key, body)
                     self._log_change("x509_imported", {**body, "serial": key[1],
                                                        "origin_node": self.node_id})

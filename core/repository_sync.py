@@ -146,21 +146,25 @@ class RepositorySync:
         handled and come again), else None. A local failure (sqlite) rolls the whole batch
         back and raises RepositoryError."""
         outcomes: list[str] = []
+        events = list(events)
         with self._write() as db, self._audit_tail_kept():
             # Most batches meet an empty quarantine: then no event needs its digest looked up.
             parked = db.execute("SELECT EXISTS (SELECT 1 FROM sync_quarantine)").fetchone()[0]
+            known = _known_event_ids(db, [e.get("event_id") for e in events])
             for event in events:
                 try:
-                    outcomes.append(self._apply_peer_in_batch(db, event, validator, parked))
+                    outcomes.append(self._apply_peer_in_batch(db, event, validator, parked,
+                                                              known))
                 except UnknownCertificate as exc:
                     return outcomes, exc
         return outcomes, None
 
     def _apply_peer_in_batch(self, db: sqlite3.Connection, event: Mapping[str, Any],
-                             validator: PeerValidator, parked: bool) -> str:
+                             validator: PeerValidator, parked: bool, known: set[str]) -> str:
+        """One event of apply_peer_events; `known`: the batch's event ids already in the
+        log, grown by each event applied."""
         event_id = event.get("event_id")
-        if isinstance(event_id, str) and db.execute("SELECT 1 FROM events WHERE event_id = ?",
-                                                    (event_id,)).fetchone():
+        if event_id in known:
             return "known"  # before checking: our own events come back, no work to redo
         if parked and db.execute("SELECT 1 FROM sync_quarantine WHERE digest = ?",
                                  (_quarantine_digest(event),)).fetchone():
@@ -178,6 +182,7 @@ class RepositorySync:
                     db.execute("RELEASE peer_event")
                 raise
             db.execute("RELEASE peer_event")
+            known.add(parsed[0])
             return "applied" if applied else "known"
         except (PeerEventRefused, RefusedEvent) as exc:  # not UnknownCertificate: it waits
             reason = str(exc) if isinstance(exc, PeerEventRefused) else exc.message
@@ -264,12 +269,12 @@ class RepositorySync:
         one with a DER, the other without) is a collision."""
         key = _certificate_key(body)
         row = imported_certificate_row(body, origin_node, created_at)
-        existing = self._certificate_row(key)
-        if existing is None:
-            self._insert("certificates", row)
-        elif existing["status"] != "issued" or existing["der"] != row["der"]:
-            raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is held here as another"
-                               " certificate")
+        # Insert first, look only on a conflict: a bootstrap meets no conflicts.
+        if self._db.execute(IMPORT_CERTIFICATE_SQL, row).rowcount != 1:
+            existing = self._certificate_row(key)
+            if existing["status"] != "issued" or existing["der"] != row["der"]:
+                raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is held here as"
+                                   " another certificate")
         if body.get("revoked_at") is not None:
             self._merge_revocation(key, body, origin_node)
 
@@ -373,6 +378,13 @@ _APPLY: dict[str, Callable[[RepositorySync, dict[str, Any], str, str], None]] = 
 }
 
 
+IMPORT_CERTIFICATE_SQL = (
+    "INSERT INTO certificates (issuer, serial, request_id, profile, status, subject, not_before,"
+    " not_after, created_at, origin_node, der, imported_from) VALUES (:issuer, :serial,"
+    " :request_id, :profile, :status, :subject, :not_before, :not_after, :created_at,"
+    " :origin_node, :der, :imported_from) ON CONFLICT (issuer, serial) DO NOTHING")
+
+
 def imported_certificate_row(body: Mapping[str, Any], origin_node: str,
                              created_at: str) -> dict[str, Any]:
     """The certificates row of an x509_imported body, the same on the importing signer and
@@ -454,6 +466,21 @@ def read_quarantine_file(path: str, limit: int = 1000) -> list[dict[str, Any]]:
             return _quarantine_rows(db, limit)
     except sqlite3.Error as exc:
         raise RepositoryError(f"cannot read repository {path}: {exc}") from None
+
+
+_KNOWN_IDS_CHUNK = 500  # parameters per query, well below SQLite's limit
+
+
+def _known_event_ids(db: sqlite3.Connection, event_ids: list[Any]) -> set[str]:
+    """Which of `event_ids` the log holds, in a few queries for a whole batch."""
+    wanted = [event_id for event_id in event_ids if isinstance(event_id, str)]
+    known: set[str] = set()
+    for start in range(0, len(wanted), _KNOWN_IDS_CHUNK):
+        chunk = wanted[start:start + _KNOWN_IDS_CHUNK]
+        known.update(row[0] for row in db.execute(
+            f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})",
+            chunk))
+    return known
 
 
 def _quarantine_digest(event: Mapping[str, Any]) -> str:

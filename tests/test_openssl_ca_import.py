@@ -344,3 +344,15 @@ def test_a_batch_stops_at_a_revocation_before_its_certificate(old_ca, tmp_path):
     outcomes, waiting = peer.apply_peer_events(others[:2] + [revocation] + others[2:], validator)
     assert outcomes == ["applied", "applied"] and waiting is not None and waiting.code == "unknown_serial"
     assert peer.last_event_seq() == 2
+
+
+def test_an_event_twice_in_a_batch_or_again_later_applies_once(old_ca, imported, tmp_path):
+    repo, _ = imported
+    key = Ed25519PrivateKey.generate()
+    validator = PeerValidator({"importer": key.public_key()},
+                              {i: old_ca[i].certificate for i in ("root", "class3")}, None)
+    events = signed_events(repo, key)[:3]
+    peer = Repository(str(tmp_path / "peer.sqlite"), "peer")
+    assert peer.apply_peer_events(events + events[:1], validator) == (["applied"] * 3 + ["known"], None)
+    assert peer.apply_peer_events(events, validator) == (["known"] * 3, None)
+    assert peer.last_event_seq() == 3 and peer.verify_audit().ok
