@@ -37,6 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cryptography import x509  # noqa: E402
 
 from core.repository import Repository  # noqa: E402
+from bench.bench_load import signer_pids  # noqa: E402
+from bench.profile_x509 import cpu_seconds  # noqa: E402
 from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client import SignerClient, SignerTimeout  # noqa: E402
 from tools.crl_fetch import fetch_crl_into  # noqa: E402
@@ -281,7 +283,11 @@ def main() -> None:
             with SignerClient(relay.path_b, baudrate=args.baud, timeout=120) as client:
                 call_retrying(client, "health", {})
                 idle = round_trips(client, body, 6)[1:]  # the first loads the linter
+                pids = signer_pids(signer)
+                cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 signing = pipelined_signing(client, window, body, args.requests)
+                cpu_ms = {name: 1000 * (cpu_seconds(pid) - cpu_before[name]) / args.requests
+                          for name, pid in pids.items()}
                 sign_window = (window.elapsed, window.to_client, window.to_signer, window.describe())
                 out = Path(tmp) / "class3.crl"
                 full = timed_fetch(client, window, out, issuer_cert)
@@ -313,6 +319,10 @@ def main() -> None:
               f" {signing['resent']} unanswered requests resent after 2 s without answers")
         print(f"  until the last answer before that wait: signer->client {moved:,} B in {seconds:.1f} s ="
               f" {moved / (capacity * seconds):.1%} of the link")
+    busiest = sorted(cpu_ms.items(), key=lambda item: -item[1])[:4]
+    print(f"  signer CPU per request {sum(cpu_ms.values()):.1f} ms (" + ", ".join(f"{k} {v:.1f}" for k, v in busiest)
+          + f"): on {os.cpu_count()} CPUs at most {os.cpu_count() * 1000 / sum(cpu_ms.values()):.0f} requests/s"
+          f" if the signer had them to itself")
     print(f"  latency with all {n} in flight: p50 {percentile(latency, 0.5) * 1000:7.0f} ms,"
           f" p99 {percentile(latency, 0.99) * 1000:7.0f} ms, max {max(latency) * 1000:7.0f} ms")
     print(f"  latency of one request alone (5 round trips): p50 {statistics.median(idle) * 1000:5.0f} ms"
