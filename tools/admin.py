@@ -17,6 +17,15 @@ verify-audit  checks the hash chain of the repository's audit log (core/audit.py
 quarantine    the peer events this signer refused (bad signature, a certificate our CA did
               not sign, ...) and parked instead of applying (docs/sync.md). Read-only,
               like verify-audit. Exit 0: none; 1: some are parked.
+import-openssl-ca
+              the history of the CA taken over, from its `openssl ca` folder (index.txt,
+              newcerts/, serial, crlnumber) and its last CRL (--crl), into the repository
+              as issuer --issuer (docs/MIGRATION.md). Runs with the signer STOPPED: it
+              refuses while anything listens on the admin port or a signer holds the data
+              folder's instance lock, and holds that lock itself meanwhile (a signer
+              start is refused until it ends). A re-run imports nothing twice. Exit 0: all
+              imported; 1: imported, but some lines or certificates were refused (listed;
+              e.g. not signed by the issuer's key).
 backup        an online, consistent copy of the repository (SQLite's backup API) into a
               new file, mode 0600, verified before it gets its name (integrity_check, the
               audit chain and seals); prints the backup's audit head. Exit 0: written and
@@ -261,8 +270,79 @@ def cmd_backup(config: SignerConfig, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_import_openssl_ca(config: SignerConfig, args: argparse.Namespace) -> int:
+    from core.instance_lock import InstanceLock, InstanceLocked
+    from core.issuers import load_issuers
+    from system import data_folder, port_in_use
+
+    as_json = wants_json(args)
+    admin_port = config.actor_system.admin_port
+    if port_in_use(admin_port):
+        # One writer at a time, and a running signer would build CRLs from half an import.
+        return fail(PROG, EXIT_USAGE, "signer_running",
+                    f"a signer is running (admin port {admin_port} is in use): stop it first;"
+                    " import-openssl-ca runs with the signer stopped", as_json)
+    try:
+        issuers = load_issuers(config)
+    except ValueError as exc:
+        return fail(PROG, EXIT_USAGE, "config_error", str(exc), as_json)
+    if args.issuer not in issuers:
+        return fail(PROG, EXIT_USAGE, "unknown_issuer", f"no issuer {args.issuer!r} in the"
+                    f" configuration (known: {', '.join(sorted(issuers))})", as_json)
+    # The signer's own instance lock, held for the whole import: a signer on this
+    # repository (whatever its admin port) refuses to start meanwhile, and one running
+    # already makes the import refuse.
+    try:
+        lock = InstanceLock.acquire(data_folder(config), {
+            "pid": os.getpid(), "node_id": config.node_id, "admin_port": None,
+            "command": "signer-admin import-openssl-ca"})
+    except InstanceLocked as exc:
+        return fail(PROG, EXIT_USAGE, "signer_running", f"{exc}; import-openssl-ca runs with"
+                    " the signer stopped", as_json)
+    except OSError as exc:
+        return fail(PROG, EXIT_USAGE, "config_error", f"cannot lock the data folder"
+                    f" {data_folder(config)}: {exc.strerror}", as_json)
+    try:
+        return _import_openssl_ca_locked(config, args, issuers[args.issuer].certificate, as_json)
+    finally:
+        lock.release()
+
+
+def _import_openssl_ca_locked(config: SignerConfig, args: argparse.Namespace, issuer_cert: Any,
+                              as_json: bool) -> int:
+    from core.openssl_ca_import import ImportRefused, import_openssl_ca
+    from core.repository import Repository, RepositoryError
+
+    try:
+        repository = Repository(config.repository.path, config.node_id)
+    except RepositoryError as exc:
+        return fail(PROG, EXIT_USAGE, exc.code, exc.message, as_json)
+    try:
+        summary = import_openssl_ca(repository, args.issuer, issuer_cert, Path(args.ca_dir),
+                                    None if args.crl is None else Path(args.crl))
+    except ImportRefused as exc:
+        return fail(PROG, EXIT_USAGE, "import_refused", f"{exc} (nothing was imported)", as_json)
+    except RepositoryError as exc:
+        return fail(PROG, EXIT_USAGE, exc.code, f"{exc.message} (the batches before it are"
+                    " stored; run the import again)", as_json)
+    finally:
+        repository.close()
+    fields = summary.as_dict()
+    if as_json:
+        print(json.dumps(fields, indent=2))
+    else:
+        for name, value in fields.items():
+            if name not in ("refused", "refusal_examples"):
+                print(f"{name}: {value}")
+        for kind, count in sorted(summary.refused.items()):
+            print(f"refused {kind}: {count}")
+        for line in summary.refusal_examples:
+            print(f"  {line}")
+    return EXIT_PROBLEM if summary.refused else EXIT_OK
+
+
 COMMANDS = {"status": cmd_status, "verify-audit": cmd_verify_audit, "quarantine": cmd_quarantine,
-            "backup": cmd_backup}
+            "backup": cmd_backup, "import-openssl-ca": cmd_import_openssl_ca}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -282,6 +362,16 @@ def main(argv: list[str] | None = None) -> int:
                          help="the audit public key (PEM); default: audit.public_key")
     p_quarantine = sub.add_parser("quarantine", help="list the peer events refused and parked")
     p_quarantine.add_argument("--json", action="store_true")
+    p_import = sub.add_parser(
+        "import-openssl-ca", help="import the old CA's history (run with the signer STOPPED)",
+        description="Import an `openssl ca` folder and its last CRL as one issuer's history."
+                    " Run it with the signer stopped: it refuses while the admin port is in use"
+                    " or a signer holds the data folder's lock.")
+    p_import.add_argument("--issuer", required=True, help="the issuer id (issuers.<id>)")
+    p_import.add_argument("--ca-dir", required=True, metavar="DIR",
+                          help="the openssl ca folder: index.txt, newcerts/, serial, crlnumber")
+    p_import.add_argument("--crl", metavar="FILE", help="the last published CRL (DER or PEM)")
+    p_import.add_argument("--json", action="store_true")
     p_backup = sub.add_parser("backup", help="an online, verified copy of the repository")
     p_backup.add_argument("--to", required=True, metavar="FILE",
                           help="the backup file to create (never overwritten)")
