@@ -131,9 +131,10 @@ SHIPPED_PROFILES = _shipped_profiles()
 class X509Config:
     profiles: str = SHIPPED_PROFILES  # folder of profile YAML files (docs/profiles.md)
     lint: bool = True  # pkilint RFC 5280 lints on every certificate before it is signed
-    # X509Signer actors (processes) building and linting in parallel: CPU-bound work, so
-    # more than the CPUs buys nothing (docs/actors.md, "The X509Signer pool").
-    workers: int = field(default_factory=lambda: min(2, os.cpu_count() or 1))
+    # X509Signer actors (processes) building and linting in parallel. One CPU is left to
+    # the other actors: on 2 CPUs a second worker cost more CPU per certificate (smaller
+    # batches, more processes) than it gained (docs/decisions/0010-fast-path.md).
+    workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) - 1))
 
 
 @dataclass(frozen=True)

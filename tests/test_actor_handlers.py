@@ -125,7 +125,9 @@ WITHOUT_SYNC = [name for name in CHILDREN if name != "sync"]  # sync only when c
 
 def started_supervisor(x509_workers: int = 1):
     h = ActorHarness(Supervisor)
-    h.deliver(StartSigner(SimpleNamespace(sync=None, x509=SimpleNamespace(workers=x509_workers))), "system")
+    config = SimpleNamespace(sync=None, x509=SimpleNamespace(workers=x509_workers), node_id="node-a",
+                             repository=SimpleNamespace(path="repository.sqlite"))  # status names both
+    h.deliver(StartSigner(config), "system")
     configures = h.take(Configure)
     if x509_workers == 1:
         assert [m.name for _, m in configures] == WITHOUT_SYNC

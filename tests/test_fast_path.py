@@ -95,3 +95,14 @@ def test_dispatcher_sends_each_sign_x509_to_the_least_busy_worker():
 def ConfigureRewired(addresses):
     from messages import Configure
     return Configure("dispatcher", CONFIG, addresses, first=False)
+
+
+def test_a_poisoned_batch_answers_each_request_in_it():
+    from thespian.actors import PoisonMessage
+    h = ActorHarness(Dispatcher, CONFIG, PEERS)
+    for i in range(2):
+        h.deliver(FrameReceived(encode_request(f"s{i}", "sign_x509", {})), "F")
+    routed = [m for _, m in h.take(CommandRequest)]
+    h.deliver(PoisonMessage(Batch(routed), None), "X1")
+    failed = [unpack(m.payload) for _, m in h.take(FrameToSend)]
+    assert sorted((a["id"], a["error"]["code"]) for a in failed) == [("s0", "internal_error"), ("s1", "internal_error")]
