@@ -105,15 +105,18 @@ class X509Signer(HandlerActor):
         job.state["request_digest"] = request_digest(job.command, job.body)
         try:
             self.build(job)
-        except SignerError as exc:
-            # A request that would be refused now may have been answered before (another
-            # configuration, the peer signer): its stored result wins, as for any replay.
+        except (KeyboardInterrupt, SystemExit, GeneratorExit):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - re-raised inside HandlerActor.step
+            # A request that would be refused now (or that fails) may have been answered
+            # before (another configuration, the peer signer): its stored result wins, as
+            # for any replay; else the refusal is answered as it would have been.
             self.unless_replayed(job, lambda job, refusal=exc: self.refuse(refusal))
             return
         self.reserve(job)
 
     @staticmethod
-    def refuse(refusal: SignerError) -> None:
+    def refuse(refusal: BaseException) -> None:
         raise refusal
 
     def build(self, job: Job) -> None:
