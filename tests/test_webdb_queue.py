@@ -308,3 +308,16 @@ def test_the_request_id_prefix_is_kept_also_from_before_the_meta_table(web):
     web.queue.check_prefix()  # a fresh WebDB adopts the configured prefix ...
     web.queue.check_prefix()  # ... and keeps it
     assert web.side.db.query("SELECT value FROM signer_client_meta")[0]["value"] == "webdb"
+
+
+def test_expiry_of_reads_the_rows_expire_for_both_serial_forms(web):
+    import datetime as dt
+
+    side = web.side
+    for table, serial, expire in (("domaincerts", "0ABC12", "2020-03-04 05:06:07"),   # openssl's form
+                                  ("emailcerts", "DEF3", "2031-01-02 03:04:05")):       # the signer's
+        row = side.add_certificate(table, "/CN=x")
+        side.db.execute(f"UPDATE {table} SET serial=?, expire=? WHERE id=?", (serial, expire, row))
+    assert web.queue.expiry_of("root", 0xABC12) == dt.datetime(2020, 3, 4, 5, 6, 7, tzinfo=dt.timezone.utc)
+    assert web.queue.expiry_of("class3", 0xDEF3) == dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert web.queue.expiry_of("root", 0x1234) is None  # unknown: the publisher keeps the old CRL

@@ -51,7 +51,9 @@ class ClientDaemon:
         self.status = StatusFile(Path(config.state_dir))
         self.stopping = threading.Event()
         self.link = SignerLink(config.signer, Path(config.state_dir), abort=self.stopping.is_set)
-        self.crls = CrlPublisher(config.crl)
+        # The WebDB's `expire` column says which revocations a new CRL may drop (expired
+        # longer than the grace period); an unknown serial keeps the published CRL.
+        self.crls = CrlPublisher(config.crl, expiry_of=self.queue.expiry_of)
         self.mailer = Mailer(config.mail)
         self.backoff = config.signer.backoff_initial_s
         self.next_health = 0.0

@@ -7,6 +7,7 @@ writes the same values.
 """
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from tools.files import write_atomically
@@ -147,6 +148,25 @@ class WorkQueue:
         return counts
 
     # -- results ---------------------------------------------------------------------------
+    def expiry_of(self, issuer: str, serial: int) -> "dt.datetime | None":
+        """notAfter of the certificate with this serial, from the WebDB rows' `expire` (the
+        CRL publisher lets a CRL drop a revocation only when this says the certificate is past
+        the grace period). Serials are stored as openssl printed them (upper-case hex, even
+        length) or as the signer answers (no leading zero): both forms are asked. The issuer is
+        not compared: serials are random 64 bits or more, and an unknown serial keeps the old
+        CRL, which is the safe side."""
+        plain = format(serial, "X")
+        forms = (plain, plain.zfill(len(plain) + len(plain) % 2))
+        for table in CERT_TABLES:
+            rows = self.db.query(f"SELECT expire FROM `{table}` WHERE serial IN (?, ?) LIMIT 1", forms)
+            if rows and rows[0].get("expire"):
+                text = str(rows[0]["expire"])[:19]
+                try:
+                    return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S").replace(tzinfo=dt.timezone.utc)
+                except ValueError:
+                    return None
+        return None
+
     def store_certificate(self, job: Job, pem: bytes, serial: str, not_after: str) -> bool:
         name = result_name(self.config.webdb, job.table, job.row_id)
         write_atomically(row_file(self.config.webdb, name), pem)
