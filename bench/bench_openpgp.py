@@ -7,7 +7,6 @@ with the same CA key, for an RSA-4096 and an ECDSA P-256 CA key.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys

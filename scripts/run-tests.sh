@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONDONTWRITEBYTECODE=1
+.venv/bin/ruff check .  # style and unused names (pyproject.toml [tool.ruff]); fails the run
 exec .venv/bin/python -m pytest -q "$@"

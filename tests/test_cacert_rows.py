@@ -18,13 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import ExtensionOID
 
 from actors.x509_signer import X509Signer
 from core.x509build import XMPP_ADDR_OID, PkixLinter, der_tlv
 from messages.repository import LookupRequest
 from tests.actor_harness import ActorHarness
-from tests.handler_playing import CLIENT, assert_quiet, error_of, play_repo
+from tests.handler_playing import assert_quiet, error_of, play_repo
 from tests.test_actor_x509_handlers import (PEERS, PROFILES, cas, config, issue, make_csr,  # noqa: F401
                                             request_signature, subject_keys)
 from tests.vectors.make_csr_vectors import algorithm, der_integer, emsa_pkcs1

@@ -1,6 +1,5 @@
 """core.config: a good file loads; each mistake names its key and what was expected."""
 import os
-import textwrap
 
 import pytest
 import yaml

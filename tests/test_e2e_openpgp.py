@@ -91,7 +91,7 @@ def ca_signatures(result_armour: str, ca_key: Path) -> dict[str, list[list[str]]
         gpg("--import", str(ca_key))
         gpg("--import", input=result_armour.encode())
         ca_fpr_out = gpg("--with-colons", "--list-keys", "--fingerprint", "gpg@cacert.invalid").stdout.decode()
-        ca_keyid = next(l.split(":")[4] for l in ca_fpr_out.splitlines() if l.startswith("pub:"))
+        ca_keyid = next(line.split(":")[4] for line in ca_fpr_out.splitlines() if line.startswith("pub:"))
         out = gpg("--with-colons", "--check-sigs", check=False).stdout.decode()
     finally:
         gpg.close()

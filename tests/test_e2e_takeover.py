@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import yaml

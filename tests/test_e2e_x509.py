@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID
 
 from core.profiles import load_profiles
-from tests.helpers import ROOT, SignerProcess, run_tool, tool
+from tests.helpers import ROOT, run_tool, tool
 from tools.client import SignerClient
 
 pytestmark = pytest.mark.e2e

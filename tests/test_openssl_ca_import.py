@@ -6,10 +6,8 @@ running signer."""
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 import yaml

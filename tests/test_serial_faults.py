@@ -8,7 +8,6 @@ request.
 """
 from __future__ import annotations
 
-import functools
 import os
 import random
 import time
@@ -26,7 +25,7 @@ from core.framing import (DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameError, encode_
                           max_encoded_length)
 from core.protocol import ERROR_CODES, encode_request
 from tests.helpers import SignerProcess, signer_config
-from tools.client import SignerClient, SignerTimeout
+from tools.client import SignerClient
 from core.ptyrelay import PtyRelay
 
 pytestmark = pytest.mark.e2e

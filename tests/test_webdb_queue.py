@@ -13,7 +13,6 @@ from tools.files import write_atomically
 from tools.webdb.work import Job, openpgp_job, request_id, revoke_job, x509_job
 from tests import webdb_fixtures
 from tests.webdb_fixtures import MARKER, ZERO, Web, issued_row, local_job
-from tests.webdb_side import csr_pem
 
 web = webdb_fixtures.web  # the fixtures, by name, for pytest to find
 gpg_key = webdb_fixtures.gpg_key

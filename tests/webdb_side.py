@@ -135,9 +135,9 @@ def xmpp_server_subject(names: list[str]) -> str:
                                        for n in names)
 
 
-def org_prefix(ou: str, o: str, l: str, st: str, c: str) -> str:
+def org_prefix(ou: str, o: str, locality: str, st: str, c: str) -> str:
     """account.php's org subjects start with the long attribute names."""
-    return (f"/organizationalUnitName={ou}/organizationName={o}/localityName={l}"
+    return (f"/organizationalUnitName={ou}/organizationName={o}/localityName={locality}"
             f"/stateOrProvinceName={st}/countryName={c}")
 
 
