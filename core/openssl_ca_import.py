@@ -23,7 +23,7 @@ the CRL number floor.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -218,10 +218,11 @@ def _record(issuer_id: str, serial: int, subject: str, not_before: str, not_afte
 
 def import_openssl_ca(repository: Repository, issuer_id: str, issuer: x509.Certificate,
                       ca_dir: Path, crl_path: Path | None = None, batch: int = DEFAULT_BATCH,
-                      now: datetime | None = None) -> ImportSummary:
+                      now: datetime | None = None,
+                      progress: Callable[[int], None] | None = None) -> ImportSummary:
     """Import `ca_dir` (and the CRL) as issuer `issuer_id`'s history. ImportRefused before
     anything is stored when the index or the CRL is unusable; refused lines are counted in
-    the summary and the rest is imported."""
+    the summary and the rest is imported. `progress(index lines read)` after each batch."""
     now = now or datetime.now(timezone.utc)
     summary = ImportSummary(issuer_id)
     index_path = ca_dir / "index.txt"
@@ -240,6 +241,8 @@ def import_openssl_ca(repository: Repository, issuer_id: str, issuer: x509.Certi
         pending.append(body)
         if len(pending) >= batch:
             _store(repository, summary, pending)
+            if progress is not None:
+                progress(summary.index_lines)
     _store(repository, summary, pending)
 
     floor = max([n for n in (summary.crl_number,

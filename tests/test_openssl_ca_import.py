@@ -354,3 +354,11 @@ def test_an_event_twice_in_a_batch_or_again_later_applies_once(old_ca, imported,
     assert peer.apply_peer_events(events + events[:1], validator) == (["applied"] * 3 + ["known"], None)
     assert peer.apply_peer_events(events, validator) == (["known"] * 3, None)
     assert peer.last_event_seq() == 3 and peer.verify_audit().ok
+
+
+def test_the_import_reports_progress_after_each_batch(old_ca, tmp_path):
+    repo = Repository(str(tmp_path / "r.sqlite"), "importer")
+    seen: list[int] = []
+    summary = import_openssl_ca(repo, "root", old_ca["root"].certificate, old_ca["root"].dir,
+                                old_ca["root"].crl_path, batch=2, progress=seen.append)
+    assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] <= summary.index_lines

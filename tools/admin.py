@@ -317,15 +317,20 @@ def _import_openssl_ca_locked(config: SignerConfig, args: argparse.Namespace, is
         repository = Repository(config.repository.path, config.node_id)
     except RepositoryError as exc:
         return fail(PROG, EXIT_USAGE, exc.code, exc.message, as_json)
+    from core.cli_contract import Progress
+
+    progress = Progress(f"import-openssl-ca {args.issuer}", unit="index lines")  # a terminal only
     try:
         summary = import_openssl_ca(repository, args.issuer, issuer_cert, Path(args.ca_dir),
-                                    None if args.crl is None else Path(args.crl))
+                                    None if args.crl is None else Path(args.crl),
+                                    progress=progress.update)
     except ImportRefused as exc:
         return fail(PROG, EXIT_USAGE, "import_refused", f"{exc} (nothing was imported)", as_json)
     except RepositoryError as exc:
         return fail(PROG, EXIT_USAGE, exc.code, f"{exc.message} (the batches before it are"
                     " stored; run the import again)", as_json)
     finally:
+        progress.close()
         repository.close()
     fields = summary.as_dict()
     if as_json:
