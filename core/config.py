@@ -354,17 +354,17 @@ def read_pin(hsm: HsmConfig) -> str:
 def read_private_file(path: str, key: str) -> str:
     """A secret file's text; ConfigError (naming `key`) when group or others may access it
     or it cannot be read. Never logged."""
+    from core.private_files import PrivateFileError, read_private_bytes
+
     try:
-        with open(path) as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            if mode & 0o077:
-                raise ConfigError(
-                    f"{key}: {path} is open to group or others (mode "
-                    f"{mode & 0o777:03o}); make it readable only by the signer's user: "
-                    f"chmod 600 {path}")
-            return handle.read()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+        return read_private_bytes(path).decode("utf-8", errors="replace")
+    except PrivateFileError as exc:
+        if exc.mode is None:
+            raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+        raise ConfigError(
+            f"{key}: {path} is open to group or others (mode "
+            f"{exc.mode & 0o777:03o}); make it readable only by the signer's user: "
+            f"chmod 600 {path}") from None
 
 
 def _join(where: str, name: str) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import os
-import stat
 import sys
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from core.private_files import PrivateFileError, read_private_bytes
 from core.protocol import pack
 from core.repository_schema import from_db_time, to_db_time
 
@@ -66,15 +66,12 @@ def load_or_create_signing_key(path: str | os.PathLike) -> Ed25519PrivateKey:
 
 def load_signing_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise EventKeyError(f"cannot read event signing key {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "rb") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise EventKeyError(f"event signing key {path} is accessible by group or others"
-                                f" (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
-        data = handle.read()
+        data = read_private_bytes(path)
+    except PrivateFileError as exc:
+        if exc.mode is None:
+            raise EventKeyError(f"cannot read event signing key {path}: {exc.strerror}") from None
+        raise EventKeyError(f"event signing key {path} is accessible by group or others"
+                            f" (mode {exc.mode:04o}): chmod 600 it") from None
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import os
 import secrets
-import stat
 import warnings
 from pathlib import Path
+
+from core.private_files import PrivateFileError, read_private_bytes
 
 
 class CredentialsError(Exception):
@@ -46,15 +47,13 @@ def consumer_name(reader_node_id: str) -> str:
 def read_password(path: str | os.PathLike) -> str:
     """The password in `path` (first line). Refused when group or others may read it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError as exc:
-        raise CredentialsError(f"sync.credentials_file: cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(fd, "r") as handle:
-        mode = os.fstat(handle.fileno()).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise CredentialsError(f"sync.credentials_file: {path} is accessible by group or others"
-                                   f" (mode {stat.S_IMODE(mode):04o}): chmod 600 it")
-        password = handle.readline().strip()
+        lines = read_private_bytes(path).decode("utf-8", errors="replace").splitlines()
+    except PrivateFileError as exc:
+        if exc.mode is None:
+            raise CredentialsError(f"sync.credentials_file: cannot read {path}: {exc.strerror}") from None
+        raise CredentialsError(f"sync.credentials_file: {path} is accessible by group or others"
+                               f" (mode {exc.mode:04o}): chmod 600 it") from None
+    password = lines[0].strip() if lines else ""
     if not password:
         raise CredentialsError(f"sync.credentials_file: {path} is empty")
     return password
