@@ -406,18 +406,27 @@ class CeremonyRunner:
 
     # -- certificates and CSRs ---------------------------------------------------------------
 
+    def _existing_certificate(self, step_name: str, path: Path, subject: Any, public: Any,
+                              issuer: Any) -> Any:
+        """The certificate already at `path` when it is the one this step would make (same
+        subject, key and issuer; `issuer` None: self-signed), None when there is none;
+        CeremonyError when another certificate is there (never overwritten)."""
+        if not (path.exists() or path.is_symlink()):
+            return None
+        cert = read_certificate(str(path))
+        problems = _certificate_problems(cert, subject, public, cert if issuer is None else issuer)
+        if problems:
+            raise CeremonyError(f"refusing to overwrite {path}: it holds another "
+                                f"certificate ({'; '.join(problems)})")
+        self.out(f"step {step_name}: {path.name} exists and fits, nothing to do")
+        return cert
+
     def _root(self, step: RootStep, result: StepResult) -> None:
         public = self.token_key(step.key_label)
         subject = subject_name(step.subject)
         path = Path(step.certificate)
-        if path.exists() or path.is_symlink():
-            cert = read_certificate(step.certificate)
-            problems = _certificate_problems(cert, subject, public, cert)
-            if problems:
-                raise CeremonyError(f"refusing to overwrite {path}: it holds another "
-                                    f"certificate ({'; '.join(problems)})")
-            self.out(f"step {step.name}: {path.name} exists and fits, nothing to do")
-        else:
+        cert = self._existing_certificate(step.name, path, subject, public, issuer=None)
+        if cert is None:
             self.out(f"issuing {path.name} through the HSM")
             key = self.session.private_key(step.key_label, step.hash)
             cert = ca_certificate(subject, public, None, key, timedelta(days=step.validity_days),
@@ -474,14 +483,8 @@ class CeremonyRunner:
             assert step.subject_key_label is not None and step.subject is not None
             subject, public = subject_name(step.subject), self.token_key(step.subject_key_label)
         path = Path(step.certificate)
-        if path.exists() or path.is_symlink():
-            cert = read_certificate(step.certificate)
-            problems = _certificate_problems(cert, subject, public, issuer)
-            if problems:
-                raise CeremonyError(f"refusing to overwrite {path}: it holds another "
-                                    f"certificate ({'; '.join(problems)})")
-            self.out(f"step {step.name}: {path.name} exists and fits, nothing to do")
-        else:
+        cert = self._existing_certificate(step.name, path, subject, public, issuer)
+        if cert is None:
             self.out(f"issuing {path.name} through the HSM")
             key = self.session.private_key(step.issuer_key_label, step.hash)
             cert = ca_certificate(subject, public, issuer, key,
