@@ -64,16 +64,10 @@ class ReserveSerial(RepoRequest):
 
 
 @dataclass
-class LookupOrReserve(RepoRequest):
-    """LookupRequest and ReserveSerial in one transaction: the stored outcome of the request
-    id (then nothing is reserved), or None once the serial is reserved for it."""
-    issuer: str
-    serial_hex: str
-    request_id: str
-    profile: str
-    subject: str
-    not_before: datetime
-    not_after: datetime
+class LookupOrReserve(ReserveSerial):
+    """LookupRequest and ReserveSerial in one transaction (ReserveSerial's fields): the
+    stored outcome of the request id (then nothing is reserved), or None once the serial is
+    reserved for it."""
     operation: ClassVar[str] = "lookup_or_reserve"
 
 
