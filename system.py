@@ -1,6 +1,6 @@
 """The `signer` command: `signer dev-init --data DIR` and `signer run --config FILE`.
 
-`run` takes the data folder's instance lock (core/instance_lock.py: one signer per
+`run` takes the data folder's instance lock (core/runtime/instance_lock.py: one signer per
 repository), starts the Thespian actor system (multiprocTCPBase, loopback only), asks the
 Supervisor to create and configure every actor, prints the client end of the serial link
 when it is a development pty, and shuts everything down on SIGTERM, SIGINT or SIGHUP (the
@@ -10,7 +10,7 @@ SIGHUP from a closed terminal means its operator is gone).
 Who watches whom: `signer run` watches the Supervisor (its death stops the signer with exit
 code 1, for the service manager to restart it: docs/decisions/
 0004-supervisor-death-restarts-the-signer.md), the Supervisor restarts the other actors,
-and the reaper (core/owner_reaper.py) ends every actor process once `signer run` is gone.
+and the reaper (core/runtime/owner_reaper.py) ends every actor process once `signer run` is gone.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ import sys
 import time
 from pathlib import Path
 
-from core.actor_transport_auth import remove_key_file
-from core.cli_contract import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_version_argument
-from core.config import ConfigError, SignerConfig, hold_pin, load_config
-from core.instance_lock import InstanceLock, InstanceLocked
-from core.process_hardening import harden_process, remove_from_environment
+from core.runtime.actor_transport_auth import remove_key_file
+from core.runtime.cli_contract import EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, add_version_argument
+from core.runtime.config import ConfigError, SignerConfig, hold_pin, load_config
+from core.runtime.instance_lock import InstanceLock, InstanceLocked
+from core.runtime.process_hardening import harden_process, remove_from_environment
 
 SYSTEM_BASE = "multiprocTCPBase"
 START_TIMEOUT_S = 90
@@ -117,8 +117,8 @@ def preflight(config: SignerConfig) -> None:
 def prepare_thespian(config: SignerConfig, transport_key: bytes) -> None:
     """Before this process creates or joins the actor system: loopback sockets, every frame
     authenticated with the run's key, Thespian's own log in the data folder (not $TMPDIR)."""
-    from core.actor_transport_auth import install
-    from core.loopback import restrict_thespian_to_loopback
+    from core.runtime.actor_transport_auth import install
+    from core.runtime.loopback import restrict_thespian_to_loopback
 
     restrict_thespian_to_loopback()
     install(transport_key, log_handler(config.actor_system.log_file))
@@ -133,10 +133,10 @@ class RunningSigner:
         from thespian.actors import ActorSystem
 
         from actors.supervisor import SUPERVISOR_NAME, Supervisor
-        from core.actor_transport_auth import key_file_path, new_key, write_key_file
+        from core.runtime.actor_transport_auth import key_file_path, new_key, write_key_file
         from messages import SignerStarted, StartSigner
-        from core.owner_reaper import start_reaper, track_thespian_session
-        from core.ptyrelay import PtyRelay
+        from core.runtime.owner_reaper import start_reaper, track_thespian_session
+        from core.runtime.ptyrelay import PtyRelay
 
         # Before the actor system exists: its admin announces its session to the reaper.
         self.reaper = start_reaper(config.actor_system.log_file)
@@ -275,7 +275,7 @@ def serve(config: SignerConfig, signer: RunningSigner) -> int:
 
 
 def dev_init(args: argparse.Namespace) -> int:
-    from core.devca import DevCaOptions, initialise_dev_ca
+    from core.dev.devca import DevCaOptions, initialise_dev_ca
 
     os.umask(0o077)  # the token, its PINs, the config: the signer's user's only
     options = DevCaOptions(data_dir=Path(args.data).resolve(), admin_port=args.admin_port,
@@ -286,7 +286,7 @@ def dev_init(args: argparse.Namespace) -> int:
 
 
 def ceremony(args: argparse.Namespace) -> int:
-    from core.ceremony import command
+    from core.hsm.ceremony import command
 
     return command(args)
 

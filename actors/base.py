@@ -15,7 +15,7 @@ from typing import Any
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, WakeupMessage
 
-from core.protocol import SignerError
+from core.wire.protocol import SignerError
 from messages import ActorStatusReply, ActorStatusRequest, Batch, Configure, Configured
 
 

@@ -8,7 +8,7 @@ the running actor system can find it.
 Who supervises the Supervisor: `signer run` (system.py) watches its pid and, when it dies,
 stops the whole signer and exits non-zero so that the service manager restarts it
 (docs/decisions/0004-supervisor-death-restarts-the-signer.md). Nothing of the signer
-outlives `signer run`: that is the reaper's job (core/owner_reaper.py), not an actor's,
+outlives `signer run`: that is the reaper's job (core/runtime/owner_reaper.py), not an actor's,
 because any actor can be the one that died.
 """
 from __future__ import annotations
@@ -21,19 +21,19 @@ from typing import Any
 from thespian.actors import ActorExitRequest, ChildActorExited, WakeupMessage
 
 from actors.base import SignerActor
-from actors.ca_info import CaInfo
-from actors.crl_issuer import CrlIssuer
-from actors.dispatcher import Dispatcher
-from actors.framing import Framing
-from actors.health import Health
-from actors.hsm import Hsm
-from actors.openpgp_signer import OpenPgpSigner
-from actors.pool import POOLED, pool_base, worker_names
-from actors.repository import Repository
-from actors.revoker import Revoker
-from actors.serial_link import SerialLink
+from actors.handlers.ca_info import CaInfo
+from actors.handlers.crl_issuer import CrlIssuer
+from actors.spine.dispatcher import Dispatcher
+from actors.spine.framing import Framing
+from actors.handlers.health import Health
+from actors.owners.hsm import Hsm
+from actors.handlers.openpgp_signer import OpenPgpSigner
+from actors.handlers.pool import POOLED, pool_base, worker_names
+from actors.owners.repository import Repository
+from actors.handlers.revoker import Revoker
+from actors.spine.serial_link import SerialLink
 from actors.sync import Sync
-from actors.x509_signer import X509Signer
+from actors.handlers.x509_signer import X509Signer
 from messages import (ActorStatusReply, ActorStatusRequest, Configure, Configured, SignerStarted,
                       StartSigner, SystemStatusReply, SystemStatusRequest)
 
@@ -48,7 +48,7 @@ CHILDREN: dict[str, type] = {
     "hsm": Hsm,
     "health": Health,
     "ca_info": CaInfo,
-    "x509_signer": X509Signer,  # x509.workers of them: x509_signer, x509_signer_2, ... (actors/pool.py)
+    "x509_signer": X509Signer,  # x509.workers of them: x509_signer, x509_signer_2, ... (actors/handlers/pool.py)
     "revoker": Revoker,
     "crl_issuer": CrlIssuer,
     "openpgp_signer": OpenPgpSigner,

@@ -7,7 +7,7 @@ outage or restart it resumes exactly there; JetStream drops a re-sent event by i
 Nats-Msg-Id. Consuming acknowledges a peer message only after the repository committed it;
 applying is idempotent by event id, so a redelivery changes nothing.
 
-The nats-py loop runs in a thread (core.sync_bridge); it reaches this actor only through a
+The nats-py loop runs in a thread (core.sync.bridge); it reaches this actor only through a
 socketpair watched with ThespianWatch, never by calling Thespian from the thread. An actor
 that owns threads must not create actors, and this one creates none.
 """
@@ -21,9 +21,9 @@ from typing import Any
 from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
 
 from actors.base import SignerActor, error_dict
-from core.event_signing import load_or_create_signing_key, sign_event
-from core.nats_auth import read_password
-from core.sync_bridge import NatsBridge
+from core.sync.event_signing import load_or_create_signing_key, sign_event
+from core.sync.nats_auth import read_password
+from core.sync.bridge import NatsBridge
 from messages.repository import ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
 from messages.sync import EventsCommitted, QuarantineCount, SyncStatusReply, SyncStatusRequest
 

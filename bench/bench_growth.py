@@ -2,7 +2,7 @@
 1,000, 100,000 and 1,000,000 certificates? One run fills one repository per size (bulk
 insert: 128-bit random serials, ~1.2 KB random DER blobs, a few % revoked) and measures
 
-  (a) in process, on core.repository.Repository: the repository work of one issuance
+  (a) in process, on core.repository.store.Repository: the repository work of one issuance
       (lookup_request + reserve_serial + complete_certificate), median of --issuances;
   (b) end to end: a signer started on each repository (SignerProcess), sign_x509 round
       trips over the pty, median of --round-trips after --warm-up;
@@ -43,11 +43,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.protocol import pack  # noqa: E402
-from core.repository import Repository  # noqa: E402
-from core.repository_schema import to_db_time  # noqa: E402
-from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
-from tools.client import SignerClient  # noqa: E402
+from core.wire.protocol import pack  # noqa: E402
+from core.repository.store import Repository  # noqa: E402
+from core.repository.schema import to_db_time  # noqa: E402
+from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client.library import SignerClient  # noqa: E402
 
 ISSUER, PROFILE = "class3", "server-org"
 BATCH = 50_000  # rows per fill transaction: keeps the WAL small

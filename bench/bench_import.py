@@ -35,10 +35,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from core.event_signing import sign_event  # noqa: E402
-from core.openssl_ca_import import import_openssl_ca  # noqa: E402
-from core.peer_validation import PeerValidator  # noqa: E402
-from core.repository import Repository  # noqa: E402
+from core.sync.event_signing import sign_event  # noqa: E402
+from core.repository.openssl_ca_import import import_openssl_ca  # noqa: E402
+from core.sync.peer_validation import PeerValidator  # noqa: E402
+from core.repository.store import Repository  # noqa: E402
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 PAGE = 10_000  # events read, signed and handed on per page (memory stays flat)

@@ -14,7 +14,7 @@ Memory: VmHWM (peak RSS) and VmRSS from /proc/<pid>/status of every actor (pids 
 command line (`signer run` itself with the pty relay, Thespian's admin and logger).
 Figures are taken three times: right after start-up, after a warm-up (each command a few
 times: the linter, the throwaway keys and the first CRLs are loaded by then) and at the
-end. Bound, checked here (exit 1) and by tests/test_load.py: no process's VmRSS grows by
+end. Bound, checked here (exit 1) and by tests/e2e/test_load.py: no process's VmRSS grows by
 more than 50 MiB from the warm-up to the end, and no actor was restarted.
 """
 from __future__ import annotations
@@ -39,9 +39,9 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from cryptography.hazmat.primitives.serialization import Encoding  # noqa: E402
 from cryptography.x509.oid import NameOID  # noqa: E402
 
-from core.framing import FrameError  # noqa: E402
-from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
-from tools.client import Response, SignerClient, parse_response  # noqa: E402
+from core.wire.framing import FrameError  # noqa: E402
+from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client.library import Response, SignerClient, parse_response  # noqa: E402
 
 RSS_GROWTH_BOUND_KIB = 50 * 1024
 ANSWER_TIMEOUT_S = 300  # no answer at all for this long: the run fails

@@ -1,5 +1,5 @@
 """Slow-link benchmark (hardening item 5): the signer behind a serial line paced like a
-UART (core.ptyrelay.PtyRelay(baud=...), 10 bit times per byte, each direction its own
+UART (core.runtime.ptyrelay.PtyRelay(baud=...), 10 bit times per byte, each direction its own
 clock). One run:
 
   1. pacing check: push --pace-bytes one way through a paced relay (then both ways at
@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cryptography import x509  # noqa: E402
 
-from core.repository import Repository  # noqa: E402
+from core.repository.store import Repository  # noqa: E402
 from bench.bench_load import signer_pids  # noqa: E402
 from bench.profile_x509 import cpu_seconds  # noqa: E402
-from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
-from tools.client import SignerClient, SignerTimeout  # noqa: E402
-from tools.crl_fetch import fetch_crl_into  # noqa: E402
-from core.ptyrelay import PtyRelay  # noqa: E402
+from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client.library import SignerClient, SignerTimeout  # noqa: E402
+from tools.client.crl_fetch import fetch_crl_into  # noqa: E402
+from core.runtime.ptyrelay import PtyRelay  # noqa: E402
 
 CRL_ISSUER = "class3"
 NOW = datetime.now(timezone.utc).replace(microsecond=0)

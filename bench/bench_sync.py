@@ -22,9 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core.repository import Repository  # noqa: E402
-from tests.helpers import NatsUsers, dev_init  # noqa: E402
-from tests.test_e2e_sync import Node, authenticated_nats  # noqa: E402
+from core.repository.store import Repository  # noqa: E402
+from tests.support.helpers import NatsUsers, dev_init  # noqa: E402
+from tests.e2e.test_sync import Node, authenticated_nats  # noqa: E402
 
 
 class EventWatcher(threading.Thread):

@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.helpers import SignerProcess, dev_init, signer_config, tool  # noqa: E402
-from tests.mariadb_server import MariaDbServer, mariadb_available  # noqa: E402
-from tests.webdb_side import client_config, csr_pem, open_web_side  # noqa: E402
-from tools.client import SignerClient  # noqa: E402
+from tests.support.helpers import SignerProcess, dev_init, signer_config, tool  # noqa: E402
+from tests.support.mariadb_server import MariaDbServer, mariadb_available  # noqa: E402
+from tests.support.webdb_side import client_config, csr_pem, open_web_side  # noqa: E402
+from tools.client.library import SignerClient  # noqa: E402
 
 SUBJECT = "/CN=h{n}.example.org/subjectAltName=DNS:h{n}.example.org"
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_spine import raw_hsm_rate  # noqa: E402
 from bench.profile_x509 import sign_body, warm_up, with_x509_workers  # noqa: E402
-from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
-from tools.client import SignerClient  # noqa: E402
+from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client.library import SignerClient  # noqa: E402
 
 
 def certificates_per_second(client: SignerClient, csr: bytes, count: int) -> float:
@@ -52,9 +52,9 @@ def crl_timings(data: Path, sizes: list[int]) -> list[tuple[int, float, float, i
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    from core.crl import assemble_crl, build_tbs_crl, revoked_entries, verify_crl
-    from core.hsm import HsmSession
-    from core.x509build import key_info_of
+    from core.crl.build import assemble_crl, build_tbs_crl, revoked_entries, verify_crl
+    from core.hsm.session import HsmSession
+    from core.x509.certificate import key_info_of
 
     config = yaml.safe_load((data / "signer.yaml").read_text())
     os.environ["SOFTHSM2_CONF"] = str(data / config["hsm"]["softhsm_conf"])
@@ -88,9 +88,9 @@ def diff_sizes(ks: list[int], size: int = 100_000) -> list[tuple[int, int, float
     from cryptography import x509
     from cryptography.x509.oid import NameOID
 
-    from core.crl import assemble_crl, build_tbs_crl
-    from core.crldiff import make_diff
-    from core.x509build import key_info_of
+    from core.crl.build import assemble_crl, build_tbs_crl
+    from core.crl.diff import make_diff
+    from core.x509.certificate import key_info_of
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench")])

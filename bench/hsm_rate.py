@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from core.hsm import HsmSession, mechanism_for
+from core.hsm.session import HsmSession, mechanism_for
 
 
 def main() -> None:

@@ -25,8 +25,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_load import signer_pids  # noqa: E402
-from tests.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
-from tools.client import SignerClient  # noqa: E402
+from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
+from tools.client.library import SignerClient  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -9,7 +9,7 @@ from typing import Any
 class HsmSignRequest:
     tag: int
     key_label: str
-    mechanism: str  # e.g. "sha256-rsa-pkcs1", "sha256-ecdsa" (see core.hsm)
+    mechanism: str  # e.g. "sha256-rsa-pkcs1", "sha256-ecdsa" (see core.hsm.session)
     data: bytes  # the whole to-be-signed bytes; the token hashes them
 
 
@@ -36,7 +36,7 @@ class HsmHealthReply:
 class HsmSealRequest:
     """Repository -> Hsm: seal the audit log's head (entry `seq`, whose hash is `hash`) with
     the token's audit key. The Hsm actor builds the signed bytes itself
-    (core.audit.seal_message), so the audit key can sign nothing but seals."""
+    (core.repository.audit.seal_message), so the audit key can sign nothing but seals."""
     tag: int
     seq: int
     hash: str

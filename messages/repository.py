@@ -103,7 +103,7 @@ class RevokeCertificate(RepoRequest):
 
 @dataclass
 class CrlState(RepoRequest):
-    """What the CRL handler needs to decide on a rebuild (see actors/repository.py)."""
+    """What the CRL handler needs to decide on a rebuild (see actors/owners/repository.py)."""
     issuer: str
     now: datetime
     grace_s: float

@@ -8,7 +8,7 @@ from typing import Any
 @dataclass
 class StartSigner:
     """system.py -> Supervisor: create every actor from this configuration."""
-    config: Any  # core.config.SignerConfig
+    config: Any  # core.runtime.config.SignerConfig
 
 
 @dataclass

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from core.softhsm import init_softhsm_token
-from tests.helpers import PIN, SO_PIN, TOKEN, SignerProcess, dev_init, signer_config
+from core.dev.softhsm import init_softhsm_token
+from tests.support.helpers import PIN, SO_PIN, TOKEN, SignerProcess, dev_init, signer_config
 
 # One Hypothesis profile for the whole suite. CI is a loaded 2-core box: example generation
 # and each example's run can be slow there through no fault of the code, so neither a
@@ -20,7 +20,7 @@ settings.load_profile("signer")
 
 @pytest.fixture(scope="session")
 def softhsm(tmp_path_factory: pytest.TempPathFactory):
-    """The one SoftHSM token of the test process (see tests/helpers.py)."""
+    """The one SoftHSM token of the test process (see tests/support/helpers.py)."""
     base = tmp_path_factory.mktemp("softhsm")
     conf = str(base / "softhsm2.conf")
     init_softhsm_token(str(base / "tokens"), conf, TOKEN, SO_PIN, PIN)

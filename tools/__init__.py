@@ -1,1 +1,2 @@
-"""Command-line tools: signer-client (what WebDB uses), signer-admin, and the pty relay."""
+"""Programs beside the signer, never imported by it: client/ (the protocol library, CRL fetch,
+`signer-client`), admin/ (`signer-admin`), webdb/ (the WebDB daemon) and dev/ (the fuzzer)."""

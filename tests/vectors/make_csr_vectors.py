@@ -4,7 +4,7 @@
 
 cryptography's CSR builder makes only well-formed version-0 requests with a modern hash, so
 the odd ones are put together here by hand: CertificationRequestInfo DER-encoded with the
-helpers of core.x509build, then signed. Each is validly signed where its name does not say
+helpers of core.x509.certificate, then signed. Each is validly signed where its name does not say
 otherwise, so a refusal can only come from the property the file is named after.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
-from core.x509build import der_tlv
+from core.x509.certificate import der_tlv
 
 SUBJECT = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "odd.example.org")]).public_bytes()
 # DigestInfo prefixes of RFC 8017 9.2 (EMSA-PKCS1-v1_5), by hash.

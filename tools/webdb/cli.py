@@ -15,8 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
-from core.cli_contract import EXIT_NO_ANSWER, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, fail, wants_json
-from core.config import ConfigError
+from core.runtime.cli_contract import EXIT_NO_ANSWER, EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, fail, wants_json
+from core.runtime.config import ConfigError
 from tools.webdb.config import load_client_config
 
 EXIT_NOT_RUNNING = EXIT_NO_ANSWER

@@ -1,6 +1,6 @@
 """The WebDB client daemon's configuration (`signer-client run --config FILE`).
 
-Built with the signer's own typed builder (core.config.build): every unknown key, missing
+Built with the signer's own typed builder (core.runtime.config.build): every unknown key, missing
 key or wrong type is a ConfigError naming the dotted key. The database password is never in
 the YAML: it comes from an environment variable or a file (like the signer's HSM PIN).
 docs/webdb-client.md describes every key.
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.config import ConfigError, load_yaml_as
+from core.runtime.config import ConfigError, load_yaml_as
 
 TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
 VARIANTS = ("", "codesign", "ocsp", "timestamp", "jabber")

@@ -24,8 +24,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tools.crl_fetch import crl_number, fetch_crl, read_crl
-from tools.files import write_atomically
+from tools.client.crl_fetch import crl_number, fetch_crl, read_crl
+from tools.client.files import write_atomically
 from tools.webdb.config import CrlWorkConfig
 from tools.webdb.link import SignerAway, SignerLink
 from tools.webdb.work import classify, now_text

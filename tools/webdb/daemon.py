@@ -19,7 +19,7 @@ from typing import Any, Callable
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tools.client import Response
+from tools.client.library import Response
 from tools.webdb.config import ClientConfig
 from tools.webdb.crl_publisher import CrlPublisher
 from tools.webdb.db import DbUnavailable, WebDb

@@ -13,8 +13,8 @@ import serial
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from tools.client import Response, SignerClient, SignerTimeout
-from tools.files import write_atomically
+from tools.client.library import Response, SignerClient, SignerTimeout
+from tools.client.files import write_atomically
 from tools.webdb.config import SignerLinkConfig
 
 log = logging.getLogger("signer-client")

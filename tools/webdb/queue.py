@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from tools.files import write_atomically
+from tools.client.files import write_atomically
 from tools.webdb.config import ClientConfig
 from tools.webdb.db import WebDb
 from tools.webdb.schema import ZERO

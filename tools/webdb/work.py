@@ -19,9 +19,9 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from core.errors import retry_class
-from core.openpgp_packets import OpenPgpError, dearmor, parse_packets
-from core.x509build import X509_PARSE_ERRORS, MalformedCsr, load_csr
+from core.wire.errors import retry_class
+from core.openpgp.packets import OpenPgpError, dearmor, parse_packets
+from core.x509.certificate import X509_PARSE_ERRORS, MalformedCsr, load_csr
 from tools.webdb.config import ClientConfig, WebDbConfig
 
 CERT_TABLES = ("emailcerts", "domaincerts", "orgemailcerts", "orgdomaincerts")
@@ -40,7 +40,7 @@ ALLOWED_HASHES = ("sha256", "sha384", "sha512")
 # "signer" the signer cannot sign anything now (HSM, repository): rows untouched, back off;
 # "setup"  this kind of work does not fit this signer (profile, issuer or command unknown,
 #          validity above the profile's): rows untouched, the kind skipped, an operator's job.
-# The class of each code is part of the signer's error vocabulary (core/errors.py).
+# The class of each code is part of the signer's error vocabulary (core/wire/errors.py).
 
 
 def classify(code: str) -> str:

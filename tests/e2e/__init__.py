@@ -1,0 +1,1 @@
+"""The whole signer as its own process over a pty, driven as a client would."""

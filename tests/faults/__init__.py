@@ -1,0 +1,1 @@
+"""Crashes, dying processes, broken links and HSM faults, and the fuzz runs."""

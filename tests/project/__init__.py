@@ -1,0 +1,1 @@
+"""Checks of the project as a whole: docs against code, import rules, packaging, systemd units."""

@@ -1,0 +1,2 @@
+"""Helpers the tests share: starting a signer, SoftHSM, MariaDB and nats-server; actor harness;
+fixtures."""

@@ -1,0 +1,1 @@
+"""Plain modules tested alone (no actor system, no signer process)."""

@@ -1,0 +1,1 @@
+"""The WebDB daemon against a real MariaDB with CAcert's schema."""

@@ -1,0 +1,2 @@
+"""`signer-admin`: operator commands beside the signer (status, audit, quarantine, backup,
+import)."""
