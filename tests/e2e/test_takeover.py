@@ -4,8 +4,10 @@ keys imported into SoftHSM by `signer ceremony`, its history by `signer-admin
 import-openssl-ca`, then the signer run: the first CRL it publishes over a folder holding
 the old CA's CRL files (what `signer-client fetch-crl --out` and the WebDB daemon both do
 through tools/crl_fetch.fetch_crl) lists every old revocation not past the grace period with
-a higher number; pre-switch certificates revoked through revoke_x509 are in the next CRL; a
-second repository bootstrapped from the events ends with the same content."""
+a higher number; pre-switch certificates revoked through revoke_x509 are in the next CRL; the WebDB
+daemon on a real MariaDB, with a row for every old certificate as client.pl left it and the
+old CA's CRL files in its publish folder, publishes CRLs continuing the old ones and revokes a
+pre-switch certificate through its row; a second repository bootstrapped from the events ends with the same content."""
 from __future__ import annotations
 
 import json
@@ -23,6 +25,8 @@ from core.sync.peer_validation import PeerValidator
 from core.repository.store import Repository
 from tests.support.helpers import SignerProcess, run_tool, signer_config
 from tests.support.old_openssl_ca import OldCa
+from tests.support.webdb_side import CacertWebApp, client_config, open_web_side
+from tests.webdb.test_e2e import Daemon, mariadb, wait_until, webdb_section  # noqa: F401 (mariadb: a fixture)
 
 pytestmark = pytest.mark.e2e
 NOW = datetime.now(timezone.utc)
@@ -38,9 +42,11 @@ def takeover(dev_data, tmp_path_factory):
     serials, old_crls = {}, {}
     publish = base / "www"  # the WebDB's publish folder, with the old CA's CRL files
     publish.mkdir()
+    daemon_publish = base / "www-daemon"
+    daemon_publish.mkdir()
     for issuer, ca in cas.items():
         for cn, not_after in [("live", None), ("revoked-key", None), ("revoked-plain", None),
-                              ("pre-switch", None), ("pre-switch-lost", None),
+                              ("pre-switch", None), ("pre-switch-lost", None), ("pre-switch-webdb", None),
                               ("expired-in-grace", NOW - timedelta(days=2)),
                               ("expired-past-grace", NOW - timedelta(days=500))]:
             serials[issuer, cn] = ca.issue(f"{cn}.{issuer}.example.org", not_after=not_after).serial_number
@@ -49,6 +55,8 @@ def takeover(dev_data, tmp_path_factory):
             ca.revoke(f"{cn}.{issuer}.example.org", reason)
         ca.gencrl(base / "discard.crl")
         old_crls[issuer] = ca.gencrl(publish / WEBDB_FILES[issuer])  # number N
+        # The WebDB daemon's publish folder: the old CA's files too, untouched until it runs.
+        (daemon_publish / WEBDB_FILES[issuer]).write_bytes((publish / WEBDB_FILES[issuer]).read_bytes())
         ca.newcerts_file(serials[issuer, "pre-switch-lost"]).unlink()
     # The old keys onto the signer's token, by the ceremony's import step.
     dev = yaml.safe_load((dev_data / "signer.yaml").read_text())
@@ -78,7 +86,7 @@ def takeover(dev_data, tmp_path_factory):
         summaries[issuer] = json.loads(result.stdout)
     signer = SignerProcess(config_path, log_dir=base)
     state = {"signer": signer, "cas": cas, "serials": serials, "old_crls": old_crls,
-             "publish": publish, "config": config_path, "summaries": summaries, "base": base}
+             "publish": publish, "daemon_publish": daemon_publish, "config": config_path, "summaries": summaries, "base": base}
     yield state
     signer.stop()
 
@@ -130,6 +138,51 @@ def test_pre_switch_certificates_revoked_through_revoke_x509_are_in_the_next_crl
     listed = {entry.serial_number for entry in crl}
     assert {takeover["serials"]["class3", cn] for cn in ("pre-switch", "pre-switch-lost")} <= listed
     assert takeover["serials"]["class3", "live"] not in listed
+
+
+def test_the_webdb_daemon_on_mariadb_continues_the_old_crls_and_revokes_a_pre_switch_row(takeover, tmp_path,
+                                                                                      request):
+    signer, cas, serials = takeover["signer"], takeover["cas"], takeover["serials"]
+    webdb, env = webdb_section("mariadb", tmp_path, request)
+    site = tmp_path / "site"
+    (site / "www").mkdir(parents=True)
+    config = client_config(tmp_path, signer.client_path,
+                           {**webdb, "files_root": str(site), "names_relative_to": str(site / "www")},
+                           crl={"publish_dir": str(takeover["daemon_publish"])})
+    app = CacertWebApp(open_web_side(config).db, site)
+    app.member(11, "alice@example.org", "Alice")
+    rows = {}  # every old certificate has its row, as the old signer left it (rootcert 1: root, 2: class3)
+    for (issuer, cn) in serials:
+        pem = (cas[issuer].dir / f"{cn}.{issuer}.example.org.crt").read_bytes()
+        rows[issuer, cn] = app.issued_by_old_signer(11, pem, rootcert=1 if issuer == "root" else 2)
+    files = {issuer: takeover["daemon_publish"] / name for issuer, name in WEBDB_FILES.items()}
+    old = {issuer: x509.load_der_x509_crl(files[issuer].read_bytes()) for issuer in files}
+
+    def published(issuer: str) -> x509.CertificateRevocationList:
+        return x509.load_der_x509_crl(files[issuer].read_bytes())
+
+    daemon = Daemon(config, env)
+    try:
+        wait_until("the daemon's first CRLs", lambda: all(number(published(i)) > number(old[i]) for i in files),
+                   daemon=daemon)
+        for issuer in files:
+            verified = subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(files[issuer]), "-CAfile",
+                                       str(cas[issuer].cert_path), "-noout", "-verify"], capture_output=True, text=True)
+            assert "verify OK" in verified.stdout + verified.stderr, verified.stderr
+            listed = {entry.serial_number for entry in published(issuer)}
+            past_grace = serials[issuer, "expired-past-grace"]
+            assert {entry.serial_number for entry in old[issuer]} - {past_grace} <= listed
+            assert past_grace not in listed  # its row says it expired 500 days ago: the drop is allowed
+        target = serials["class3", "pre-switch-webdb"]
+        assert published("class3").get_revoked_certificate_by_serial_number(target) is None
+        app.revoke("emailcerts", rows["class3", "pre-switch-webdb"])
+        wait_until("the pre-switch row's revocation in the class3 CRL", lambda: published(
+            "class3").get_revoked_certificate_by_serial_number(target) is not None, daemon=daemon)
+        wait_until("the row marked revoked as client.pl did", lambda: not str(
+            app.row("emailcerts", rows["class3", "pre-switch-webdb"])["revoked"]).startswith("1970"), daemon=daemon)
+        assert published("root").get_revoked_certificate_by_serial_number(target) is None
+    finally:
+        assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
 
 
 def test_a_second_repository_bootstraps_the_same_content(takeover, tmp_path):

@@ -248,6 +248,22 @@ class CacertWebApp:
         self._write(new, (self.files_root / "www" / old).read_bytes())
         self.db.execute("UPDATE emailcerts SET csr_name=? WHERE id=?", (new, new_id))
 
+    def issued_by_old_signer(self, memid: int, cert_pem: bytes, rootcert: int) -> int:
+        """An emailcerts row as the old signer (client.pl) left it: its CSR and certificate
+        files named from the id, `serial` upper-case hex, `expire` the certificate's notAfter."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        cn = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        row_id = self._insert("emailcerts", {"CN": cn, "keytype": "MS", "memid": memid, "subject": f"/CN={cn}",
+                                             "codesign": 0, "disablelogin": 0, "rootcert": rootcert},
+                              ("created",))
+        self._file("emailcerts", row_id, b"(the CSR the old signer signed)")
+        crt = self.certpath("crt", "emailcerts", row_id)
+        self._write(crt, cert_pem)
+        self.db.execute("UPDATE emailcerts SET crt_name=?, serial=?, expire=? WHERE id=?",
+                        (crt, f"{cert.serial_number:X}", cert.not_valid_after_utc.strftime("%Y-%m-%d %H:%M:%S"),
+                         row_id))
+        return row_id
+
     def revoke(self, table: str, row_id: int) -> None:
         self.db.execute(f"UPDATE `{table}` SET `revoked`='1970-01-01 10:00:01' WHERE `id`=?", (row_id,))
 
