@@ -126,9 +126,10 @@ class ErrorCode(str, Enum):
         "inside a health answer only: that part of the signer did not answer in time")
 
 
+_BY_WIRE: dict[str, ErrorCode] = {member.value: member for member in ErrorCode}
+
+
 def retry_class(code: str) -> RetryClass:
     """The class of a wire code; an unknown (newer) code is worth a bounded retry."""
-    try:
-        return ErrorCode(code).retry
-    except ValueError:
-        return RetryClass.RETRY
+    member = _BY_WIRE.get(code)
+    return member.retry if member is not None else RetryClass.RETRY

@@ -37,13 +37,14 @@ def max_encoded_length(max_payload: int) -> int:
 def encode_frame(payload: bytes) -> bytes:
     """Encode one payload as a complete frame, delimiter included."""
     crc = zlib.crc32(payload).to_bytes(CRC_BYTES, "big")
-    return cobs.encode(payload + crc) + DELIMITER
+    encoded: bytes = cobs.encode(payload + crc)  # cobs has no type hints
+    return encoded + DELIMITER
 
 
 def decode_frame(encoded: bytes, max_payload: int = DEFAULT_MAX_PAYLOAD) -> bytes | FrameError:
     """Decode the bytes between two delimiters into the payload, or a FrameError."""
     try:
-        raw = cobs.decode(encoded)
+        raw: bytes = cobs.decode(encoded)
     except cobs.DecodeError as exc:
         return FrameError("bad_cobs", f"COBS decoding failed: {exc}")
     if len(raw) < CRC_BYTES:

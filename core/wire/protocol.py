@@ -7,8 +7,9 @@ flight, and responses come back in any order, matched by id.
 """
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 
@@ -49,7 +50,8 @@ class Request:
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)  # msgpack has no type hints
+    return packed
 
 
 def unpack(payload: bytes) -> Any:
@@ -78,7 +80,7 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
     while level:
         if depth > limit:
             return True
-        deeper = []
+        deeper: list[Any] = []
         for container in level:
             children = container.values() if type(container) is dict else container
             if not _CONTAINER_TYPES.isdisjoint(set(map(type, children))):
@@ -87,7 +89,7 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
-def valid_request_id(value: Any) -> bool:
+def valid_request_id(value: Any) -> TypeGuard[str | int]:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
@@ -95,7 +97,7 @@ def valid_request_id(value: Any) -> bool:
     return isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH
 
 
-def decode_request(payload: bytes, known_commands: frozenset[str] | set[str]) -> Request:
+def decode_request(payload: bytes, known_commands: Container[str]) -> Request:
     """Validate a request payload. Errors carry the id when one could be read."""
     obj = unpack(payload)
     if not isinstance(obj, dict):
@@ -121,7 +123,7 @@ class RequestError(SignerError):
         self.request_id = request_id
 
 
-def _validate_fields(obj: dict, request_id: str | int, known_commands) -> Request:
+def _validate_fields(obj: dict[Any, Any], request_id: str | int, known_commands: Container[str]) -> Request:
     version = obj.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # 1.0 and true are not 1
         raise SignerError("unsupported_version",
