@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import yaml
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -60,7 +60,8 @@ def _secret(path: Path, nbytes: int = 12) -> str:
 
 def _ensure_openpgp(session: HsmSession, ca_dir: Path, log: Callable[[str], None]) -> int:
     """The OpenPGP CA public key block; returns its creation time (part of the fingerprint)."""
-    from core.openpgp.certify import armor, build_public_key_block
+    from core.openpgp.certify import build_public_key_block
+    from core.openpgp.packets import armor
 
     meta_path = ca_dir / "openpgp-ca.json"
     if meta_path.exists():
@@ -138,7 +139,7 @@ def initialise_dev_ca(options: DevCaOptions, log: Callable[[str], None] = lambda
     return config_path
 
 
-def dev_config(options: DevCaOptions, openpgp_created: int) -> dict:
+def dev_config(options: DevCaOptions, openpgp_created: int) -> dict[str, Any]:
     """The development configuration; paths are relative to the data folder."""
     return {
         "node_id": options.node_id,

@@ -35,6 +35,7 @@ import os
 import pickle
 import secrets
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,11 +188,11 @@ def _log_refusal(exc: FrameRefused) -> None:
                 peer, local, os.getpid(), exc)
 
 
-def _while_receiving_from(sock_of):  # type: ignore[no-untyped-def]
+def _while_receiving_from(sock_of: Callable[..., Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Wrap a Thespian method so a refusal inside it knows which socket it came from."""
-    def wrap(method):  # type: ignore[no-untyped-def]
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(method)
-        def wrapper(self, *args, **kw):  # type: ignore[no-untyped-def]
+        def wrapper(self: Any, *args: Any, **kw: Any) -> Any:
             previous = getattr(_receiving, "socket", None)
             _receiving.socket = sock_of(*args)
             try:
@@ -233,7 +234,7 @@ def install(key: bytes, log_handler: logging.Handler | None = None) -> None:
         transport._check_XMIT_4_done)
 
     @functools.wraps(original_ack_check)
-    def check_ack(self, intent, rcv):  # type: ignore[no-untyped-def]
+    def check_ack(self: Any, intent: Any, rcv: Any) -> Any:
         # The answer on a connection we opened is refused: drop it and retry the send
         # later, exactly as Thespian does with a corrupted ACK.
         try:
@@ -251,7 +252,7 @@ def install(key: bytes, log_handler: logging.Handler | None = None) -> None:
 
 # ---- the key file, for signer-admin ---------------------------------------------------
 
-def key_file_path(data_dir: str | os.PathLike) -> Path:
+def key_file_path(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / KEY_FILE_NAME
 
 

@@ -15,9 +15,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 
 MAX_X509_WORKERS = 16  # each is a process of ~55 MiB (pkilint loaded)
@@ -179,13 +182,16 @@ PATH_KEYS = {"profiles", "device", "link_path", "module", "pin_file", "softhsm_c
              "unix_socket"}
 
 
-def load_config(path: str | os.PathLike) -> SignerConfig:
+_Config = TypeVar("_Config", bound="DataclassInstance")
+
+
+def load_config(path: str | os.PathLike[str]) -> SignerConfig:
     config = load_yaml_as(SignerConfig, path)
     validate(config)
     return config
 
 
-def load_yaml_as(cls: type, path: str | os.PathLike) -> Any:
+def load_yaml_as(cls: type[_Config], path: str | os.PathLike[str]) -> _Config:
     """Read the YAML file and build dataclass `cls` from it (relative paths against the file's
     folder, `source` set to the file); every mistake is a ConfigError naming the key."""
     path = Path(path)
@@ -199,7 +205,7 @@ def load_yaml_as(cls: type, path: str | os.PathLike) -> Any:
     return dataclasses.replace(config, source=str(path.resolve()))
 
 
-def build(cls: type, data: Any, where: str, base: Path) -> Any:
+def build(cls: type[_Config], data: Any, where: str, base: Path) -> _Config:
     """Build dataclass `cls` from a mapping, checking every key against its type hints."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'the config'}: expected a mapping, got {_kind(data)}")
@@ -233,7 +239,7 @@ def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
             raise ConfigError(f"{key}: expected a list, got {_kind(value)}")
         (item,) = typing.get_args(hint)
         return [_convert(item, v, f"{key}[{i}]", base) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):  # hints are classes
         return build(hint, value, key, base)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -12,6 +12,7 @@ is forked from the caller, so the patch is inherited by every process of the sig
 from __future__ import annotations
 
 import os
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
 
@@ -24,7 +25,7 @@ def restrict_thespian_to_loopback() -> None:
     if getattr(address_class, "_signer_loopback", False):
         return
 
-    def loopback_bind_args(self):  # type: ignore[no-untyped-def]
+    def loopback_bind_args(self: Any) -> tuple[tuple[Any, ...]]:
         host, *rest = self.bindname
         if host in ("", "0.0.0.0", None):
             host = LOOPBACK

@@ -27,6 +27,7 @@ import select
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 POLL_S = 0.5
 KILL_ROUNDS_S = 5.0
@@ -141,12 +142,12 @@ def track_thespian_session(reaper: Reaper) -> None:
 
     original = getattr(multiprocCommon.startAdmin, "_signer_original", multiprocCommon.startAdmin)
 
-    def start_admin_announced(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def start_admin_announced(*args: Any, **kwargs: Any) -> Any:
         try:
             reaper.announce(os.getpid())
         except OSError:
             pass
         return original(*args, **kwargs)
 
-    start_admin_announced._signer_original = original  # type: ignore[attr-defined]
+    setattr(start_admin_announced, "_signer_original", original)  # read back by getattr above
     multiprocCommon.startAdmin = start_admin_announced

@@ -11,12 +11,12 @@ class PrivateFileError(Exception):
     """`strerror` set: the file cannot be opened or read. `mode` set: it is open to group or
     others (the permission bits)."""
 
-    def __init__(self, path: str | os.PathLike, strerror: str | None = None, mode: int | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], strerror: str | None = None, mode: int | None = None) -> None:
         super().__init__(f"{path}: {strerror or f'mode {mode:04o}'}")
         self.path, self.strerror, self.mode = path, strerror, mode
 
 
-def read_private_bytes(path: str | os.PathLike) -> bytes:
+def read_private_bytes(path: str | os.PathLike[str]) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError as exc:
