@@ -20,7 +20,6 @@ certificates, CSRs and public keys only.
 """
 from __future__ import annotations
 
-import dataclasses
 import getpass
 import hashlib
 import json
@@ -30,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence, TypeVar
 
 import PyKCS11
 import yaml
@@ -49,7 +48,9 @@ CERT_FILE_MODE = 0o644  # certificates, CSRs, public keys: nothing secret
 
 KEY_TYPES = ("rsa-2048", "rsa-3072", "rsa-4096", "ecdsa-p256", "ecdsa-p384")
 _CURVES = {"p256": "secp256r1", "p384": "secp384r1"}
-HASHES = {"sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
+CaHash = hashes.SHA256 | hashes.SHA384 | hashes.SHA512
+HASHES: dict[str, type[CaHash]] = {"sha256": hashes.SHA256, "sha384": hashes.SHA384,
+                                   "sha512": hashes.SHA512}
 # Subject attribute names accepted in a ceremony file, in the usual short forms.
 NAME_ATTRIBUTES = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
                    "L": NameOID.LOCALITY_NAME, "O": NameOID.ORGANIZATION_NAME,
@@ -58,6 +59,9 @@ NAME_ATTRIBUTES = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NA
 # The private key's attributes every CA key on the token must have.
 REQUIRED_FLAGS = {"sensitive": True, "extractable": False, "sign": True,
                   "decrypt": False, "unwrap": False, "derive": False}
+
+
+_Loaded = TypeVar("_Loaded")
 
 
 class CeremonyError(Exception):
@@ -80,7 +84,7 @@ class RootStep:
     name: str
     kind: str
     key_label: str
-    subject: dict
+    subject: dict[str, Any]
     certificate: str  # output
     validity_days: int
     hash: str = "sha256"
@@ -92,7 +96,7 @@ class CsrStep:
     name: str
     kind: str
     key_label: str
-    subject: dict
+    subject: dict[str, Any]
     csr: str  # output
     hash: str = "sha256"
 
@@ -109,7 +113,7 @@ class SignStep:
     validity_days: int
     csr: str | None = None
     subject_key_label: str | None = None
-    subject: dict | None = None
+    subject: dict[str, Any] | None = None
     hash: str = "sha256"
     path_length: int | None = None
     crl_url: str | None = None
@@ -129,7 +133,7 @@ class ImportStep:
 
 
 Step = KeyStep | RootStep | CsrStep | SignStep | ImportStep
-STEP_KINDS: dict[str, type] = {"key": KeyStep, "root": RootStep, "csr": CsrStep,
+STEP_KINDS: dict[str, type[Step]] = {"key": KeyStep, "root": RootStep, "csr": CsrStep,
                                "subordinate": SignStep, "cross": SignStep, "import": ImportStep}
 # Per step class: its fields that are paths (resolved against the ceremony file's folder).
 _PATH_FIELDS = ("public_key", "certificate", "csr", "issuer_certificate", "key_file",
@@ -139,7 +143,7 @@ _PATH_FIELDS = ("public_key", "certificate", "csr", "issuer_certificate", "key_f
 @dataclass(frozen=True)
 class CeremonyFile:
     hsm: HsmConfig
-    steps: list
+    steps: list[Any]  # mappings, built per kind by load_ceremony
     log: str = LOG_NAME  # the ceremony log, relative to the file's folder
     issuers: list[IssuerConfig] = field(default_factory=list)  # the snippet to print
     source: str = ""
@@ -155,7 +159,7 @@ class Ceremony:
     digest: str  # SHA-256 of the ceremony file, recorded in every log line
 
 
-def load_ceremony(path: str | os.PathLike) -> Ceremony:
+def load_ceremony(path: str | os.PathLike[str]) -> Ceremony:
     """Read and check a ceremony file; ConfigError naming the key on any mistake."""
     path = Path(path).resolve()
     try:
@@ -175,10 +179,11 @@ def load_ceremony(path: str | os.PathLike) -> Ceremony:
         kind = item.get("kind") if isinstance(item, dict) else None
         if kind not in STEP_KINDS:
             raise ConfigError(f"{where}.kind: expected one of {', '.join(STEP_KINDS)}, got {kind!r}")
+        # Paths resolved in the mapping: build() checks the types of the resolved values
+        # (only strings are resolved, so a wrong type is reported as written).
+        item = {key: _resolve(base, value) if key in _PATH_FIELDS and isinstance(value, str) else value
+                for key, value in item.items()}
         step = build(STEP_KINDS[kind], item, where, base)
-        step = dataclasses.replace(step, **{
-            f: _resolve(base, getattr(step, f)) for f in _PATH_FIELDS
-            if hasattr(step, f) and getattr(step, f) is not None})
         check_step(step, where)
         if step.name in steps:
             raise ConfigError(f"{where}.name: duplicate step name {step.name!r}")
@@ -196,12 +201,14 @@ def check_step(step: Step, where: str) -> None:
     if isinstance(step, KeyStep) and step.key_type not in KEY_TYPES:
         raise ConfigError(f"{where}.key_type: expected one of {', '.join(KEY_TYPES)}, "
                           f"got {step.key_type!r}")
-    if getattr(step, "hash", "sha256") not in HASHES:
-        raise ConfigError(f"{where}.hash: expected one of {', '.join(HASHES)}, got {step.hash!r}")
+    hash_name = getattr(step, "hash", "sha256")
+    if hash_name not in HASHES:
+        raise ConfigError(f"{where}.hash: expected one of {', '.join(HASHES)}, got {hash_name!r}")
     if getattr(step, "validity_days", 1) < 1:
         raise ConfigError(f"{where}.validity_days: expected at least 1")
-    if getattr(step, "subject", None) is not None:
-        subject_name(step.subject, f"{where}.subject")
+    subject = getattr(step, "subject", None)
+    if subject is not None:
+        subject_name(subject, f"{where}.subject")
     if isinstance(step, SignStep):
         if (step.csr is None) == (step.subject_key_label is None):
             raise ConfigError(f"{where}: give either csr or subject_key_label (with subject)")
@@ -216,7 +223,7 @@ def check_step(step: Step, where: str) -> None:
                 raise ConfigError(f"{where}.policy_oids: {oid!r} is not an OID") from None
 
 
-def subject_name(subject: dict, where: str = "subject") -> x509.Name:
+def subject_name(subject: dict[str, Any], where: str = "subject") -> x509.Name:
     """An X.509 name from a mapping of short attribute names, in the file's order."""
     if not subject:
         raise ConfigError(f"{where}: expected a non-empty mapping")
@@ -246,7 +253,7 @@ def certificate_fingerprints(cert: x509.Certificate) -> dict[str, str]:
             "spki_sha256": spki_sha256(cert.public_key())}
 
 
-def file_sha256(path: str | os.PathLike) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     try:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError as exc:
@@ -273,7 +280,7 @@ def write_new_file(path: Path, data: bytes, mode: int) -> None:
         os.unlink(tmp)
 
 
-def _read_pem(path: str, load: Callable[[bytes], Any], what: str) -> Any:
+def _read_pem(path: str, load: Callable[[bytes], _Loaded], what: str) -> _Loaded:
     try:
         return load(Path(path).read_bytes())
     except OSError as exc:
@@ -319,8 +326,10 @@ class CeremonyRunner:
         result = StepResult(step.name, step.kind, made=False)
         if self.ceremony_digest:
             result.inputs["ceremony_file"] = self.ceremony_digest
-        handler = {KeyStep: self._key, RootStep: self._root, CsrStep: self._csr,
-                   SignStep: self._sign, ImportStep: self._import}[type(step)]
+        handlers: dict[type[Step], Callable[[Any, StepResult], None]] = {
+            KeyStep: self._key, RootStep: self._root, CsrStep: self._csr,
+            SignStep: self._sign, ImportStep: self._import}
+        handler = handlers[type(step)]
         try:
             handler(step, result)
         except (CeremonyError, HsmError, ConfigError) as exc:
@@ -567,14 +576,15 @@ def _prompt_passphrase(prompt: str) -> str:
     return getpass.getpass(prompt)
 
 
-def key_type_of(public: Any) -> str:
+def key_type_of(public: rsa.RSAPublicKey | ec.EllipticCurvePublicKey) -> str:
     if isinstance(public, rsa.RSAPublicKey):
         return f"rsa-{public.key_size}"
     return {"secp256r1": "ecdsa-p256", "secp384r1": "ecdsa-p384"}.get(public.curve.name,
                                                                         public.curve.name)
 
 
-def pkcs11_key_attributes(private: Any) -> tuple[int, list, list]:
+def pkcs11_key_attributes(private: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+                          ) -> tuple[int, list[tuple[int, Any]], list[tuple[int, Any]]]:
     """(CKK_*, public attributes, private material) of a key pair to store on a token."""
     if isinstance(private, rsa.RSAPrivateKey):
         if private.key_size < 2048:
@@ -617,11 +627,13 @@ def _check_token_signs_for(session: HsmSession, label: str, cert: x509.Certifica
     key = session.private_key(label)
     public = cert.public_key()
     try:
-        if isinstance(public, rsa.RSAPublicKey):
+        if isinstance(public, rsa.RSAPublicKey) and isinstance(key, rsa.RSAPrivateKey):
             public.verify(key.sign(data, padding.PKCS1v15(), hashes.SHA256()), data,
                           padding.PKCS1v15(), hashes.SHA256())
-        else:
+        elif isinstance(public, ec.EllipticCurvePublicKey) and isinstance(key, ec.EllipticCurvePrivateKey):
             public.verify(key.sign(data, ec.ECDSA(hashes.SHA256())), data, ec.ECDSA(hashes.SHA256()))
+        else:
+            raise InvalidSignature("the stored key and the certificate's key are of different types")
     except InvalidSignature:
         raise CeremonyError(f"a test signature of the stored key {label!r} does not verify "
                             "with the certificate") from None
@@ -631,8 +643,8 @@ def _check_token_signs_for(session: HsmSession, label: str, cert: x509.Certifica
 
 def ca_certificate(subject: x509.Name, public_key: Any, issuer_cert: x509.Certificate | None,
                    signing_key: Any, validity: timedelta, path_length: int | None,
-                   algorithm: hashes.HashAlgorithm | None = None, crl_url: str | None = None,
-                   ocsp_url: str | None = None, policy_oids: list[str] = ()) -> x509.Certificate:
+                   algorithm: CaHash | None = None, crl_url: str | None = None,
+                   ocsp_url: str | None = None, policy_oids: Sequence[str] = ()) -> x509.Certificate:
     """A CA certificate (self-signed when issuer_cert is None), signed by signing_key."""
     now = datetime.now(timezone.utc).replace(microsecond=0)
     issuer_name = issuer_cert.subject if issuer_cert else subject
@@ -716,7 +728,7 @@ def open_session(hsm: HsmConfig) -> HsmSession:
     return session
 
 
-def run_ceremony(path: str | os.PathLike, step_names: list[str],
+def run_ceremony(path: str | os.PathLike[str], step_names: list[str],
                  out: Callable[[str], None] = print,
                  passphrase_prompt: Callable[[str], str] | None = None) -> list[StepResult]:
     """`signer ceremony`: load the file, run the named steps in order (all of them for

@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.padding import (MGF1, PSS, Asymme
                                                                PKCS1v15)
 from cryptography.hazmat.primitives.asymmetric.utils import (NoDigestInfo, Prehashed,
                                                              encode_dss_signature)
+from cryptography.hazmat.primitives.serialization import (Encoding, KeySerializationEncryption,
+                                                          PrivateFormat)
 
 if TYPE_CHECKING:
     from core.hsm.session import HsmSession
@@ -235,12 +237,18 @@ class HsmRsaPrivateKey(rsa.RSAPrivateKey):
     def __copy__(self) -> HsmRsaPrivateKey:
         return self  # a reference to a token key: nothing to copy
 
-    def __deepcopy__(self, memo: dict) -> HsmRsaPrivateKey:
+    def __deepcopy__(self, memo: dict[int, Any]) -> HsmRsaPrivateKey:
         return self
 
-    decrypt = _sign_only
-    private_numbers = _not_extractable
-    private_bytes = _not_extractable
+    def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
+        _sign_only()
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        _not_extractable()
+
+    def private_bytes(self, encoding: Encoding, format: PrivateFormat,
+                      encryption_algorithm: KeySerializationEncryption) -> bytes:
+        _not_extractable()
 
 
 class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
@@ -253,8 +261,8 @@ class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
         self.hash_name = hash_name
         self._public_key = public_key
 
-    def sign(self, data: bytes, signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
-             ) -> bytes:
+    def sign(self, data: bytes | bytearray | memoryview,
+             signature_algorithm: ec.EllipticCurveSignatureAlgorithm) -> bytes:
         if not isinstance(signature_algorithm, ec.ECDSA):
             raise TypeError("HSM EC keys sign with ECDSA only")
         if signature_algorithm.deterministic_signing:
@@ -277,9 +285,15 @@ class HsmEcPrivateKey(ec.EllipticCurvePrivateKey):
     def __copy__(self) -> HsmEcPrivateKey:
         return self
 
-    def __deepcopy__(self, memo: dict) -> HsmEcPrivateKey:
+    def __deepcopy__(self, memo: dict[int, Any]) -> HsmEcPrivateKey:
         return self
 
-    exchange = _sign_only
-    private_numbers = _not_extractable
-    private_bytes = _not_extractable
+    def exchange(self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey) -> bytes:
+        _sign_only()
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        _not_extractable()
+
+    def private_bytes(self, encoding: Encoding, format: PrivateFormat,
+                      encryption_algorithm: KeySerializationEncryption) -> bytes:
+        _not_extractable()

@@ -155,7 +155,8 @@ class _Module:
 
 
 def _ckr(exc: PyKCS11Error) -> str:
-    return PyKCS11.CKR.get(exc.value, f"0x{exc.value:08X}")
+    name: str = PyKCS11.CKR.get(exc.value, f"0x{exc.value:08X}")  # PyKCS11 has no type hints
+    return name
 
 
 def _close_quietly(session: PyKCS11.Session) -> None:
@@ -252,7 +253,8 @@ class HsmSession:
         return self._module.lib
 
     def _find_slot(self) -> int:
-        for slot in self._lib.getSlotList(tokenPresent=True):
+        slots: list[int] = self._lib.getSlotList(tokenPresent=True)
+        for slot in slots:
             if self._lib.getTokenInfo(slot).label.strip() == self.token_label:
                 return slot
         raise HsmTokenNotFound(f"no token labelled {self.token_label!r} "
@@ -357,7 +359,7 @@ class HsmSession:
         """findObjects that tells "not logged in" and "token gone" from "not there":
         private objects are invisible after a logout elsewhere, which a fresh login fixes."""
         assert self._session is not None
-        found = self._session.findObjects(template)
+        found: list[Any] = self._session.findObjects(template)
         if not found:
             if not self._session_logged_in():
                 raise PyKCS11Error(PyKCS11.CKR_USER_NOT_LOGGED_IN)

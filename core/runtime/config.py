@@ -234,6 +234,10 @@ def _convert(hint: Any, value: Any, key: str, base: Path) -> Any:
             return None
         inner = [o for o in options if o is not type(None)]
         return _convert(inner[0], value, key, base)
+    if hint is Any:  # free-form (a ceremony file's steps: built per kind afterwards)
+        return value
+    if origin is dict:  # a free-form mapping (dict[str, Any]): checked as a dict, its contents are not
+        hint = dict
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {_kind(value)}")
@@ -387,6 +391,10 @@ def _describe(hint: Any) -> str:
         return " or ".join(_describe(a) for a in typing.get_args(hint) if a is not type(None))
     if origin is list:
         return f"a list of {_describe(typing.get_args(hint)[0])}"
+    if hint is Any:
+        return "anything"
+    if origin is dict:
+        return "dict"  # as a bare dict hint reads
     if dataclasses.is_dataclass(hint):
         return "a mapping"
     return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(
