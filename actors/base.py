@@ -64,7 +64,7 @@ class SignerActor(ActorTypeDispatcher):
         finally:
             outbox, self._outbox = self._outbox, None
             for address, messages in outbox:
-                super().send(address, messages[0] if len(messages) == 1 else Batch(messages))
+                super().send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
 
     def send(self, address: Any, message: Any) -> None:
         """Sends to a peer in the address book (every one a SignerActor, which unpacks a

@@ -13,6 +13,7 @@ that owns threads must not create actors, and this one creates none.
 """
 from __future__ import annotations
 
+import dataclasses
 import queue
 import socket
 import time
@@ -65,7 +66,7 @@ class Sync(SignerActor):
         self.wakeupAfter(self.sync.publish_interval_s)
 
     def ask_repository(self, message: Any, purpose: str, context: Any = None) -> None:
-        message.tag = self.new_tag()
+        message = dataclasses.replace(message, tag=self.new_tag())
         self.pending[message.tag] = (purpose, context)
         self.asked_at[message.tag] = time.monotonic()
         self.send(self.peer("repository"), message)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandRequest:
     tag: int  # the Dispatcher's own correlation number (client ids may repeat)
     request_id: str | int  # the client's id, for idempotency in the handlers
@@ -13,7 +13,7 @@ class CommandRequest:
     body: dict[str, Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class CommandReply:
     tag: int
     body: dict[str, Any] | None = None

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class HsmSignRequest:
     tag: int
     key_label: str
@@ -13,26 +13,26 @@ class HsmSignRequest:
     data: bytes  # the whole to-be-signed bytes; the token hashes them
 
 
-@dataclass
+@dataclass(frozen=True)
 class HsmSignReply:
     tag: int
     signature: bytes | None = None
     error: dict[str, str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class HsmHealthRequest:
     tag: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class HsmHealthReply:
     tag: int
     health: dict[str, Any]
     error: dict[str, str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class HsmSealRequest:
     """Repository -> Hsm: seal the audit log's head (entry `seq`, whose hash is `hash`) with
     the token's audit key. The Hsm actor builds the signed bytes itself
@@ -42,7 +42,7 @@ class HsmSealRequest:
     hash: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class HsmSealReply:
     tag: int
     seq: int

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class SerialBytesReceived:
     """SerialLink -> Framing: raw bytes read from the port, numbered from 1 per SerialLink
     life. Thespian does not promise that two messages arrive in the order they were sent
@@ -13,19 +13,19 @@ class SerialBytesReceived:
     seq: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class SerialBytesToSend:
     """Framing -> SerialLink: encoded frames to write to the port."""
     data: bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrameReceived:
     """Framing -> Dispatcher: one frame's payload, CRC already checked."""
     payload: bytes
 
 
-@dataclass
+@dataclass(frozen=True)
 class FrameToSend:
     """Dispatcher -> Framing: one response payload to frame and send."""
     payload: bytes

@@ -12,19 +12,19 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 
-@dataclass
+@dataclass(frozen=True)
 class RepoHealthRequest:
     tag: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class RepoHealthReply:
     tag: int
     health: dict[str, Any]
     error: dict[str, str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class RepoRequest:
     tag: int
     operation: ClassVar[str] = ""
@@ -33,7 +33,7 @@ class RepoRequest:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "tag"}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RepoReply:
     tag: int
     value: Any = None
@@ -43,14 +43,14 @@ class RepoReply:
     audit_head: dict[str, Any] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class LookupRequest(RepoRequest):
     """The stored outcome of a client request id, or None."""
     request_id: str
     operation: ClassVar[str] = "lookup_request"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ReserveSerial(RepoRequest):
     """Record a serial before its certificate is signed, so it can never be issued twice."""
     issuer: str
@@ -63,7 +63,7 @@ class ReserveSerial(RepoRequest):
     operation: ClassVar[str] = "reserve_serial"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LookupOrReserve(ReserveSerial):
     """LookupRequest and ReserveSerial in one transaction (ReserveSerial's fields): the
     stored outcome of the request id (then nothing is reserved), or None once the serial is
@@ -71,7 +71,7 @@ class LookupOrReserve(ReserveSerial):
     operation: ClassVar[str] = "lookup_or_reserve"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompleteCertificate(RepoRequest):
     """Store the signed certificate, the request's result and an x509_issued event."""
     issuer: str
@@ -84,14 +84,14 @@ class CompleteCertificate(RepoRequest):
     operation: ClassVar[str] = "complete_certificate"
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiscardReservation(RepoRequest):
     issuer: str
     serial_hex: str
     operation: ClassVar[str] = "discard_reservation"
 
 
-@dataclass
+@dataclass(frozen=True)
 class RevokeCertificate(RepoRequest):
     issuer: str
     serial_hex: str
@@ -101,7 +101,7 @@ class RevokeCertificate(RepoRequest):
     operation: ClassVar[str] = "revoke"
 
 
-@dataclass
+@dataclass(frozen=True)
 class CrlState(RepoRequest):
     """What the CRL handler needs to decide on a rebuild (see actors/owners/repository.py)."""
     issuer: str
@@ -112,7 +112,7 @@ class CrlState(RepoRequest):
     operation: ClassVar[str] = "crl_state"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoreCrl(RepoRequest):
     issuer: str
     number: int
@@ -124,7 +124,7 @@ class StoreCrl(RepoRequest):
     operation: ClassVar[str] = "store_crl"
 
 
-@dataclass
+@dataclass(frozen=True)
 class StoreOpenPgpSignature(RepoRequest):
     """Store a certified OpenPGP key, the request's result and an openpgp_signed event."""
     request_id: str
@@ -138,7 +138,7 @@ class StoreOpenPgpSignature(RepoRequest):
     operation: ClassVar[str] = "store_openpgp_signature"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Outbox(RepoRequest):
     """Events after `after_seq` (at most `limit`) and the newest event seq."""
     after_seq: int
@@ -146,20 +146,20 @@ class Outbox(RepoRequest):
     operation: ClassVar[str] = "outbox"
 
 
-@dataclass
+@dataclass(frozen=True)
 class GetSyncState(RepoRequest):
     key: str
     operation: ClassVar[str] = "get_sync_state"
 
 
-@dataclass
+@dataclass(frozen=True)
 class SetSyncState(RepoRequest):
     key: str
     value: str
     operation: ClassVar[str] = "set_sync_state"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ApplyEvents(RepoRequest):
     """A peer's events, applied in order, each idempotently in its own transaction."""
     events: list[dict[str, Any]]

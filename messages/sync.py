@@ -17,19 +17,19 @@ class EventsCommitted:
     events: tuple[dict[str, Any], ...] = ()
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyncStatusRequest:
     tag: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class SyncStatusReply:
     tag: int
     status: dict[str, Any]
     error: dict[str, str] | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class QuarantineCount(RepoRequest):
     """How many peer events sit in the repository's sync_quarantine."""
     operation: ClassVar[str] = "quarantine_count"

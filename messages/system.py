@@ -5,13 +5,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-@dataclass
+@dataclass(frozen=True)
 class StartSigner:
     """system.py -> Supervisor: create every actor from this configuration."""
     config: Any  # core.runtime.config.SignerConfig
 
 
-@dataclass
+@dataclass(frozen=True)
 class SignerStarted:
     """Supervisor -> system.py: every actor configured (ok) or the start-up errors."""
     ok: bool
@@ -19,7 +19,7 @@ class SignerStarted:
     supervisor_pid: int = 0  # `signer run` watches it: the Supervisor's death ends the signer
 
 
-@dataclass
+@dataclass(frozen=True)
 class Configure:
     """Supervisor -> child: the configuration and the address book of its peers.
 
@@ -32,7 +32,7 @@ class Configure:
     down: tuple[str, ...] = ()  # children that exited and are not configured again yet
 
 
-@dataclass
+@dataclass(frozen=True)
 class Configured:
     """Child -> Supervisor: the child is ready, or why it is not."""
     name: str
@@ -40,22 +40,22 @@ class Configured:
     error: str | None = None
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActorStatusRequest:
     tag: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class ActorStatusReply:
     tag: int
     record: dict[str, Any]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SystemStatusRequest:
     """signer-admin -> Supervisor: one record per actor, plus the supervisor's own."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class SystemStatusReply:
     records: list[dict[str, Any]]
