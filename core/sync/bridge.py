@@ -52,7 +52,7 @@ class NatsBridge:
         self._loop = asyncio.new_event_loop()
         self._acks: dict[int, Any] = {}
         self._token = 0
-        self._batch_done: asyncio.Event | None = None
+        self._batch_done = asyncio.Event()  # bound to the bridge's loop when first awaited
         self._thread = threading.Thread(target=self._run, name="nats-bridge", daemon=True)
         self._stopping = False
 
@@ -98,7 +98,6 @@ class NatsBridge:
     # -- the loop --------------------------------------------------------------------------
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._batch_done = asyncio.Event()
         self._loop.create_task(self._local())
         if self.peer_url:
             self._loop.create_task(self._peer())
@@ -174,6 +173,8 @@ class NatsBridge:
         self._post("published", {"last_seq": last, "error": None})
 
     async def _peer(self) -> None:
+        # Started only with a peer_url, and the configuration gives both or neither.
+        assert self.peer_url is not None and self.peer_node_id is not None
         self.peer = await self._connect(self.peer_url, f"{self.node_id}-applier")
         js = self.peer.jetstream()
         sub = None
@@ -226,7 +227,7 @@ class NatsBridge:
         lingering fetch of ONE message (returns the moment it arrives), then a drain of up
         to FETCH_BATCH - 1 more that waits at most DRAIN_WAIT_S when nothing else is there.
         """
-        msgs = await sub.fetch(1, timeout=FETCH_WAIT_S)
+        msgs: list[Any] = await sub.fetch(1, timeout=FETCH_WAIT_S)
         try:
             msgs += await sub.fetch(FETCH_BATCH - 1, timeout=DRAIN_WAIT_S)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):

@@ -44,7 +44,7 @@ def consumer_name(reader_node_id: str) -> str:
     return f"apply-{reader_node_id}"
 
 
-def read_password(path: str | os.PathLike) -> str:
+def read_password(path: str | os.PathLike[str]) -> str:
     """The password in `path` (first line). Refused when group or others may read it."""
     try:
         lines = read_private_bytes(path).decode("utf-8", errors="replace").splitlines()
@@ -59,7 +59,7 @@ def read_password(path: str | os.PathLike) -> str:
     return password
 
 
-def create_password_file(path: str | os.PathLike) -> str:
+def create_password_file(path: str | os.PathLike[str]) -> str:
     """Write a new random password to `path` (mode 0600; the file must not exist)."""
     password = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -120,7 +120,7 @@ def server_config(node_id: str, owner_hash: str, readers: dict[str, str], *, hos
     return "\n".join(lines)
 
 
-def write_server_config(path: str | os.PathLike, text: str) -> None:
+def write_server_config(path: str | os.PathLike[str], text: str) -> None:
     """The file holds password hashes: 0600, like the credentials."""
     path = Path(path)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
