@@ -185,7 +185,7 @@ def codes_in_source(paths: list[Path]) -> dict[str, set[str]]:
     return found
 
 
-SIGNER_SOURCES = sorted([*(ROOT / "actors").glob("*.py"), *(ROOT / "core").glob("*.py")])
+SIGNER_SOURCES = sorted([*(ROOT / "actors").rglob("*.py"), *(ROOT / "core").rglob("*.py")])
 
 
 def test_the_error_table_is_exactly_the_codes_the_signer_defines():
