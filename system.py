@@ -245,8 +245,8 @@ def serve(config: SignerConfig, signer: RunningSigner) -> int:
     # sees it within SUPERVISOR_CHECK_S. (With the default action restored here instead, 1
     # SIGHUP test run in about 5 died with no shutdown; with this handler 10 of 10 were clean.)
     noted: list[int] = []
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda number, frame: noted.append(number))
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, lambda number, frame: noted.append(number))
     print(f"signer: running, node {config.node_id}, admin port {config.actor_system.admin_port}",
           file=sys.stderr)
     if config.serial.mode == "dev-pty":

@@ -257,6 +257,7 @@ def cmd_backup(config: SignerConfig, args: argparse.Namespace) -> int:
         return fail(PROG, EXIT_PROBLEM, "backup_not_verified",
                     f"the copy of {config.repository.path} did not verify, {args.to} was not written: "
                     + "; ".join(problems), wants_json(args))
+    assert report.audit is not None  # a verified copy (report.ok) has its audit report
     if args.json:
         print(json.dumps({"backup": report.path, "bytes": report.size_bytes, "integrity": report.integrity,
                           "audit_entries": report.audit.chain.entries_checked,

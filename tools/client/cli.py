@@ -93,15 +93,15 @@ def cmd_health(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("health")
     if not response.ok:
         return print_refusal(response, args)
-    print_body(args, response.body, health_lines(response.body))
-    return EXIT_OK if response.body.get("healthy") else EXIT_REFUSED
+    print_body(args, response.answer, health_lines(response.answer))
+    return EXIT_OK if response.answer.get("healthy") else EXIT_REFUSED
 
 
 def cmd_ca_info(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("ca_info")
     if not response.ok:
         return print_refusal(response, args)
-    body = response.body
+    body = response.answer
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -138,7 +138,7 @@ def cmd_sign_x509(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("sign_x509", body, request_id=args.request_id)
     if not response.ok:
         return print_refusal(response, args)
-    result = response.body
+    result = response.answer
     cert = x509.load_der_x509_certificate(result["certificate"])
     out = Path(args.out)
     write_atomically(out, cert.public_bytes(Encoding.DER if out.suffix in (".der", ".cer", ".crt")
@@ -157,7 +157,7 @@ def cmd_revoke_x509(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("revoke_x509", body, request_id=args.request_id)
     if not response.ok:
         return print_refusal(response, args)
-    result = response.body
+    result = response.answer
     print_body(args, result, [f"revoked {result['serial']} at {result['revoked_at']} reason "
                               f"{result['reason']}{' (already revoked)' if result['already_revoked'] else ''}"])
     return EXIT_OK
@@ -195,7 +195,7 @@ def cmd_sign_openpgp(client: SignerClient, args: argparse.Namespace) -> int:
     response = client.call("sign_openpgp", body, request_id=args.request_id)
     if not response.ok:
         return print_refusal(response, args)
-    result = response.body
+    result = response.answer
     write_atomically(Path(args.out), result["key"].encode())
     print_body(args, result, [f"certified {', '.join(result['certified_uids'])} on {result['fingerprint']} "
                               f"until {result['expires_at']} -> {args.out}"])

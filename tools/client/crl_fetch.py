@@ -72,10 +72,12 @@ def fetch_crl(client: SignerClient, issuer: str, held: bytes | None,
     response = client.call("fetch_crl", body)
     if not response.ok:
         return FetchedCrl({}, None, response)
-    answer = response.body
+    answer = response.answer
     if answer["status"] == "unchanged":
         return FetchedCrl(summary(answer, 0))
     if answer["status"] == "diff":
+        if held is None:  # a diff answers a CRL number sent, which comes from a CRL held
+            raise ValueError("the signer sent a diff, but no CRL is held to apply it to")
         try:
             der = apply_diff(held, answer["diff"], answer["sha256"])
         except DiffError as exc:

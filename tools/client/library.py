@@ -43,6 +43,12 @@ class Response:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def answer(self) -> dict[str, Any]:
+        """The body of an answer that is ok: the signer sends one with every success."""
+        assert self.body is not None, "an answer with neither body nor error"
+        return self.body
+
 
 class SignerClient:
     def __init__(self, port: str, baudrate: int = 115200, timeout: float = 10.0,

@@ -303,7 +303,8 @@ class DispatcherUnderTest:
                       **{name: name.upper() for name in ROUTES.values()}}
         self.actor = Dispatcher()
         self.sent: list[tuple[Any, Any]] = []
-        self.actor.send = lambda address, message: self.sent.append((address, message))
+        # a recorder in place of the actor's send (the point of this harness)
+        self.actor.send = lambda address, message: self.sent.append((address, message))  # type: ignore[method-assign]
         self.actor.wakeupAfter = lambda delay, payload=None: None
         config = SimpleNamespace(protocol=SimpleNamespace(max_payload_bytes=4096, handler_timeout_s=5.0))
         self.actor.receiveMessage(Configure("dispatcher", config, self.peers), "supervisor")

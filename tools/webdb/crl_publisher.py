@@ -73,6 +73,8 @@ class CrlPublisher:
 
     def publish_all(self, link: SignerLink) -> list[str]:
         """Fetch and publish every configured CRL; returns the error lines (empty: all fine)."""
+        if self.config.publish_dir is None:  # CRLs are not fetched (the daemon does not call this)
+            return []
         publish_dir = Path(self.config.publish_dir)
         errors = []
         for publication in self.config.issuers:

@@ -167,6 +167,7 @@ class ClientDaemon:
         if not reachable:
             if before is not False:
                 log.error("%s; retrying", error)
+            assert error is not None  # the callers give the reason when it is not reachable
             self.status.error(error)
         self.status.update(webdb={"reachable": reachable, "error": error})
 
@@ -193,7 +194,7 @@ class ClientDaemon:
         response: Response = self.link.request("health", timeout=health_timeout_s(self.config))
         self.next_health = time.monotonic() + self.config.health.interval_s
         body = response.body or {}
-        health = {"at": now_text(), "healthy": bool(body.get("healthy")) and response.ok,
+        health: dict[str, Any] = {"at": now_text(), "healthy": bool(body.get("healthy")) and response.ok,
                   "problems": list(body.get("problems", [])) if response.ok else [str(response.error)],
                   "version": body.get("version"), "node_id": body.get("node_id"),
                   "signer_time": body.get("time"), "clock_skew_s": None}
@@ -282,12 +283,13 @@ class ClientDaemon:
             chunk = jobs[start:start + window]
             streak_before = self.failing_streak
             for job in chunk:
-                self.link.call(lambda client, j=job: client.send(j.command, j.body, j.request_id))
+                # link.call runs the function at once: `job` is this iteration's
+                self.link.call(lambda client: client.send(job.command, job.body, job.request_id))
             away: SignerAway | None = None
             for job in chunk:
                 # Every answer of the window is taken off the link, even after a "signer"
                 # verdict: a stale answer must not meet the same request id next round.
-                response = self.link.call(lambda client, j=job: client.wait_for(j.request_id))
+                response = self.link.call(lambda client: client.wait_for(job.request_id))
                 try:
                     served += self._settle(job, response)
                 except SignerAway as exc:

@@ -30,6 +30,7 @@ class WebDb:
             return
         try:
             if self.dialect == "sqlite":
+                assert self.config.path is not None  # required for sqlite (load_client_config)
                 self.connection = sqlite3.connect(self.config.path, isolation_level=None, timeout=30)
             else:
                 import pymysql  # only needed for MariaDB/MySQL
