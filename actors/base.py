@@ -1,9 +1,17 @@
 """What every signer actor shares: configuration, counters, status, error capture and
-tag-keyed pending work.
+tag-keyed pending work with deadlines.
 
 An exception escaping `receiveMessage` makes Thespian deliver the same message again (a
 second signature for one request, in the worst case), so SignerActor catches it, counts
 it and lets the subclass answer with a typed error instead.
+
+Asking another actor (an actor never waits for a reply inside `receiveMessage`) is one
+mechanism for every actor: `send_ask(address, make, context, timeout_s, on_timeout)` (or
+`expect(...)` when the actor sends the messages itself) keeps `context` in `self.pending`
+under a new tag with a deadline; the reply handler takes it back with
+`self.pending.pop(tag)` (or `get` while more replies are due); if nobody took it by the
+deadline, `on_timeout(tag, context)` runs. One Thespian wakeup is armed at the earliest
+deadline (not one per ask, and no periodic sweep).
 """
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 from thespian.actors import ActorExitRequest, ActorTypeDispatcher, ChildActorExited, WakeupMessage
 
@@ -30,6 +38,13 @@ def error_dict(exc: BaseException) -> dict[str, str]:
 
 
 _BEFORE_CONFIGURE = (Configure, ActorStatusRequest, ActorExitRequest, ChildActorExited)
+# The payload of the wakeups that end asks past their deadline: (DEADLINE_WAKEUP, due time).
+DEADLINE_WAKEUP = "signer.ask_deadline"
+# A deadline wakeup is asked for this much after the deadline (a timer may fire a hair
+# early); one already armed up to this much later than a new deadline serves it too.
+DEADLINE_SLACK_S = 0.01
+
+T = TypeVar("T")
 
 
 class SignerActor(ActorTypeDispatcher):
@@ -52,6 +67,9 @@ class SignerActor(ActorTypeDispatcher):
         # Messages for peers, held while one incoming message (or Batch) is handled and
         # then sent one Batch per peer (messages/batch.py); None between messages.
         self._outbox: list[tuple[Any, list[Any]]] | None = None
+        # Asks waiting for replies, by tag (send_ask / expect), and the deadline wakeups armed.
+        self.pending: PendingWork[Any] = PendingWork()
+        self._deadline_wakeups: list[float] = []
         self.log = logging.getLogger(f"signer.{self.actor_name}")
 
     # -- plumbing every actor shares -------------------------------------------------
@@ -92,6 +110,9 @@ class SignerActor(ActorTypeDispatcher):
             self._before_configure.append((message, sender))
             return self.after_message()
         try:
+            if isinstance(message, WakeupMessage) and is_deadline_wakeup(message.payload):
+                self.deadlines_due(message.payload[1])
+                return self.after_message()
             return super().receiveMessage(message, sender)
         except Exception as exc:  # noqa: BLE001 - see the module docstring
             self.record_error(exc)
@@ -171,42 +192,98 @@ class SignerActor(ActorTypeDispatcher):
     def peer(self, name: str) -> Any:
         return self.addresses[name]
 
+    # -- asking other actors, with a deadline ------------------------------------------
+    def expect(self, context: Any, timeout_s: float,
+               on_timeout: Callable[[int, Any], None] | None = None) -> int:
+        """Keep `context` under a new tag until a reply handler pops it; if none has by
+        `timeout_s`, it is dropped and `on_timeout(tag, context)` runs. Returns the tag,
+        for the caller to put in what it sends (one message or several)."""
+        tag = self.new_tag()
+        self.arm_deadline_wakeup(self.pending.add(tag, context, timeout_s, on_timeout))
+        return tag
+
+    def send_ask(self, address: Any, make: Callable[[int], Any], context: Any, timeout_s: float,
+                 on_timeout: Callable[[int, Any], None] | None = None) -> int:
+        """`expect`, then send `make(tag)` to `address`."""
+        tag = self.expect(context, timeout_s, on_timeout)
+        self.send(address, make(tag))
+        return tag
+
+    def arm_deadline_wakeup(self, due: float | None) -> None:
+        """Make sure a wakeup comes by `due` (plus the slack). Every pending ask has one by
+        its deadline; a wakeup that ends some re-arms for the earliest left."""
+        if due is None or any(at <= due + DEADLINE_SLACK_S for at in self._deadline_wakeups):
+            return
+        self._deadline_wakeups.append(due)
+        self.wakeupAfter(max(0.0, due - self.pending.clock()) + DEADLINE_SLACK_S,
+                         payload=(DEADLINE_WAKEUP, due))
+
+    def deadlines_due(self, armed_for: float) -> None:
+        if armed_for in self._deadline_wakeups:
+            self._deadline_wakeups.remove(armed_for)
+        for tag, item in self.pending.expired():
+            if item.on_timeout is None:
+                continue
+            try:
+                item.on_timeout(tag, item.context)
+            except Exception as exc:  # noqa: BLE001 - the other expired asks still end
+                self.record_error(exc)
+                self.log.exception("%s failed ending ask %d", self.actor_name, tag)
+        self.arm_deadline_wakeup(self.pending.next_deadline())
+
+
+def is_deadline_wakeup(payload: Any) -> bool:
+    return isinstance(payload, tuple) and len(payload) == 2 and payload[0] == DEADLINE_WAKEUP
+
 
 @dataclass
-class PendingItem:
-    state: Any
+class PendingItem(Generic[T]):
+    context: T
     deadline: float
+    on_timeout: Callable[[int, T], None] | None = None
 
 
-class PendingWork:
-    """Work waiting for replies, keyed by tag, with a deadline each."""
+class PendingWork(Generic[T]):
+    """Work waiting for replies, keyed by tag, with a deadline each (on `clock`, which a
+    test may move forward)."""
 
-    def __init__(self) -> None:
-        self._items: dict[int, PendingItem] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._items: dict[int, PendingItem[T]] = {}
+        self.clock = clock
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, tag: int, state: Any, timeout_s: float) -> None:
-        self._items[tag] = PendingItem(state, time.monotonic() + timeout_s)
+    def __contains__(self, tag: int) -> bool:
+        return tag in self._items
 
-    def get(self, tag: int) -> Any:
+    def add(self, tag: int, context: T, timeout_s: float,
+            on_timeout: Callable[[int, T], None] | None = None) -> float:
+        """Returns the deadline."""
+        item = self._items[tag] = PendingItem(context, self.clock() + timeout_s, on_timeout)
+        return item.deadline
+
+    def get(self, tag: int) -> T | None:
         item = self._items.get(tag)
-        return item.state if item else None
+        return item.context if item else None
 
-    def pop(self, tag: int) -> Any:
+    def pop(self, tag: int) -> T | None:
         item = self._items.pop(tag, None)
-        return item.state if item else None
+        return item.context if item else None
 
-    def expired(self) -> list[tuple[int, Any]]:
-        now = time.monotonic()
-        gone = [(t, i.state) for t, i in self._items.items() if i.deadline <= now]
+    def expired(self) -> list[tuple[int, PendingItem[T]]]:
+        """The items past their deadline, removed."""
+        now = self.clock()
+        gone = [(t, i) for t, i in self._items.items() if i.deadline <= now]
         for tag, _ in gone:
             del self._items[tag]
         return gone
 
-    def items(self) -> list[tuple[int, Any]]:
-        return [(t, i.state) for t, i in self._items.items()]
+    def next_deadline(self) -> float | None:
+        return min((i.deadline for i in self._items.values()), default=None)
+
+    def items(self) -> list[tuple[int, T]]:
+        return [(t, i.context) for t, i in self._items.items()]
 
 
-__all__ = ["SignerActor", "PendingWork", "error_dict", "WakeupMessage"]
+__all__ = ["SignerActor", "PendingWork", "error_dict", "is_deadline_wakeup", "WakeupMessage"]

@@ -76,9 +76,9 @@ class Supervisor(SignerActor):
         self.last_exit: dict[str, float] = {}
         self.starter: Any = None
         self.awaiting: set[str] = set()
+        self.startup_tag: int | None = None  # the start-up's ask (self.pending): every Configured
         self.startup_errors: list[str] = []
         self.stopping = False
-        self.status_queries: dict[int, StatusQuery] = {}
         self.down: set[str] = set()  # exited, not yet configured again
 
     # -- start-up ---------------------------------------------------------------------
@@ -91,9 +91,14 @@ class Supervisor(SignerActor):
             self.children[name] = self.createActor(CHILDREN[pool_base(name)])
             self.restarts[name] = 0
         self.awaiting = set(wanted)
+        self.startup_tag = self.expect(None, STARTUP_TIMEOUT_S, self.startup_timed_out)
         for name in wanted:
             self.configure_child(name)
-        self.wakeupAfter(STARTUP_TIMEOUT_S, payload=("startup",))
+
+    def startup_timed_out(self, tag: int, context: None) -> None:
+        if self.starter is not None:
+            self.startup_errors.append(f"no answer from {sorted(self.awaiting)} within {STARTUP_TIMEOUT_S:g} s")
+            self.report_startup()
 
     def configure_child(self, name: str, first: bool = True) -> None:
         self.send(self.children[name], Configure(name, self.config, dict(self.children), first,
@@ -117,6 +122,9 @@ class Supervisor(SignerActor):
             self.tell_health_who_is_down()
 
     def report_startup(self) -> None:
+        if self.startup_tag is not None:
+            self.pending.pop(self.startup_tag)
+            self.startup_tag = None
         if self.starter is not None:
             self.send(self.starter, SignerStarted(not self.startup_errors, self.startup_errors,
                                                   supervisor_pid=os.getpid()))
@@ -149,23 +157,21 @@ class Supervisor(SignerActor):
 
     # -- status -----------------------------------------------------------------------
     def receiveMsg_SystemStatusRequest(self, message: SystemStatusRequest, sender: Any) -> None:
-        tag = self.new_tag()
-        self.status_queries[tag] = StatusQuery(sender)
+        # One tag for all children; the query is complete when each answered, or at the deadline.
+        tag = self.expect(StatusQuery(sender), STATUS_TIMEOUT_S, self.finish_status)
         for address in self.children.values():
             self.send(address, ActorStatusRequest(tag))
-        self.wakeupAfter(STATUS_TIMEOUT_S, payload=("status", tag))
 
     def receiveMsg_ActorStatusReply(self, message: ActorStatusReply, sender: Any) -> None:
-        query = self.status_queries.get(message.tag)
+        query: StatusQuery | None = self.pending.get(message.tag)
         name = next((n for n, a in self.children.items() if a == sender), None)
         if query is None or name is None:
             return
         query.records[name] = dict(message.record, name=name)
         if len(query.records) == len(self.children):
-            self.finish_status(message.tag)
+            self.finish_status(message.tag, self.pending.pop(message.tag))
 
-    def finish_status(self, tag: int) -> None:
-        query = self.status_queries.pop(tag, None)
+    def finish_status(self, tag: int, query: StatusQuery | None) -> None:
         if query is None:
             return
         config = getattr(self, "config", None)
@@ -186,11 +192,6 @@ class Supervisor(SignerActor):
         kind, *args = message.payload
         if kind == "restart":
             self.restart(args[0])
-        elif kind == "status":
-            self.finish_status(args[0])
-        elif kind == "startup" and self.starter is not None:
-            self.startup_errors.append(f"no answer from {sorted(self.awaiting)} within {STARTUP_TIMEOUT_S:g} s")
-            self.report_startup()
 
     def figures(self) -> dict[str, Any]:
         return {"children": len(self.children), "restarts": dict(self.restarts),

@@ -13,11 +13,10 @@ that owns threads must not create actors, and this one creates none.
 """
 from __future__ import annotations
 
-import dataclasses
 import queue
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
 
@@ -32,6 +31,9 @@ LAST_PUBLISHED = "last_published_seq"
 LAST_APPLIED = "last_applied_peer_seq"
 PUBLISH_DEADLINE_S = 60.0
 APPLY_DEADLINE_S = 60.0
+# Every other repository ask (the stored positions, the quarantine count, saving a
+# position) is forgotten after this, so a lost reply cannot block its retry for ever.
+REPLY_DEADLINE_S = 60.0
 
 
 class Sync(SignerActor):
@@ -48,8 +50,6 @@ class Sync(SignerActor):
         self.bridge = NatsBridge(config.node_id, self.sync.local_url, self.sync.peer_url,
                                  self.sync.peer_node_id, wake_writer, password=password).start()
         self.quarantined: int | None = None  # peer events refused and parked; unknown until read
-        self.pending: dict[int, tuple[str, Any]] = {}  # repository asks by tag
-        self.asked_at: dict[int, float] = {}
         self.last_published: int | None = None  # unknown until read from the repository
         self.last_event_seq = 0
         self.publishing = False
@@ -60,33 +60,29 @@ class Sync(SignerActor):
         self.sync_error: str | None = None
         self.publish_started: float | None = None
         self.last_publish_at: float | None = None
-        self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")
-        self.ask_repository(GetSyncState(0, LAST_APPLIED), "last_applied")
-        self.ask_repository(QuarantineCount(0), "quarantined")
+        self.ask_repository(lambda tag: GetSyncState(tag, LAST_PUBLISHED), "last_published")
+        self.ask_repository(lambda tag: GetSyncState(tag, LAST_APPLIED), "last_applied")
+        self.ask_repository(QuarantineCount, "quarantined")
         self.wakeupAfter(self.sync.publish_interval_s)
 
-    def ask_repository(self, message: Any, purpose: str, context: Any = None) -> None:
-        message = dataclasses.replace(message, tag=self.new_tag())
-        self.pending[message.tag] = (purpose, context)
-        self.asked_at[message.tag] = time.monotonic()
-        self.send(self.peer("repository"), message)
+    def ask_repository(self, make: Callable[[int], Any], purpose: str, context: Any = None) -> None:
+        deadline = {"apply": APPLY_DEADLINE_S, "outbox": PUBLISH_DEADLINE_S}.get(purpose, REPLY_DEADLINE_S)
+        self.send_ask(self.peer("repository"), make, (purpose, context), deadline, self.repository_silent)
 
-    def expire_applies(self) -> None:
-        """A batch whose ApplyEvents reply never came (a restarted repository) is handed back
-        to the peer's server, or the consumer would wait for it for ever."""
-        now = time.monotonic()
-        for tag, (purpose, context) in list(self.pending.items()):
-            if purpose == "apply" and now - self.asked_at.get(tag, now) > APPLY_DEADLINE_S:
-                del self.pending[tag]
-                self.bridge.settle([], [token for token, _, _ in context])
-                self.sync_error = f"apply: no answer within {APPLY_DEADLINE_S:g} s; handed back"
+    def repository_silent(self, tag: int, asked: tuple[str, Any]) -> None:
+        """No reply by the deadline (a restarted repository). A batch being applied is handed
+        back to the peer's server, or the consumer would wait for it for ever; a lost Outbox
+        reply is the publish deadline's (check_outbox); the others are asked again when due."""
+        purpose, context = asked
+        if purpose == "apply":
+            self.bridge.settle([], [token for token, _, _ in context])
+            self.sync_error = f"apply: no answer within {APPLY_DEADLINE_S:g} s; handed back"
 
     # -- the outbox ------------------------------------------------------------------------
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> Any:
-        self.expire_applies()
-        asking = {purpose for purpose, _ in self.pending.values()}
+        asking = {purpose for _, (purpose, _) in self.pending.items()}
         if self.last_published is None and "last_published" not in asking:
-            self.ask_repository(GetSyncState(0, LAST_PUBLISHED), "last_published")  # retry
+            self.ask_repository(lambda tag: GetSyncState(tag, LAST_PUBLISHED), "last_published")  # retry
         self.check_outbox()
         self.wakeupAfter(self.sync.publish_interval_s)
         return self.after_message()
@@ -115,11 +111,11 @@ class Sync(SignerActor):
         if self.last_published is not None and self.local_ready and not self.publishing:
             self.publishing = True
             self.publish_started = time.monotonic()
-            self.ask_repository(Outbox(0, self.last_published, self.sync.batch), "outbox")
+            after = self.last_published
+            self.ask_repository(lambda tag: Outbox(tag, after, self.sync.batch), "outbox")
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> Any:
-        purpose, context = self.pending.pop(message.tag, (None, None))
-        self.asked_at.pop(message.tag, None)
+        purpose, context = self.pending.pop(message.tag) or (None, None)
         if message.error is not None:
             self.sync_error = f"{purpose}: {message.error['message']}"
             if purpose == "outbox":
@@ -178,11 +174,11 @@ class Sync(SignerActor):
             if value["last_seq"] is not None:
                 self.last_published = value["last_seq"]
                 self.last_publish_at = time.time()
-                self.ask_repository(SetSyncState(0, LAST_PUBLISHED, str(value["last_seq"])), "saved")
+                self.ask_repository(lambda tag: SetSyncState(tag, LAST_PUBLISHED, str(value["last_seq"])), "saved")
                 self.check_outbox()  # more may be waiting
         elif kind == "received":
             events = [event for _, _, event in value]
-            self.ask_repository(ApplyEvents(0, events), "apply", value)
+            self.ask_repository(lambda tag: ApplyEvents(tag, events), "apply", value)
         elif kind == "status":
             self.remote.update(value)
         elif kind == "error":
@@ -194,7 +190,7 @@ class Sync(SignerActor):
         self.applied += count
         if count:
             self.last_applied_seq = batch[count - 1][1]
-            self.ask_repository(SetSyncState(0, LAST_APPLIED, str(self.last_applied_seq)), "saved")
+            self.ask_repository(lambda tag: SetSyncState(tag, LAST_APPLIED, str(self.last_applied_seq)), "saved")
         if outcome["error"]:
             self.sync_error = f"apply: {outcome['error']['message']}"
         self.quarantined = outcome.get("quarantine_total", self.quarantined)

@@ -12,15 +12,12 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from thespian.actors import WakeupMessage
-
-from actors.base import PendingWork, SignerActor, error_dict
+from actors.base import SignerActor, error_dict
 from core.wire.protocol import ERROR_CODES, SignerError, pack
 from messages import CommandReply, CommandRequest, HsmSignReply
 from messages.repository import LookupRequest, RepoReply
 
 ASK_TIMEOUT_S = 30.0
-SWEEP_S = 1.0
 PEER_TIMEOUT_CODES = {"hsm": "hsm_unavailable", "repository": "repository_error"}
 
 
@@ -59,8 +56,6 @@ class HandlerActor(SignerActor):
     body_fields: frozenset[str] = frozenset()
 
     def configure(self, config: Any) -> None:
-        self.asks = PendingWork()
-        self.sweeping = False
         self.answered = 0
         self.refused: dict[str, int] = {}
 
@@ -98,12 +93,12 @@ class HandlerActor(SignerActor):
     def ask(self, job: Job, peer: str, make: Callable[[int], Any], then: Callable[[Job, Any], None],
             on_error: Callable[[Job, dict[str, str]], None] | None = None,
             timeout_s: float = ASK_TIMEOUT_S) -> None:
-        tag = self.new_tag()
-        self.asks.add(tag, Ask(job, peer, then, on_error), timeout_s)
-        self.send(self.peer(peer), make(tag))
-        if not self.sweeping:
-            self.sweeping = True
-            self.wakeupAfter(SWEEP_S)
+        self.send_ask(self.peer(peer), make, Ask(job, peer, then, on_error), timeout_s, self.ask_timed_out)
+
+    def ask_timed_out(self, tag: int, pending: Ask) -> None:
+        code = PEER_TIMEOUT_CODES.get(pending.peer, "internal_error")
+        self.step(pending.job, lambda: self.failed_ask(
+            pending, {"code": code, "message": f"{pending.peer} did not answer within {ASK_TIMEOUT_S:g} s"}))
 
     def unless_replayed(self, job: Job, then: Callable[[Job], None]) -> None:
         """Idempotency by request id: a stored result for the same request is answered again
@@ -129,7 +124,7 @@ class HandlerActor(SignerActor):
 
     def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> None:
         if message.audit_head is not None:  # the step changed state: the answer names the head
-            pending: Ask | None = self.asks.get(message.tag)
+            pending: Ask | None = self.pending.get(message.tag)
             if pending is not None:
                 pending.job.state["audit_head"] = message.audit_head
         self.resume(message.tag, message.value, message.error)
@@ -138,7 +133,7 @@ class HandlerActor(SignerActor):
         self.resume(message.tag, message.signature, message.error)
 
     def resume(self, tag: int, value: Any, error: dict[str, str] | None) -> None:
-        pending: Ask | None = self.asks.pop(tag)
+        pending: Ask | None = self.pending.pop(tag)
         if pending is None:
             return  # timed out already; the job was answered
         if error is not None:
@@ -150,16 +145,6 @@ class HandlerActor(SignerActor):
         if pending.on_error is not None:
             pending.on_error(pending.job, error)
         self.fail(pending.job, error)
-
-    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        self.sweeping = False
-        for _, pending in self.asks.expired():
-            code = PEER_TIMEOUT_CODES.get(pending.peer, "internal_error")
-            self.step(pending.job, lambda p=pending: self.failed_ask(
-                p, {"code": code, "message": f"{p.peer} did not answer within {ASK_TIMEOUT_S:g} s"}))
-        if len(self.asks):
-            self.sweeping = True
-            self.wakeupAfter(SWEEP_S)
 
     def finish(self, job: Job, body: dict[str, Any]) -> None:
         self.answered += 1
@@ -177,4 +162,4 @@ class HandlerActor(SignerActor):
 
     def figures(self) -> dict[str, Any]:
         return {"answered": getattr(self, "answered", 0), "refused": dict(getattr(self, "refused", {})),
-                "waiting": len(getattr(self, "asks", ()))}
+                "waiting": len(self.pending)}

@@ -10,9 +10,7 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any
 
-from thespian.actors import WakeupMessage
-
-from actors.base import PendingWork, SignerActor
+from actors.base import SignerActor
 from core.x509.issuers import load_issuers, utc_now
 from messages import (CommandReply, CommandRequest, HsmHealthReply, HsmHealthRequest,
                       RepoHealthReply, RepoHealthRequest)
@@ -41,16 +39,12 @@ class Health(SignerActor):
     def configure(self, config: Any) -> None:
         self.issuers = load_issuers(config)
         self.warning_days = config.health.ca_expiry_warning_days
-        self.checks = PendingWork()  # keyed by the tags sent to the parts
         self.version = signer_version()
 
     def receiveMsg_CommandRequest(self, message: CommandRequest, sender: Any) -> None:
         check = HealthCheck(sender, message.tag)
-        for part, request in self.parts().items():
-            tag = self.new_tag()
-            self.checks.add(tag, (part, check), PART_TIMEOUT_S)
-            self.send(self.peer(part), request(tag))
-        self.wakeupAfter(PART_TIMEOUT_S + 0.1)
+        for part, request in self.parts().items():  # one ask per part, each with its deadline
+            self.send_ask(self.peer(part), request, (part, check), PART_TIMEOUT_S, self.part_timed_out)
 
     def parts(self) -> dict[str, Any]:
         parts = {"hsm": HsmHealthRequest, "repository": RepoHealthRequest}
@@ -67,13 +61,13 @@ class Health(SignerActor):
     def receiveMsg_SyncStatusReply(self, message: SyncStatusReply, sender: Any) -> None:
         self.part_done(message.tag, message.status, message.error)
 
-    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        for _, (part, check) in self.checks.expired():
-            self.record_part(check, part, {}, {"code": "timeout",
-                                               "message": f"{part} did not answer within {PART_TIMEOUT_S:g} s"})
+    def part_timed_out(self, tag: int, entry: tuple[str, HealthCheck]) -> None:
+        part, check = entry
+        self.record_part(check, part, {}, {"code": "timeout",
+                                           "message": f"{part} did not answer within {PART_TIMEOUT_S:g} s"})
 
     def part_done(self, tag: int, result: dict[str, Any], error: dict[str, str] | None) -> None:
-        entry = self.checks.pop(tag)
+        entry: tuple[str, HealthCheck] | None = self.pending.pop(tag)
         if entry is not None:
             part, check = entry
             self.record_part(check, part, result, error)

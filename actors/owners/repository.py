@@ -52,7 +52,7 @@ class Repository(SignerActor):
         self.operations: dict[str, int] = {}
         self.sealed = self.store.last_audit_seal()  # {"seq", "hash"} of the newest seal
         self.events_told = 0  # the newest event seq Sync was told of (EventsCommitted)
-        self.sealing: tuple[int, int] | None = None  # (tag, seq) of the seal in flight
+        self.sealing: int | None = None  # the tag of the seal in flight (its ask: self.pending)
         self.seal_error: str | None = None
         self.seal_after_change()  # entries a previous run left unsealed
         # The first check starts now, not at the first health poll: otherwise a signer that
@@ -136,14 +136,18 @@ class Repository(SignerActor):
             self.seal_error = f"not sealed: {problem}"
             self.log.error("audit log %s", self.seal_error)
             return
-        tag = self.new_tag()
-        self.sealing = (tag, head["seq"])
-        self.send(self.peer("hsm"), HsmSealRequest(tag, head["seq"], head["hash"]))
-        self.wakeupAfter(SEAL_TIMEOUT_S, payload=("seal_timeout", tag))
+        self.sealing = self.send_ask(self.peer("hsm"), lambda tag: HsmSealRequest(tag, head["seq"], head["hash"]),
+                                     head["seq"], SEAL_TIMEOUT_S, self.seal_timed_out)
+
+    def seal_timed_out(self, tag: int, seq: int) -> None:
+        if self.sealing == tag:
+            self.sealing = None
+            self.seal_failed(f"the hsm actor did not answer a seal within {SEAL_TIMEOUT_S:g} s")
 
     def receiveMsg_HsmSealReply(self, message: HsmSealReply, sender: Any) -> None:
-        if self.sealing is None or self.sealing[0] != message.tag:
+        if self.sealing is None or self.sealing != message.tag:
             return  # a late reply after a time-out: its head is asked again anyway
+        self.pending.pop(message.tag)
         self.sealing = None
         if message.error is not None:
             self.seal_failed(f"{message.error.get('code')}: {message.error.get('message')}")
@@ -165,16 +169,13 @@ class Repository(SignerActor):
         self.wakeupAfter(SEAL_RETRY_S, payload=("seal_retry", None))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        payload = message.payload if isinstance(message.payload, tuple) else ()
-        kind, tag = payload if len(payload) == 2 else (None, None)
-        if kind == "seal_timeout" and self.sealing is not None and self.sealing[0] == tag:
-            self.sealing = None
-            self.seal_failed(f"the hsm actor did not answer a seal within {SEAL_TIMEOUT_S:g} s")
-        elif kind == "seal_retry":
+        if message.payload == ("seal_retry", None):
             self.seal_after_change()
 
     def on_addresses_changed(self) -> Any:
         """A peer was re-created: a seal in flight to a restarted Hsm actor is lost."""
+        if self.sealing is not None:
+            self.pending.pop(self.sealing)
         self.sealing = None
         self.seal_after_change()
         return self.after_message()

@@ -14,9 +14,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from thespian.actors import PoisonMessage, WakeupMessage
+from thespian.actors import PoisonMessage
 
-from actors.base import PendingWork, SignerActor
+from actors.base import SignerActor
 from actors.handlers.pool import members
 from core.wire.protocol import SignerError, RequestError, decode_request, encode_error, encode_response
 from messages import Batch, CommandReply, CommandRequest, FrameReceived, FrameToSend
@@ -30,8 +30,6 @@ ROUTES: dict[str, str] = {
     "fetch_crl": "crl_issuer",
     "sign_openpgp": "openpgp_signer",
 }
-
-SWEEP_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -51,11 +49,9 @@ class Dispatcher(SignerActor):
         self.workers = {name: members(name, self.addresses) for name in set(self.routes.values())}
         self.busy: Counter[str] = Counter()  # requests in flight per worker
         self.timeout_s = config.protocol.handler_timeout_s
-        self.pending = PendingWork()
         self.in_flight_ids: set[str | int] = set()
         self.commands: Counter[str] = Counter()
         self.rejected: Counter[str] = Counter()
-        self.sweeping = False
 
     def receiveMsg_FrameReceived(self, message: FrameReceived, sender: Any) -> None:
         try:
@@ -72,14 +68,12 @@ class Dispatcher(SignerActor):
             return
         handler = min(self.workers[self.routes[request.command]], key=lambda worker: self.busy[worker])
         self.busy[handler] += 1
-        tag = self.new_tag()
         address = self.peer(handler)
-        self.pending.add(tag, InFlight(request.request_id, request.command, handler, address,
-                                       time.monotonic()), self.timeout_s)
         self.in_flight_ids.add(request.request_id)
         self.commands[request.command] += 1
-        self.send(address, CommandRequest(tag, request.request_id, request.command, request.body))
-        self.arm_sweep()
+        self.send_ask(address, lambda tag: CommandRequest(tag, request.request_id, request.command, request.body),
+                      InFlight(request.request_id, request.command, handler, address, time.monotonic()),
+                      self.timeout_s, self.handler_timed_out)
 
     def receiveMsg_CommandReply(self, message: CommandReply, sender: Any) -> None:
         flight = self.pending.pop(message.tag)
@@ -100,13 +94,10 @@ class Dispatcher(SignerActor):
             if isinstance(request, CommandRequest):
                 self.fail(request.tag, "internal_error", f"handler failed on {request.command}")
 
-    def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        self.sweeping = False
-        for tag, flight in self.pending.expired():
-            self.done(flight)
-            self.reply_error(flight.request_id, "handler_unavailable",
-                             f"{flight.handler} did not answer within {self.timeout_s:g} s")
-        self.arm_sweep()
+    def handler_timed_out(self, tag: int, flight: InFlight) -> None:
+        self.done(flight)
+        self.reply_error(flight.request_id, "handler_unavailable",
+                         f"{flight.handler} did not answer within {self.timeout_s:g} s")
 
     def on_addresses_changed(self) -> None:
         # A handler that was re-created lost whatever it was working on: answer now.
@@ -126,11 +117,6 @@ class Dispatcher(SignerActor):
 
     def reply_error(self, request_id: str | int | None, code: str, message: str) -> None:
         self.send(self.peer("framing"), FrameToSend(encode_error(request_id, code, message)))
-
-    def arm_sweep(self) -> None:
-        if len(self.pending) and not self.sweeping:
-            self.sweeping = True
-            self.wakeupAfter(SWEEP_INTERVAL_S)
 
     def figures(self) -> dict[str, Any]:
         return {"in_flight": len(self.pending), "commands": dict(self.commands),

@@ -89,7 +89,8 @@ def test_dispatcher_deadline_gives_handler_unavailable_and_drops_late_reply():
         max_payload_bytes=4096, handler_timeout_s=0.0)), PEERS)
     h.deliver(FrameReceived(encode_request("slow", "health")), "F")
     [(_, request)] = h.take(CommandRequest)
-    h.deliver(WakeupMessage(1.0), h.actor)
+    [(delay, payload)] = h.wakeups  # armed at the deadline
+    h.deliver(WakeupMessage(delay, payload), h.actor)
     [answer] = answers(h)
     assert answer["error"]["code"] == "handler_unavailable"
     h.deliver(CommandReply(request.tag, body={}), "H")

@@ -11,8 +11,8 @@ from cryptography.x509.oid import NameOID
 from thespian.actors import ChildActorExited, WakeupMessage
 
 from actors.handlers.ca_info import CaInfo
-from actors.handlers.health import Health
-from actors.supervisor import CHILDREN, Supervisor
+from actors.handlers.health import PART_TIMEOUT_S, Health
+from actors.supervisor import CHILDREN, STATUS_TIMEOUT_S, Supervisor
 from actors.handlers.x509_signer import X509Signer
 from messages import (ActorStatusReply, ActorStatusRequest, CommandReply, CommandRequest, Configure,
                       Configured, HsmHealthReply, HsmHealthRequest, RepoHealthReply,
@@ -83,9 +83,9 @@ def test_health_unhealthy_on_hsm_error_and_on_timeout(config):
     # A hung HSM: the deadline passes with no reply.
     hsm_request, repo_request = ask_health(h)
     h.deliver(RepoHealthReply(repo_request.tag, {"quick_check": "ok"}))
-    for tag in list(t for t, _ in h.actor.checks.items()):
-        h.actor.checks._items[tag].deadline = 0
-    h.deliver(WakeupMessage(5))
+    h.pass_time(PART_TIMEOUT_S - 0.5)
+    assert not h.take(CommandReply)  # not before the part's deadline
+    h.pass_time(0.6)
     (_, reply), = h.take(CommandReply)
     assert reply.body["hsm"]["error"]["code"] == "timeout" and not reply.body["healthy"]
 
@@ -182,7 +182,9 @@ def test_supervisor_status_has_a_record_per_actor_even_when_one_hangs():
         if "hsm" not in address:
             h.deliver(ActorStatusReply(request.tag, {"alive": True, "messages": 1}), address)
     assert not h.take(SystemStatusReply)
-    h.deliver(WakeupMessage(3, ("status", requests[0][1].tag)))
+    h.pass_time(STATUS_TIMEOUT_S - 0.5)
+    assert not h.take(SystemStatusReply)
+    h.pass_time(0.6)
     (_, reply), = h.take(SystemStatusReply)
     by_name = {r["name"]: r for r in reply.records}
     assert set(by_name) == set(WITHOUT_SYNC) | {"supervisor"}

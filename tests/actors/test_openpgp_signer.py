@@ -22,9 +22,8 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from thespian.actors import WakeupMessage
 
-from actors.handlers.handler import SWEEP_S, request_digest
+from actors.handlers.handler import ASK_TIMEOUT_S, request_digest
 from actors.handlers.openpgp_signer import OpenPgpSigner
 from core.openpgp import certify as openpgp
 from messages import CommandRequest, Configure, Configured, HsmSignReply, HsmSignRequest
@@ -269,7 +268,7 @@ def test_certifies_both_uids_and_gpg_verifies_them(signer, ca, user_keys, revers
     assert "replayed" not in answer
     assert POLICY_URL.encode() in store.signed_key
     assert_quiet(signer)
-    assert len(signer.actor.asks) == 0
+    assert len(signer.actor.pending) == 0
 
     sigs = ca_signatures(ca, answer["key"])
     assert sorted(sigs) == sorted([ALICE, ALICE_WORK])
@@ -315,7 +314,7 @@ def test_known_request_id_with_same_content_is_replayed(rsa_signer, user_keys):
                                           "result": stored})
     assert body_of(rsa_signer) == dict(stored, replayed=True)
     assert_quiet(rsa_signer)  # no HsmSignRequest, no store
-    assert len(rsa_signer.actor.asks) == 0
+    assert len(rsa_signer.actor.pending) == 0
 
 
 @pytest.mark.parametrize("command, digest_of", [
@@ -370,7 +369,7 @@ def test_refusals_reach_no_hsm(rsa_signer, user_keys, changes, code, named, afte
     error = error_of(rsa_signer)
     assert error["code"] == code and named in error["message"], error
     assert_quiet(rsa_signer)  # no HsmSignRequest, no store
-    assert len(rsa_signer.actor.asks) == 0
+    assert len(rsa_signer.actor.pending) == 0
 
 
 def test_signer_without_openpgp_key_refuses(cas, user_keys):
@@ -391,7 +390,7 @@ def test_one_failed_hsm_signature_fails_the_job_once(rsa_signer, cas, user_keys,
         answer_hsm(rsa_signer, cas["rsa"], sign, err)
     assert error_of(rsa_signer) == error  # exactly one CommandReply
     assert_quiet(rsa_signer)  # no StoreOpenPgpSignature
-    assert len(rsa_signer.actor.asks) == 0
+    assert len(rsa_signer.actor.pending) == 0
 
 
 def test_two_failed_hsm_signatures_answer_the_client_once(rsa_signer, cas, user_keys):
@@ -406,10 +405,9 @@ def test_two_failed_hsm_signatures_answer_the_client_once(rsa_signer, cas, user_
 def test_an_hsm_that_never_answers_one_uid_times_out_once(rsa_signer, cas, user_keys):
     signs = reach_hsm(rsa_signer, {"key": user_keys.two_uids, "uids": [ALICE, ALICE_WORK]})
     answer_hsm(rsa_signer, cas["rsa"], signs[ALICE])
-    assert (SWEEP_S, None) in rsa_signer.wakeups
-    for item in rsa_signer.actor.asks._items.values():
-        item.deadline = 0
-    rsa_signer.deliver(WakeupMessage(SWEEP_S))
+    rsa_signer.pass_time(ASK_TIMEOUT_S - 1)
+    assert_quiet(rsa_signer)  # not before the deadline
+    rsa_signer.pass_time(1.1)
     assert error_of(rsa_signer)["code"] == "hsm_unavailable"
     assert_quiet(rsa_signer)
     # A reply after the deadline finds no job: the client is not answered twice, nothing stored.

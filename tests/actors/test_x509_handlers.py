@@ -23,10 +23,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID, NameOID
-from thespian.actors import WakeupMessage
 
 from actors.handlers.crl_issuer import CrlIssuer
-from actors.handlers.handler import SWEEP_S, request_digest
+from actors.handlers.handler import ASK_TIMEOUT_S, request_digest
 from actors.handlers.revoker import Revoker
 from actors.handlers.x509_signer import X509Signer
 from core.crl.diff import apply_diff
@@ -101,11 +100,8 @@ def play_hsm(h: ActorHarness, ca: Ca, signature: bytes | None = None, error: dic
 
 
 def expire_asks(h: ActorHarness) -> None:
-    """Let every pending ask pass its deadline, then deliver the sweep's wakeup."""
-    assert (SWEEP_S, None) in h.wakeups
-    for item in h.actor.asks._items.values():
-        item.deadline = 0
-    h.deliver(WakeupMessage(SWEEP_S))
+    """Let every pending ask pass its deadline: the deadline wakeup the actor armed comes."""
+    h.pass_time(ASK_TIMEOUT_S + 0.1)
 
 
 # --- X509Signer ----------------------------------------------------------------------------
@@ -276,7 +272,7 @@ def test_refusals_reserve_no_serial(signer, csrs, changes, code, named):
     error = error_of(signer)
     assert error["code"] == code and named in error["message"]
     assert_quiet(signer)
-    assert len(signer.actor.asks) == 0
+    assert len(signer.actor.pending) == 0
 
 
 @pytest.mark.parametrize("stage", ["repository", "hsm"])
