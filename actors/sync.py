@@ -24,7 +24,7 @@ from actors.base import SignerActor, error_dict
 from core.sync.event_signing import load_or_create_signing_key, sign_event
 from core.sync.nats_auth import read_password
 from core.sync.bridge import NatsBridge
-from messages.repository import ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
+from messages.repository import AppliedEvents, ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
 from messages.sync import EventsCommitted, QuarantineCount, SyncStatusReply, SyncStatusRequest
 
 LAST_PUBLISHED = "last_published_seq"
@@ -114,8 +114,10 @@ class Sync(SignerActor):
             after = self.last_published
             self.ask_repository(lambda tag: Outbox(tag, after, self.sync.batch), "outbox")
 
-    def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> Any:
-        purpose, context = self.pending.pop(message.tag) or (None, None)
+    def receiveMsg_RepoReply(self, message: RepoReply[Any], sender: Any) -> Any:
+        asked: tuple[str | None, Any] = self.pending.pop(message.tag) or (None, None)
+        purpose, context = asked
+        value: Any = message.value  # its type is the purpose's request's (messages/repository.py)
         if message.error is not None:
             self.sync_error = f"{purpose}: {message.error['message']}"
             if purpose == "outbox":
@@ -124,20 +126,20 @@ class Sync(SignerActor):
                 self.bridge.settle([], [token for token, _, _ in context])
             return self.after_message()
         if purpose == "last_published":
-            self.last_published = int(message.value or 0)
+            self.last_published = int(value or 0)
         elif purpose == "last_applied":
-            self.last_applied_seq = int(message.value) if message.value else None
+            self.last_applied_seq = int(value) if value else None
         elif purpose == "outbox":
-            self.last_event_seq = message.value["last_seq"]
-            events = message.value["events"]
+            self.last_event_seq = value.last_seq
+            events = value.events
             if events:
                 self.bridge.publish([self.signed(event) for event in events])
             else:
                 self.publishing = False
         elif purpose == "apply":
-            self.applied_batch(context, message.value)
+            self.applied_batch(context, value)
         elif purpose == "quarantined":
-            self.quarantined = int(message.value)
+            self.quarantined = int(value)
         return self.after_message()
 
     def signed(self, event: dict[str, Any]) -> dict[str, Any]:
@@ -184,16 +186,16 @@ class Sync(SignerActor):
         elif kind == "error":
             self.sync_error = value
 
-    def applied_batch(self, batch: list[tuple[int, int, dict]], outcome: dict[str, Any]) -> None:
-        count = outcome["applied"]
+    def applied_batch(self, batch: list[tuple[int, int, dict[str, Any]]], outcome: AppliedEvents) -> None:
+        count = outcome.applied
         self.bridge.settle([token for token, _, _ in batch[:count]], [token for token, _, _ in batch[count:]])
         self.applied += count
         if count:
             self.last_applied_seq = batch[count - 1][1]
             self.ask_repository(lambda tag: SetSyncState(tag, LAST_APPLIED, str(self.last_applied_seq)), "saved")
-        if outcome["error"]:
-            self.sync_error = f"apply: {outcome['error']['message']}"
-        self.quarantined = outcome.get("quarantine_total", self.quarantined)
+        if outcome.error:
+            self.sync_error = f"apply: {outcome.error['message']}"
+        self.quarantined = outcome.quarantine_total
 
     # -- status --------------------------------------------------------------------------------
     def receiveMsg_SyncStatusRequest(self, message: SyncStatusRequest, sender: Any) -> Any:

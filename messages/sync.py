@@ -30,6 +30,6 @@ class SyncStatusReply:
 
 
 @dataclass(frozen=True)
-class QuarantineCount(RepoRequest):
+class QuarantineCount(RepoRequest[int]):
     """How many peer events sit in the repository's sync_quarantine."""
     operation: ClassVar[str] = "quarantine_count"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.base import SignerActor
+from core.wire.requests import CaInfoRequest
 from core.x509.issuers import load_issuers
 from messages import CommandReply, CommandRequest
 
@@ -27,4 +28,5 @@ class CaInfo(SignerActor):
                                     "created": config.openpgp.created}
 
     def receiveMsg_CommandRequest(self, message: CommandRequest, sender: Any) -> None:
+        CaInfoRequest.parse(message.body)  # no fields: any sent are ignored
         self.send(sender, CommandReply(message.tag, body=self.body))

@@ -5,130 +5,124 @@ than `crl.rebuild_after_fraction` of its lifetime; otherwise the stored CRL is a
 no signature is made. The client names the CRL it holds; it gets "unchanged", a diff
 against that CRL (core.crl.diff), or the full CRL when the signer no longer keeps the base.
 Builds for one issuer are serialised: requests arriving during a build wait for it.
+The body, the numbering and dating of a new CRL and the answer are plain code in
+core/crl/requests.py; this actor holds the messaging and the builds in progress.
 """
 from __future__ import annotations
 
-import hashlib
-from datetime import timedelta
+import functools
+from dataclasses import dataclass
 from typing import Any
 
 from actors.base import error_dict
-from actors.handlers.handler import HandlerActor, Job
-from core.crl.build import assemble_crl, build_tbs_crl, crl_number_for, verify_crl
+from actors.handlers.handler import Envelope, HandlerActor, Job
+from core.crl.build import assemble_crl, verify_crl
 from core.crl.diff import make_diff
+from core.crl.requests import CrlBuild, CrlLike, CrlPolicy, FetchCrlRequest, build_crl, crl_answer
+from core.wire.protocol import SignerError
+from core.x509.certificate import key_info_of
 from core.x509.issuers import load_issuers, utc_now
 from core.x509.profiles import crl_urls_by_issuer, load_profiles
-from core.wire.protocol import SignerError, field
-from core.x509.certificate import key_info_of
 from messages import HsmSignRequest
-from messages.repository import CrlState, StoreCrl
-
-DAY_S = 86400.0
+from messages.repository import CrlRecord, CrlState, CrlStatus, StoreCrl
 
 
-class CrlIssuer(HandlerActor):
+@dataclass
+class CrlJobState:
+    """What a fetch_crl job carries between replies."""
+    base: CrlRecord | None = None  # the client's CRL, the diff's base
+    build: CrlBuild | None = None  # this request builds the next CRL
+
+
+CrlJob = Job[FetchCrlRequest, CrlJobState]
+
+
+class CrlIssuer(HandlerActor[FetchCrlRequest, CrlJobState]):
     actor_name = "crl_issuer"
-    body_fields = frozenset({"issuer", "have_number"})
 
     def configure(self, config: Any) -> None:
         super().configure(config)
         self.issuers = load_issuers(config)
         self.key_infos = {i: key_info_of(issuer.certificate.public_key()) for i, issuer in self.issuers.items()}
         self.idp_urls = crl_urls_by_issuer(load_profiles(config.x509.profiles))
-        self.crl = config.crl
-        self.building: dict[str, list[Job]] = {}  # issuer -> requests waiting for its build
+        self.policy = CrlPolicy.of(config.crl)
+        self.building: dict[str, list[CrlJob]] = {}  # issuer -> requests waiting for its build
         self.builds = 0
         self.diff_cache: dict[tuple[str, int, int], bytes] = {}
 
-    def start(self, job: Job) -> None:
-        issuer = field(job.body, "issuer", str)
-        if issuer not in self.issuers:
-            raise SignerError("unknown_issuer", f"no issuer {issuer!r} (known: {sorted(self.issuers)})")
-        job.state.update(issuer=issuer, have=field(job.body, "have_number", int, required=False))
+    def parse(self, envelope: Envelope) -> FetchCrlRequest:
+        return FetchCrlRequest.parse(envelope.body, self.issuers)
+
+    def new_state(self, request: FetchCrlRequest) -> CrlJobState:
+        return CrlJobState()
+
+    def start(self, job: CrlJob) -> None:
+        issuer = job.request.issuer
         if issuer in self.building:
             self.building[issuer].append(job)
             return
-        lifetime_s = self.crl.lifetime_days * DAY_S
-        self.ask(job, "repository",
-                 lambda tag: CrlState(tag, issuer, utc_now(), self.crl.grace * DAY_S,
-                                      lifetime_s * self.crl.rebuild_after_fraction, job.state["have"]),
-                 self.after_state)
+        policy = self.policy
+        self.ask_repository(job, lambda tag: CrlState(tag, issuer, utc_now(), policy.grace_s, policy.max_age_s,
+                                                      job.request.have_number),
+                            self.after_state)
 
-    def after_state(self, job: Job, state: dict[str, Any]) -> None:
-        if not state["rebuild"]:
-            self.answer(job, state["latest"], state["base"])
+    def after_state(self, job: CrlJob, status: CrlStatus) -> None:
+        job.state.base = status.base
+        if not status.rebuild:
+            assert status.latest is not None, "the repository rebuilds when there is no CRL"
+            self.answer(job, status.latest)
             return
-        issuer = job.state["issuer"]
+        issuer = job.request.issuer
         if issuer in self.building:  # another request started the same build meanwhile
             self.building[issuer].append(job)
             return
         self.building[issuer] = []
-        precise = utc_now()
-        now = precise.replace(microsecond=0)
-        latest = state["latest"]
-        # From the precise clock: two signers building within one second still differ.
-        number = crl_number_for(precise, state.get("previous_number", latest["number"] if latest else None))
         try:
-            prepared = build_tbs_crl(self.issuers[issuer].certificate, self.key_infos[issuer],
-                                     state["entries"], number, now,
-                                     now + timedelta(days=self.crl.lifetime_days),
-                                     self.crl.hash, self.idp_urls.get(issuer))
+            build = build_crl(self.issuers[issuer].certificate, self.key_infos[issuer], status.entries or (),
+                              status.previous_number, status.digest, self.policy, self.idp_urls.get(issuer),
+                              utc_now())
         except Exception as exc:
             self.build_failed(job, error_dict(exc))  # free the issuer for the next fetch
             raise
-        job.state.update(prepared=prepared, number=number, this_update=now,
-                         next_update=now + timedelta(days=self.crl.lifetime_days),
-                         digest=state["digest"], base=state["base"])
-        self.ask(job, "hsm", lambda tag: HsmSignRequest(tag, self.issuers[issuer].key_label,
-                                                        prepared.mechanism, prepared.tbs_der),
-                 self.after_signature, on_error=self.build_failed)
+        job.state.build = build
+        self.ask_hsm(job, lambda tag: HsmSignRequest(tag, self.issuers[issuer].key_label, build.tbs.mechanism,
+                                                     build.tbs.tbs_der),
+                     self.after_signature, on_error=self.build_failed)
 
-    def after_signature(self, job: Job, signature: bytes) -> None:
-        state = job.state
-        issuer = state["issuer"]
+    def after_signature(self, job: CrlJob, signature: bytes) -> None:
+        build, issuer = job.state.build, job.request.issuer
+        assert build is not None
         try:
-            der = assemble_crl(state["prepared"], signature)
+            der = assemble_crl(build.tbs, signature)
             verify_crl(der, self.issuers[issuer].certificate)
         except SignerError as exc:
             self.build_failed(job, exc.to_wire())
             raise
-        crl = {"issuer": issuer, "number": state["number"], "der": der,
-               "this_update": state["this_update"], "next_update": state["next_update"]}
-        self.ask(job, "repository",
-                 lambda tag: StoreCrl(tag, issuer, state["number"], der, state["this_update"],
-                                      state["next_update"], state["digest"], self.crl.keep),
-                 lambda job, _: self.built(job, crl), on_error=self.build_failed)
+        crl = CrlRecord(issuer, build.number, der, build.this_update, build.next_update)
+        self.ask_repository(job, lambda tag: StoreCrl(tag, issuer, build.number, der, build.this_update,
+                                                      build.next_update, build.revocation_digest, self.policy.keep),
+                            lambda job, _: self.built(job, crl), on_error=self.build_failed)
 
-    def built(self, job: Job, crl: dict[str, Any]) -> None:
+    def built(self, job: CrlJob, crl: CrlRecord) -> None:
         self.builds += 1
-        waiting = self.building.pop(job.state["issuer"], [])
-        self.answer(job, crl, job.state["base"])
+        waiting = self.building.pop(job.request.issuer, [])
+        self.answer(job, crl)
         for other in waiting:  # they see the new CRL as current: no second build
-            self.step(other, lambda other=other: self.start(other))
+            self.step(other, functools.partial(self.start, other))
 
-    def build_failed(self, job: Job, error: dict[str, str]) -> None:
-        for other in self.building.pop(job.state["issuer"], []):
+    def build_failed(self, job: CrlJob, error: dict[str, str]) -> None:
+        for other in self.building.pop(job.request.issuer, []):
             self.fail(other, error)
 
-    def answer(self, job: Job, crl: dict[str, Any], base: dict[str, Any] | None) -> None:
-        body = {"issuer": crl["issuer"], "number": crl["number"],
-                "this_update": crl["this_update"].isoformat(), "next_update": crl["next_update"].isoformat(),
-                "sha256": hashlib.sha256(crl["der"]).hexdigest()}
-        have = job.state["have"]
-        if have == crl["number"]:
-            body["status"] = "unchanged"
-        elif base is not None and have == base["number"]:
-            body.update(status="diff", base_number=base["number"], diff=self.diff(crl, base))
-        else:
-            body.update(status="full", crl=crl["der"])
-        self.finish(job, body)
+    def answer(self, job: CrlJob, crl: CrlRecord) -> None:
+        self.finish(job, crl_answer(crl, job.state.base, job.request.have_number, self.diff))
 
-    def diff(self, crl: dict[str, Any], base: dict[str, Any]) -> bytes:
-        key = (crl["issuer"], base["number"], crl["number"])
+    def diff(self, crl: CrlLike, base: CrlLike) -> bytes:
+        key = (crl.issuer, base.number, crl.number)
         if key not in self.diff_cache:
             if len(self.diff_cache) > 32:
                 self.diff_cache.clear()
-            self.diff_cache[key] = make_diff(base["der"], crl["der"])
+            self.diff_cache[key] = make_diff(base.der, crl.der)
         return self.diff_cache[key]
 
     def figures(self) -> dict[str, Any]:

@@ -1,78 +1,97 @@
-"""What command handlers share: a Job per client request and asks to other actors that
-continue in a callback when the reply arrives (an actor must never block on a reply).
+"""What command handlers share: a typed Job per client request and asks to other actors
+that continue in a callback when the reply arrives (an actor must never block on a reply).
 
-    self.ask(job, "repository", lambda tag: LookupRequest(tag, job.request_id), self.after_lookup)
+    self.ask_repository(job, lambda tag: RevokeCertificate(tag, ...), self.revoked)
 
-Any typed error raised in a continuation, or returned by the asked actor, answers the
-client with that error; `on_error` lets a step clean up first (e.g. a serial reservation).
+A handler parses the body once into its command's request dataclass (`parse`: the
+`core/*/requests.py` modules), keeps what it works out between replies in a state dataclass
+of its own (`new_state`), and continues in typed callbacks: a `RepoRequest[V]` ask
+continues with a V, an HSM ask with the signature's bytes. Any typed error raised in a
+continuation, or returned by the asked actor, answers the client with that error;
+`on_error` lets a step clean up first (e.g. a serial reservation).
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, TypeVar
 
 from actors.base import SignerActor, error_dict
-from core.wire.protocol import ERROR_CODES, SignerError, pack
-from messages import CommandReply, CommandRequest, HsmSignReply
-from messages.repository import LookupRequest, RepoReply
+from core.wire.protocol import ERROR_CODES, SignerError
+from core.wire.requests import request_digest
+from messages import CommandReply, CommandRequest, HsmSignReply, HsmSignRequest
+from messages.repository import LookupRequest, RepoReply, RepoRequest, StoredRequest
 
 ASK_TIMEOUT_S = 30.0
 PEER_TIMEOUT_CODES = {"hsm": "hsm_unavailable", "repository": "repository_error"}
 
+R = TypeVar("R")  # the command's parsed request
+S = TypeVar("S")  # the handler's job state
+V = TypeVar("V")  # what an ask continues with
 
-@dataclass
-class Job:
-    client: Any
+
+@dataclass(frozen=True)
+class Envelope:
+    """One client request as the Dispatcher sent it (`CommandRequest`)."""
+    client: Any  # the Dispatcher's address
     tag: int
     request_id: str | int
     command: str
-    body: dict[str, Any]
-    state: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any]  # as sent: kept for the request digest only
+
+
+@dataclass(eq=False)
+class Job(Generic[R, S]):
+    """One client request being handled: its envelope, its parsed request and the handler's
+    state, carried from step to step."""
+    envelope: Envelope
+    request: R
+    state: S
+    request_digest: str | None = None  # set before a look-up or store of the request id
+    audit_head: dict[str, Any] | None = None  # the head a state-changing step returned
+
+    @property
+    def request_id(self) -> str | int:
+        return self.envelope.request_id
+
+    @property
+    def command(self) -> str:
+        return self.envelope.command
 
 
 @dataclass
 class Ask:
-    job: Job
+    job: Job[Any, Any]
     peer: str
-    then: Callable[[Job, Any], None]
-    on_error: Callable[[Job, dict[str, str]], None] | None
+    then: Callable[[Job[Any, Any], Any], None]
+    on_error: Callable[[Job[Any, Any], dict[str, str]], None] | None
 
 
-def request_digest(command: str, body: dict[str, Any]) -> str:
-    """Identifies a request's content, so a reused id with other content is caught."""
-    def canonical(value: Any) -> Any:
-        if isinstance(value, dict):
-            return sorted((str(k), canonical(v)) for k, v in value.items())
-        if isinstance(value, (list, tuple)):
-            return [canonical(v) for v in value]
-        return value
-    return hashlib.sha256(pack([command, canonical(body)])).hexdigest()
-
-
-class HandlerActor(SignerActor):
-    # Body fields the command takes; any other is refused, so a request can never smuggle
-    # in something (say, extensions) that a handler would silently ignore.
-    body_fields: frozenset[str] = frozenset()
-
+class HandlerActor(SignerActor, Generic[R, S]):
     def configure(self, config: Any) -> None:
         self.answered = 0
         self.refused: dict[str, int] = {}
 
-    def start(self, job: Job) -> None:
+    # -- what each handler defines --------------------------------------------------------
+    def parse(self, envelope: Envelope) -> R:
+        """The command's request from its body; raises the SignerError answered."""
         raise NotImplementedError
 
+    def new_state(self, request: R) -> S:
+        raise NotImplementedError
+
+    def start(self, job: Job[R, S]) -> None:
+        raise NotImplementedError
+
+    # -- the job's life ---------------------------------------------------------------------
     def receiveMsg_CommandRequest(self, message: CommandRequest, sender: Any) -> None:
-        job = Job(sender, message.tag, message.request_id, message.command, message.body)
-        self.step(job, lambda: self.check_fields(job) or self.start(job))
+        envelope = Envelope(sender, message.tag, message.request_id, message.command, message.body)
+        self.step(envelope, lambda: self.begin(envelope))
 
-    def check_fields(self, job: Job) -> None:
-        unknown = sorted(map(str, set(job.body) - self.body_fields))
-        if unknown:
-            raise SignerError("bad_request", f"unknown field(s) {unknown} for {job.command}; "
-                                             f"it takes {sorted(self.body_fields)}")
+    def begin(self, envelope: Envelope) -> None:
+        request = self.parse(envelope)
+        self.start(Job(envelope, request, self.new_state(request)))
 
-    def step(self, job: Job, work: Callable[[], None]) -> None:
+    def step(self, job: Job[R, S] | Envelope, work: Callable[[], None]) -> None:
         """Run one step of a job; a typed error ends the job with that error."""
         try:
             work()
@@ -87,46 +106,60 @@ class HandlerActor(SignerActor):
                 self.fail(job, error_dict(exc))
                 return
             self.record_error(exc)
-            self.log.exception("%s failed on %s", self.actor_name, job.command)
+            envelope = job.envelope if isinstance(job, Job) else job
+            self.log.exception("%s failed on %s", self.actor_name, envelope.command)
             self.fail(job, error_dict(exc))
 
-    def ask(self, job: Job, peer: str, make: Callable[[int], Any], then: Callable[[Job, Any], None],
-            on_error: Callable[[Job, dict[str, str]], None] | None = None,
+    # -- asking the Repository and the Hsm --------------------------------------------------
+    def ask(self, job: Job[R, S], peer: str, make: Callable[[int], Any], then: Callable[[Job[R, S], Any], None],
+            on_error: Callable[[Job[R, S], dict[str, str]], None] | None = None,
             timeout_s: float = ASK_TIMEOUT_S) -> None:
         self.send_ask(self.peer(peer), make, Ask(job, peer, then, on_error), timeout_s, self.ask_timed_out)
+
+    def ask_repository(self, job: Job[R, S], make: Callable[[int], RepoRequest[V]],
+                       then: Callable[[Job[R, S], V], None],
+                       on_error: Callable[[Job[R, S], dict[str, str]], None] | None = None) -> None:
+        """Ask the Repository; `then(job, value)` gets the operation's typed value."""
+        self.ask(job, "repository", make, then, on_error)
+
+    def ask_hsm(self, job: Job[R, S], make: Callable[[int], HsmSignRequest],
+                then: Callable[[Job[R, S], bytes], None],
+                on_error: Callable[[Job[R, S], dict[str, str]], None] | None = None) -> None:
+        """Ask the Hsm actor for a signature; `then(job, signature)`."""
+        self.ask(job, "hsm", make, then, on_error)
 
     def ask_timed_out(self, tag: int, pending: Ask) -> None:
         code = PEER_TIMEOUT_CODES.get(pending.peer, "internal_error")
         self.step(pending.job, lambda: self.failed_ask(
             pending, {"code": code, "message": f"{pending.peer} did not answer within {ASK_TIMEOUT_S:g} s"}))
 
-    def unless_replayed(self, job: Job, then: Callable[[Job], None]) -> None:
+    def unless_replayed(self, job: Job[R, S], then: Callable[[Job[R, S]], None]) -> None:
         """Idempotency by request id: a stored result for the same request is answered again
         (with replayed: true) and nothing new is made; the id with other content is refused;
-        an unknown id continues with `then`. Sets job.state["request_digest"]."""
-        job.state["request_digest"] = request_digest(job.command, job.body)
+        an unknown id continues with `then`. Sets job.request_digest."""
+        job.request_digest = request_digest(job.command, job.envelope.body)
 
-        def after_lookup(job: Job, stored: dict[str, Any] | None) -> None:
+        def after_lookup(job: Job[R, S], stored: StoredRequest | None) -> None:
             if stored is None:
                 then(job)
             else:
                 self.answer_stored(job, stored)
-        self.ask(job, "repository", lambda tag: LookupRequest(tag, str(job.request_id)), after_lookup)
+        self.ask_repository(job, lambda tag: LookupRequest(tag, str(job.request_id)), after_lookup)
 
-    def answer_stored(self, job: Job, stored: dict[str, Any]) -> None:
+    def answer_stored(self, job: Job[R, S], stored: StoredRequest) -> None:
         """The stored outcome of job's request id: the same request is answered again with
         `replayed: true`; other content under that id is refused."""
-        if stored["command"] == job.command and stored["request_digest"] == job.state["request_digest"]:
-            self.finish(job, dict(stored["result"], replayed=True))
+        if stored.command == job.command and stored.request_digest == job.request_digest:
+            self.finish(job, dict(stored.result, replayed=True))
         else:
             raise SignerError("request_id_conflict",
                               f"request id {job.request_id!r} was used for a different request")
 
-    def receiveMsg_RepoReply(self, message: RepoReply, sender: Any) -> None:
+    def receiveMsg_RepoReply(self, message: RepoReply[Any], sender: Any) -> None:
         if message.audit_head is not None:  # the step changed state: the answer names the head
             pending: Ask | None = self.pending.get(message.tag)
             if pending is not None:
-                pending.job.state["audit_head"] = message.audit_head
+                pending.job.audit_head = message.audit_head
         self.resume(message.tag, message.value, message.error)
 
     def receiveMsg_HsmSignReply(self, message: HsmSignReply, sender: Any) -> None:
@@ -146,15 +179,17 @@ class HandlerActor(SignerActor):
             pending.on_error(pending.job, error)
         self.fail(pending.job, error)
 
-    def finish(self, job: Job, body: dict[str, Any]) -> None:
+    # -- answers ----------------------------------------------------------------------------
+    def finish(self, job: Job[R, S], body: dict[str, Any]) -> None:
         self.answered += 1
-        if "audit_head" in job.state:  # docs/protocol.md, "The audit head"
-            body = dict(body, audit_head=job.state["audit_head"])
-        self.send(job.client, CommandReply(job.tag, body=body))
+        if job.audit_head is not None:  # docs/protocol.md, "The audit head"
+            body = dict(body, audit_head=job.audit_head)
+        self.send(job.envelope.client, CommandReply(job.envelope.tag, body=body))
 
-    def fail(self, job: Job, error: dict[str, str]) -> None:
+    def fail(self, job: Job[R, S] | Envelope, error: dict[str, str]) -> None:
+        envelope = job.envelope if isinstance(job, Job) else job
         self.refused[error["code"]] = self.refused.get(error["code"], 0) + 1
-        self.send(job.client, CommandReply(job.tag, error=error))
+        self.send(envelope.client, CommandReply(envelope.tag, error=error))
 
     def on_failure(self, message: Any, sender: Any, exc: Exception) -> None:
         if isinstance(message, CommandRequest):

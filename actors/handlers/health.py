@@ -11,6 +11,7 @@ from importlib import metadata
 from typing import Any
 
 from actors.base import SignerActor
+from core.wire.requests import HealthRequest
 from core.x509.issuers import load_issuers, utc_now
 from messages import (CommandReply, CommandRequest, HsmHealthReply, HsmHealthRequest,
                       RepoHealthReply, RepoHealthRequest)
@@ -42,6 +43,7 @@ class Health(SignerActor):
         self.version = signer_version()
 
     def receiveMsg_CommandRequest(self, message: CommandRequest, sender: Any) -> None:
+        HealthRequest.parse(message.body)  # no fields: any sent are ignored
         check = HealthCheck(sender, message.tag)
         for part, request in self.parts().items():  # one ask per part, each with its deadline
             self.send_ask(self.peer(part), request, (part, check), PART_TIMEOUT_S, self.part_timed_out)

@@ -1,119 +1,88 @@
 """OpenPgpSigner handler: `sign_openpgp` certifies user ids of a user's OpenPGP key with
 the CA's OpenPGP key on the HSM. See docs/OPENPGP.md for the flow and who checks what:
 
-  1. body fields; request id known -> the stored result (or request_id_conflict)
+  1. body fields (core.openpgp.requests.SignOpenPgpRequest.parse); request id known ->
+     the stored result (or request_id_conflict)
   2. the key is validated by gpg in a throwaway home (core.openpgp.validate): one public
      primary key, not revoked or expired, strong enough; the requested user ids that are
      on the key, none of them revoked
   3. our code splits the validated packets and prepares one v4 certification per user id
-     (RFC 4880 5.2.4), each signed by the Hsm actor, then inserts them after their uids
+     (RFC 4880 5.2.4; steps 2-3: SignOpenPgpRequest.prepare), each signed by the Hsm actor,
+     then inserts them after their uids
   4. the signed key, the request result and an openpgp_signed event are stored together
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from pathlib import Path
+import functools
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-
-from actors.handlers.handler import HandlerActor, Job
-from core.openpgp import certify as openpgp
-from core.hsm.session import verify_signature
-from core.openpgp.validate import select_user_ids, validate_public_key
-from core.wire.protocol import SignerError, check_count, field
+from actors.handlers.handler import Envelope, HandlerActor, Job
+from core.openpgp.certify import PreparedSignature
+from core.openpgp.requests import OpenPgpCa, PreparedCertifications, SignOpenPgpRequest
 from messages import HsmSignRequest
 from messages.repository import StoreOpenPgpSignature
 
-COMMAND = "sign_openpgp"
-HASHES = ("sha256", "sha384", "sha512")
+COMMAND = SignOpenPgpRequest.COMMAND
 
 
-class OpenPgpSigner(HandlerActor):
+@dataclass
+class OpenPgpState:
+    """What a sign_openpgp job carries between replies."""
+    prepared: PreparedCertifications | None = None
+    packets: dict[str, bytes] = field(default_factory=dict)  # uid -> its signature packet, as they come
+    failed: bool = False  # answered with an error: later HSM replies are ignored
+
+
+OpenPgpJob = Job[SignOpenPgpRequest, OpenPgpState]
+
+
+class OpenPgpSigner(HandlerActor[SignOpenPgpRequest, OpenPgpState]):
     actor_name = "openpgp_signer"
-    body_fields = frozenset({"key", "uids", "days", "digest"})
 
     def configure(self, config: Any) -> None:
         super().configure(config)
         self.pgp = config.openpgp
-        if self.pgp is None:
-            return
-        packets = openpgp.parse_packets(openpgp.dearmor(Path(self.pgp.public_key).read_text()))
-        self.ca_key_body = next(p.body for p in packets if p.tag == openpgp.TAG_PUBLIC_KEY)
-        self.ca_info = openpgp.parse_public_key_body(self.ca_key_body)
-        self.ca_fingerprint = openpgp.fingerprint_v4(self.ca_key_body)
-        self.ca_public_key = openpgp.public_key_from_body(self.ca_key_body)
-        if self.ca_info.created != self.pgp.created:
-            raise ValueError(f"openpgp.created {self.pgp.created} is not the creation time of "
-                             f"{self.pgp.public_key} ({self.ca_info.created})")
-        self.default_hash = openpgp.default_hash(self.ca_public_key)
+        self.ca: OpenPgpCa | None = None if self.pgp is None else OpenPgpCa.load(self.pgp)
 
-    def start(self, job: Job) -> None:
-        if self.pgp is None:
-            raise SignerError("unknown_command", "this signer has no OpenPGP CA key configured")
-        body = job.body
-        key = field(body, "key", (bytes, str))
-        uids = field(body, "uids", list)
-        # Each certified uid costs one HSM signature, and the only Hsm actor serves everyone.
-        check_count("uids", uids, self.pgp.max_uids, "openpgp.max_uids")
-        if not uids or not all(isinstance(u, str) and u for u in uids):
-            raise SignerError("bad_request", "field 'uids' must be a non-empty list of user id strings")
-        days = field(body, "days", int, required=False, default=self.pgp.default_days)
-        if not 0 < days <= self.pgp.max_days:
-            raise SignerError("validity_too_long" if days > 0 else "bad_request",
-                              f"field 'days': {days} is outside 1..{self.pgp.max_days}")
-        digest = field(body, "digest", str, required=False, default=self.default_hash)
-        if digest not in HASHES:
-            raise SignerError("hash_not_allowed", f"field 'digest': {digest!r} is not one of {HASHES}")
-        job.state.update(key=key, uids=uids, days=days, digest=digest)
+    def parse(self, envelope: Envelope) -> SignOpenPgpRequest:
+        return SignOpenPgpRequest.parse(envelope.body, self.pgp, self.ca)
+
+    def new_state(self, request: SignOpenPgpRequest) -> OpenPgpState:
+        return OpenPgpState()
+
+    def start(self, job: OpenPgpJob) -> None:
         self.unless_replayed(job, self.certify)
 
-    def certify(self, job: Job) -> None:
-        state = job.state
-        validated = validate_public_key(state["key"], gpg=self.pgp.gpg, max_bytes=self.pgp.max_key_bytes)
-        chosen = select_user_ids(validated, state["uids"])
-        user_key = openpgp.split_transferable_key(validated.binary, max_bytes=self.pgp.max_key_bytes)
-        created = int(datetime.now(timezone.utc).timestamp())
-        try:
-            prepared = {uid: openpgp.prepare_certification(
-                self.ca_key_body, self.ca_info.algorithm, user_key.primary_key, uid.encode(),
-                self.pgp.signature_type, created, state["days"] * 86400, state["digest"],
-                self.pgp.policy_url, self.ca_fingerprint) for uid in chosen}
-        except ValueError as exc:  # e.g. a hash weaker than the CA's curve
-            raise SignerError("hash_not_allowed", str(exc)) from None
-        state.update(user_key=user_key, validated=validated, prepared=prepared, signatures={},
-                     expires_at=datetime.fromtimestamp(created, timezone.utc) + timedelta(days=state["days"]))
-        for uid, signature in prepared.items():
-            self.ask(job, "hsm", lambda tag, s=signature: HsmSignRequest(tag, self.pgp.key_label, s.mechanism,
-                                                                         s.hashed_data),
-                     lambda job, value, uid=uid: self.after_signature(job, uid, value))
+    def certify(self, job: OpenPgpJob) -> None:
+        assert self.ca is not None  # parse refuses every request without one
+        prepared = job.state.prepared = job.request.prepare(self.pgp, self.ca, datetime.now(timezone.utc))
+        for uid, signature in prepared.certifications.items():
+            self.ask_hsm(job, functools.partial(self.sign_request, signature), functools.partial(self.after_signature, uid))
 
-    def after_signature(self, job: Job, uid: str, hsm_signature: bytes) -> None:
-        state = job.state
-        if state.get("failed"):
-            return
-        prepared = state["prepared"][uid]
-        try:  # nothing is stored or answered that the CA key does not verify
-            verify_signature(self.ca_public_key, prepared.mechanism, hsm_signature, prepared.hashed_data)
-        except InvalidSignature:
-            raise SignerError("signature_invalid", f"the HSM's signature on {uid!r} does not verify "
-                                                   "with the OpenPGP CA key") from None
-        state["signatures"][uid] = openpgp.assemble_signature_packet(prepared, hsm_signature)
-        if len(state["signatures"]) < len(state["prepared"]):
-            return
-        signed = openpgp.insert_certifications(state["user_key"], {u.encode(): p for u, p in state["signatures"].items()})
-        fingerprint = state["validated"].fingerprint
-        result = {"key": openpgp.armor(signed), "fingerprint": fingerprint,
-                  "certified_uids": list(state["prepared"]), "expires_at": state["expires_at"].isoformat(),
-                  "signer_fingerprint": self.ca_fingerprint.hex().upper()}
-        self.ask(job, "repository",
-                 lambda tag: StoreOpenPgpSignature(tag, str(job.request_id), fingerprint, signed,
-                                                   list(state["prepared"]), state["expires_at"],
-                                                   COMMAND, state["request_digest"], result),
-                 lambda job, _: self.finish(job, result))
+    def sign_request(self, signature: PreparedSignature, tag: int) -> HsmSignRequest:
+        return HsmSignRequest(tag, self.pgp.key_label, signature.mechanism, signature.hashed_data)
 
-    def fail(self, job: Job, error: dict[str, str]) -> None:
+    def after_signature(self, uid: str, job: OpenPgpJob, hsm_signature: bytes) -> None:
+        state, prepared = job.state, job.state.prepared
+        if state.failed:
+            return
+        assert prepared is not None and self.ca is not None
+        state.packets[uid] = prepared.signature_packet(self.ca, uid, hsm_signature)
+        if len(state.packets) < len(prepared.certifications):
+            return
+        signed = prepared.signed_key(state.packets)
+        result = prepared.answer(signed, self.ca)
+        digest = job.request_digest or ""
+        self.ask_repository(job, lambda tag: StoreOpenPgpSignature(
+            tag, str(job.request_id), prepared.validated.fingerprint, signed, list(prepared.certifications),
+            prepared.expires_at, COMMAND, digest, result), lambda job, _: self.finish(job, result))
+
+    def fail(self, job: OpenPgpJob | Envelope, error: dict[str, str]) -> None:
         # One failed HSM signature ends the job; later replies for its other uids are ignored.
-        if not job.state.get("failed"):
-            job.state["failed"] = True
-            super().fail(job, error)
+        if isinstance(job, Job):
+            if job.state.failed:
+                return
+            job.state.failed = True
+        super().fail(job, error)

@@ -94,7 +94,7 @@ class Repository(SignerActor):
         run = local or getattr(self.store, message.operation)
         before = self.store.audit_head()
         try:
-            value = run(**message.arguments())
+            value = message.typed_value(run(**message.arguments()))
         except Exception as exc:  # noqa: BLE001 - every failure is answered, typed
             self.record_error(exc)
             self.send(sender, RepoReply(message.tag, error=error_dict(exc)))

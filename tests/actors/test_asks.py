@@ -13,7 +13,7 @@ from actors.owners.repository import SEAL_RETRY_S, SEAL_TIMEOUT_S, Repository
 from actors.supervisor import STARTUP_TIMEOUT_S, Supervisor
 from actors.sync import APPLY_DEADLINE_S, REPLY_DEADLINE_S, Sync
 from messages import HsmSealReply, HsmSealRequest, SignerStarted, StartSigner
-from messages.repository import ApplyEvents, CompleteCertificate, GetSyncState, RepoReply, ReserveSerial
+from messages.repository import AppliedEvents, ApplyEvents, CompleteCertificate, GetSyncState, RepoReply, ReserveSerial
 from tests.actors.test_audit_seals import ISSUER, NOW
 from tests.support.actor_harness import ActorHarness
 
@@ -180,7 +180,7 @@ def test_sync_hands_a_batch_back_when_the_repository_never_answers_its_apply():
     h.pass_time(1.1)
     assert h.actor.bridge.settled == [([], ["token-1", "token-2"])]
     assert h.actor.sync_error == f"apply: no answer within {APPLY_DEADLINE_S:g} s; handed back"
-    h.deliver(RepoReply(apply.tag, {"applied": 2, "quarantined": 0, "quarantine_total": 0, "error": None}), "REPO")
+    h.deliver(RepoReply(apply.tag, AppliedEvents(2, 0, 0, None)), "REPO")
     assert h.actor.bridge.settled == [([], ["token-1", "token-2"])]  # the late reply settles nothing
 
 

@@ -23,7 +23,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from actors.handlers.handler import ASK_TIMEOUT_S, request_digest
+from actors.handlers.handler import ASK_TIMEOUT_S
+from core.wire.requests import request_digest
 from actors.handlers.openpgp_signer import OpenPgpSigner
 from core.openpgp import certify as openpgp
 from messages import CommandRequest, Configure, Configured, HsmSignReply, HsmSignRequest
@@ -452,7 +453,7 @@ def test_configured_public_key_with_its_creation_time_configures(cas):
     h.deliver(Configure("openpgp_signer", make_config(cas["p256"]), PEERS), "supervisor")
     (_, configured), = h.take(Configured)
     assert configured.ok is True and configured.error is None
-    assert h.actor.ca_fingerprint.hex().upper() == cas["p256"].fingerprint
+    assert h.actor.ca.fingerprint.hex().upper() == cas["p256"].fingerprint
 
 
 # --- limits and odd inputs (issues 11.4, 12.5) ------------------------------------------------

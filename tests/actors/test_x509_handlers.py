@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtensionOID, NameOID
 
 from actors.handlers.crl_issuer import CrlIssuer
-from actors.handlers.handler import ASK_TIMEOUT_S, request_digest
+from actors.handlers.handler import ASK_TIMEOUT_S
+from core.wire.requests import request_digest
 from actors.handlers.revoker import Revoker
 from actors.handlers.x509_signer import X509Signer
 from core.crl.diff import apply_diff
 from messages import CommandReply, CommandRequest, HsmSignReply, HsmSignRequest
 from messages.repository import (CompleteCertificate, CrlState, DiscardReservation, LookupRequest,
-                                 LookupOrReserve, RepoReply, RevokeCertificate, StoreCrl)
+                                 LookupOrReserve, RepoReply, Revocation, RevokeCertificate, StoreCrl)
 from tests.support.actor_harness import ActorHarness
 from tests.support.fixtures_shared import write_test_ca
 from tests.support.handler_playing import CLIENT, asked, assert_quiet, body_of, error_of, play_repo
@@ -312,8 +313,7 @@ def test_revoke_normalises_and_answers_iso_time(revoker):
     assert (sent.issuer, sent.serial_hex, sent.reason, sent.request_id) == ("root", "abcdef", 1, "rid-1")
     assert sent.revoked_at.tzinfo is not None and abs(sent.revoked_at - now) < timedelta(seconds=5)
     revoked_at = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
-    revoker.deliver(RepoReply(sent.tag, {"issuer": "root", "serial": "abcdef", "reason": 1,
-                                         "revoked_at": revoked_at, "already_revoked": False}), "REPO")
+    revoker.deliver(RepoReply(sent.tag, Revocation("root", "abcdef", 1, revoked_at, False)), "REPO")
     assert body_of(revoker) == {"issuer": "root", "serial": "abcdef", "reason": 1,
                                 "revoked_at": "2024-05-06T07:08:09+00:00", "already_revoked": False}
 
@@ -368,7 +368,8 @@ def fetch(h: ActorHarness, tag: int, have: int | None = None, issuer: str = "roo
 
 def crl_state(latest=None, base=None, rebuild=False, entries=None, digest="d1") -> dict[str, Any]:
     return {"latest": latest, "rebuild": rebuild, "digest": digest,
-            "entries": entries if rebuild else None, "base": base}
+            "entries": entries if rebuild else None, "base": base,
+            "previous_number": latest["number"] if latest else None}
 
 
 def stored_crl(ca: Ca, number: int, serials: list[int], digest: str = "d0") -> dict[str, Any]:
@@ -467,8 +468,8 @@ def start_two_fetches(h: ActorHarness, ca: Ca, second_arrives: str) -> None:
     if second_arrives == "before_state_reply":
         fetch(h, 2)
         first, second = (m for _, m in h.take(CrlState))
-        h.deliver(RepoReply(first.tag, crl_state(rebuild=True, entries=ENTRIES)), "REPO")
-        h.deliver(RepoReply(second.tag, crl_state(rebuild=True, entries=ENTRIES)), "REPO")
+        h.deliver(RepoReply(first.tag, first.typed_value(crl_state(rebuild=True, entries=ENTRIES))), "REPO")
+        h.deliver(RepoReply(second.tag, second.typed_value(crl_state(rebuild=True, entries=ENTRIES))), "REPO")
     else:
         play_repo(h, CrlState, crl_state(rebuild=True, entries=ENTRIES))
         fetch(h, 2)

@@ -363,7 +363,7 @@ def drive(h: ActorHarness, command: str, body: dict[str, Any], stored: Any = Non
         assert asks, f"{command} neither answered nor asked a peer"
         assert all(a in HANDLER_PEERS.values() for a, _ in asks), asks
         if len(asks) == 1 and isinstance(asks[0][1], LookupRequest):
-            h.deliver(RepoReply(asks[0][1].tag, stored), "REPO")
+            h.deliver(RepoReply(asks[0][1].tag, asks[0][1].typed_value(stored)), "REPO")
             continue
         return "asked", asks
     raise AssertionError("the handler kept asking")
@@ -643,8 +643,9 @@ def test_crl_build_with_a_stored_pre_1950_revocation_answers_a_typed_error(x509_
     [(_, state)] = asks
     entries = [(0xABCD, datetime(1900, 1, 1, tzinfo=timezone.utc), 1)]  # as revoked_for_crl gives it
     try:
-        h.deliver(RepoReply(state.tag, {"latest": None, "rebuild": True, "digest": "d", "entries": entries,
-                                        "base": None}), "REPO")
+        h.deliver(RepoReply(state.tag, state.typed_value({"latest": None, "rebuild": True, "digest": "d",
+                                                          "entries": entries, "base": None,
+                                                          "previous_number": None})), "REPO")
     except BaseException as exc:  # noqa: BLE001 - the PanicException is what this test shows
         pytest.fail(f"{type(exc).__name__} escaped the actor: {exc}")
     [(_, reply)] = h.take(CommandReply)

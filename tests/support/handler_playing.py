@@ -19,8 +19,10 @@ def asked(h: ActorHarness, kind: type, peer: str = "REPO") -> Any:
 
 
 def play_repo(h: ActorHarness, kind: type, value: Any = None, error: dict | None = None) -> Any:
+    """Answer the actor's `kind` request with `value` as the store returns it (a dict of
+    columns), typed as the Repository actor types it (RepoRequest.typed_value)."""
     request = asked(h, kind, "REPO")
-    h.deliver(RepoReply(request.tag, value, error), "REPO")
+    h.deliver(RepoReply(request.tag, None if error else request.typed_value(value), error), "REPO")
     return request
 
 
