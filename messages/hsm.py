@@ -2,7 +2,23 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
+
+
+class AuditKeyState(TypedDict):
+    label: str
+    present: bool
+
+
+class HsmHealth(TypedDict, total=False):
+    """The Hsm actor's part of `health` (docs/protocol.md, `hsm`): on failure only `token`
+    and `logged_in`; the Health actor adds `ok` and `error`."""
+    token: str
+    logged_in: bool | None
+    test_signature_ms: float
+    mechanism: str
+    audit_key: AuditKeyState
+    ok: bool
 
 
 @dataclass(frozen=True)
@@ -28,7 +44,7 @@ class HsmHealthRequest:
 @dataclass(frozen=True)
 class HsmHealthReply:
     tag: int
-    health: dict[str, Any]
+    health: HsmHealth
     error: dict[str, str] | None = None
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypedDict, TypeVar
 
 V = TypeVar("V")
 
@@ -103,10 +103,29 @@ class RepoHealthRequest:
     tag: int
 
 
+class AuditState(TypedDict):
+    head: dict[str, Any]  # {seq, hash, node_id}, as RepoReply.audit_head
+    sealed_seq: int
+    unsealed: int
+    seal_error: str | None
+
+
+class RepoHealth(TypedDict, total=False):
+    """The Repository actor's part of `health` (docs/protocol.md, `repository`); the Health
+    actor adds `ok` and `error`."""
+    quick_check: str
+    quick_check_age_s: float
+    schema_version: int
+    counts: dict[str, int]
+    last_event_seq: int
+    path: str
+    audit: AuditState
+
+
 @dataclass(frozen=True)
 class RepoHealthReply:
     tag: int
-    health: dict[str, Any]
+    health: RepoHealth
     error: dict[str, str] | None = None
 
 

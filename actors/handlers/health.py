@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any
+from typing import Any, Mapping
 
 from actors.base import SignerActor
 from core.wire.requests import HealthRequest
@@ -68,13 +68,13 @@ class Health(SignerActor):
         self.record_part(check, part, {}, {"code": "timeout",
                                            "message": f"{part} did not answer within {PART_TIMEOUT_S:g} s"})
 
-    def part_done(self, tag: int, result: dict[str, Any], error: dict[str, str] | None) -> None:
+    def part_done(self, tag: int, result: Mapping[str, Any], error: dict[str, str] | None) -> None:
         entry: tuple[str, HealthCheck] | None = self.pending.pop(tag)
         if entry is not None:
             part, check = entry
             self.record_part(check, part, result, error)
 
-    def record_part(self, check: HealthCheck, part: str, result: dict[str, Any],
+    def record_part(self, check: HealthCheck, part: str, result: Mapping[str, Any],
                     error: dict[str, str] | None) -> None:
         result = dict(result)
         result["ok"] = error is None and result.get("ok", True)

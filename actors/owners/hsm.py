@@ -22,6 +22,7 @@ from core.hsm.session import HsmError, HsmMechanismUnsupported, HsmSession, mech
 from core.repository.schema import to_db_time
 from messages import (HsmHealthReply, HsmHealthRequest, HsmSealReply, HsmSealRequest,
                       HsmSignReply, HsmSignRequest)
+from messages.hsm import AuditKeyState, HsmHealth
 
 
 class Hsm(SignerActor):
@@ -73,14 +74,17 @@ class Hsm(SignerActor):
         try:
             if self.health_mechanism is None:
                 self.health_mechanism = mechanism_for(self.session.key_info(self.health_key), "sha256")
-            health = self.session.health(self.health_key, self.health_mechanism)
-            # Looked up on every health check: a token without it cannot seal the audit log.
-            health["audit_key"] = {"label": self.audit_key,
-                                   "present": self.session.has_key(self.audit_key)}
+            tested = self.session.health(self.health_key, self.health_mechanism)
+            health = HsmHealth(token=tested["token"], logged_in=tested["logged_in"],
+                               test_signature_ms=tested["test_signature_ms"], mechanism=tested["mechanism"],
+                               ok=tested["ok"],
+                               # Looked up on every health check: a token without it cannot seal the audit log.
+                               audit_key=AuditKeyState(label=self.audit_key,
+                                                       present=self.session.has_key(self.audit_key)))
         except HsmError as exc:
             self.record_error(exc)
-            self.send(sender, HsmHealthReply(message.tag, {"token": self.config.hsm.token_label,
-                                                           "logged_in": self.logged_in()},
+            self.send(sender, HsmHealthReply(message.tag, HsmHealth(token=self.config.hsm.token_label,
+                                                                    logged_in=self.logged_in()),
                                              error=error_dict(exc)))
             return
         self.send(sender, HsmHealthReply(message.tag, health))

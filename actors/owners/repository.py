@@ -26,7 +26,7 @@ from core.sync.event_signing import load_or_create_signing_key
 from core.sync.peer_validation import PeerValidator
 from core.repository.store import Repository as RepositoryStore, RepositoryError, quick_check_file
 from messages import HsmSealReply, HsmSealRequest, RepoHealthReply, RepoHealthRequest
-from messages.repository import RepoReply, RepoRequest
+from messages.repository import AuditState, RepoHealth, RepoReply, RepoRequest
 from messages.sync import EventsCommitted
 
 # PRAGMA quick_check reads every page (seconds at 1M certificates) and blocks this actor
@@ -66,7 +66,9 @@ class Repository(SignerActor):
         self.checker.start()
 
     def receiveMsg_RepoHealthRequest(self, message: RepoHealthRequest, sender: Any) -> None:
-        health = self.store.health(run_quick_check=False)
+        counted = self.store.health(run_quick_check=False)
+        health = RepoHealth(quick_check=counted["quick_check"], schema_version=counted["schema_version"],
+                            counts=counted["counts"], last_event_seq=counted["last_event_seq"], path=counted["path"])
         checked = self.quick_check  # read once: the checker thread may replace it meanwhile
         now = time.monotonic()
         if (checked is None or now - checked[0] >= QUICK_CHECK_INTERVAL_S) \
@@ -80,8 +82,8 @@ class Repository(SignerActor):
             health["quick_check_age_s"] = max(0.0, round(now - checked[0], 1))
         head = self.store.audit_head()
         sealed_seq = self.sealed["seq"] if self.sealed else 0
-        health["audit"] = {"head": self.head_of(head), "sealed_seq": sealed_seq,
-                           "unsealed": head["seq"] - sealed_seq, "seal_error": self.seal_error}
+        health["audit"] = AuditState(head=self.head_of(head), sealed_seq=sealed_seq,
+                                     unsealed=head["seq"] - sealed_seq, seal_error=self.seal_error)
         self.send(sender, RepoHealthReply(message.tag, health))
 
     def run_quick_check(self) -> None:
