@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives import serialization
 
 from core.x509.certificate import (SignatureMismatch, X509RequestError, as_utc, assemble_signed,
                                    authority_key_identifier, der_length, der_read_tlv, der_tlv,
-                                   hash_algorithm, mechanism_for, split_signed, throwaway_key)
+                                   hash_algorithm, issuer_public_key, mechanism_for, split_signed,
+                                   throwaway_key)
 
 # Revocation times: shared by revoke_x509 (actors/handlers/revoker.py) and the check of a peer's
 # revocation events (core/sync/peer_validation.py), so that both signers agree.
@@ -130,7 +131,8 @@ def encode_revoked(revoked: list[tuple[int, datetime.datetime, int | None]]) -> 
     # This loop runs once per revoked certificate (100k+): local names, dict lookups, one
     # bytes formatting for time and extensions, one join at the end.
     limit, utc, headers = _TWENTY_OCTETS_LIMIT, _UTC, _ENTRY_HEADERS
-    known_reason, parts = _ENTRY_EXTENSIONS.get, []
+    known_reason = _ENTRY_EXTENSIONS.get
+    parts: list[bytes] = []
     append = parts.append
     for serial, revoked_at, reason in revoked:
         if type(serial) is not int or not 0 < serial < limit:
@@ -168,7 +170,7 @@ class PreparedCrl:
 
 
 def crl_extensions(issuer_cert: x509.Certificate, number: int, idp_url: str | None
-                   ) -> list[x509.Extension]:
+                   ) -> list[x509.Extension[x509.ExtensionType]]:
     extensions = [x509.CRLNumber(number), authority_key_identifier(issuer_cert)]
     if idp_url is not None:
         # Critical per RFC 5280 5.2.5: a client that cannot read the scope must not use the CRL.
@@ -227,7 +229,7 @@ def assemble_crl(prepared: PreparedCrl, signature: bytes) -> bytes:
 def verify_crl(crl_der: bytes, issuer_cert: x509.Certificate) -> x509.CertificateRevocationList:
     try:
         crl = x509.load_der_x509_crl(crl_der)
-        valid = crl.issuer == issuer_cert.subject and crl.is_signature_valid(issuer_cert.public_key())
+        valid = crl.issuer == issuer_cert.subject and crl.is_signature_valid(issuer_public_key(issuer_cert))
     except (ValueError, TypeError, InvalidSignature) as exc:
         raise SignatureMismatch(f"the CRL does not parse: {exc!r}") from None
     if not valid:
@@ -241,4 +243,6 @@ def needs_rebuild(latest: dict[str, Any] | None, revocation_digest: str,
     than max_age_s (a configured fraction of its lifetime); otherwise no signature is made."""
     if latest is None or latest["revocation_digest"] != revocation_digest:
         return True
-    return (now - latest["this_update"]).total_seconds() >= max_age_s or latest["next_update"] <= now
+    this_update: datetime.datetime = latest["this_update"]
+    next_update: datetime.datetime = latest["next_update"]
+    return (now - this_update).total_seconds() >= max_age_s or next_update <= now

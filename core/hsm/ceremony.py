@@ -659,8 +659,9 @@ def ca_certificate(subject: x509.Name, public_key: Any, issuer_cert: x509.Certif
                                             key_agreement=False, key_cert_sign=True, crl_sign=True,
                                             encipher_only=False, decipher_only=False), critical=True)
                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public),
-                              critical=False))
+               # from_issuer_public_key(issuer_public), by way of the same key identifier
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                   x509.SubjectKeyIdentifier.from_public_key(issuer_public)), critical=False))
     if crl_url:
         builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
             [x509.UniformResourceIdentifier(crl_url)], None, None, None)]), critical=False)

@@ -18,13 +18,16 @@ import binascii
 import datetime
 import re
 import secrets
+import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import (CertificateIssuerPublicKeyTypes,
+                                                             CertificatePublicKeyTypes)
 from cryptography.x509.oid import NameOID, ObjectIdentifier, PublicKeyAlgorithmOID
 
 from core.x509.profiles import SUBJECT_ATTRIBUTE_NAMES, Profile
@@ -103,7 +106,7 @@ def assemble_signed(tbs_der: bytes, signature_algorithm_der: bytes, signature: b
 
 # --- keys, hashes, throwaway signers --------------------------------------------------
 
-HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+HASHES: dict[str, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
     "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _CURVES: dict[str, type[ec.EllipticCurve]] = {
     "secp256r1": ec.SECP256R1, "secp384r1": ec.SECP384R1, "secp521r1": ec.SECP521R1}
@@ -139,7 +142,7 @@ def mechanism_for(key_info: dict[str, Any], hash_name: str) -> str:
     return f"{hash_name}-rsa-pkcs1" if key_info["type"] == "rsa" else f"{hash_name}-ecdsa"
 
 
-def hash_algorithm(hash_name: str) -> hashes.HashAlgorithm:
+def hash_algorithm(hash_name: str) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
     if hash_name not in HASHES:
         raise HashNotAllowed(f"unknown hash {hash_name!r}")
     return HASHES[hash_name]()
@@ -155,9 +158,26 @@ def as_utc(moment: datetime.datetime) -> datetime.datetime:
 def authority_key_identifier(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     try:
         ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())
+        # The key identifier from_issuer_public_key would compute, for any type of key.
+        ski = x509.SubjectKeyIdentifier.from_public_key(issuer_cert.public_key())
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+
+
+_SIGNING_KEY_TYPES = typing.get_args(CertificateIssuerPublicKeyTypes)
+
+
+def _can_sign(key: CertificatePublicKeyTypes) -> TypeGuard[CertificateIssuerPublicKeyTypes]:
+    return isinstance(key, _SIGNING_KEY_TYPES)
+
+
+def issuer_public_key(issuer_cert: x509.Certificate) -> CertificateIssuerPublicKeyTypes:
+    """The certificate's key, to check a signature with; TypeError (what cryptography's own
+    checks raise) when it is a key that cannot sign (X25519, X448, ML-KEM)."""
+    key = issuer_cert.public_key()
+    if not _can_sign(key):
+        raise TypeError(f"a {type(key).__name__} cannot have made a signature")
+    return key
 
 
 # --- request checks --------------------------------------------------------------------
@@ -260,9 +280,11 @@ def check_csr(csr_der: bytes, profile: Profile) -> x509.CertificateSigningReques
     profile's key policy: each refusal names what it refuses (a DSA key is refused as a key
     type whatever hash signed it)."""
     csr = parse_csr(csr_der)
-    check_key_algorithm(csr.public_key_algorithm_oid)
+    # present at run time, missing from cryptography's type stubs
+    key_algorithm: ObjectIdentifier = csr.public_key_algorithm_oid  # type: ignore[attr-defined]
+    check_key_algorithm(key_algorithm)
     _check_csr_signature_hash(csr)
-    key = request_public_key(csr.public_key, csr.public_key_algorithm_oid, lambda: _csr_spki_offset(csr), "CSR")
+    key = request_public_key(csr.public_key, key_algorithm, lambda: _csr_spki_offset(csr), "CSR")
     try:
         signature_valid = csr.is_signature_valid
     except (ValueError, UnsupportedAlgorithm) as exc:
@@ -290,7 +312,7 @@ def check_public_key(key: Any, profile: Profile) -> None:
     if isinstance(key, rsa.RSAPublicKey) and policy.rsa_min_bits is not None:
         if key.key_size < policy.rsa_min_bits:
             raise KeyTooWeak(f"RSA-{key.key_size} is below the minimum of {policy.rsa_min_bits} bits")
-        if key.key_size > policy.rsa_max_bits:
+        if policy.rsa_max_bits is not None and key.key_size > policy.rsa_max_bits:  # set with min
             raise KeyTypeNotAllowed(f"RSA-{key.key_size} is above the maximum of {policy.rsa_max_bits} bits")
         exponent = key.public_numbers().e
         if exponent < 3 or exponent % 2 == 0:
@@ -460,8 +482,9 @@ def profile_extensions(profile: Profile, subject_key: Any, issuer_cert: x509.Cer
 
 def _with_subject_email(subject: x509.Name, sans: list[x509.GeneralName]) -> list[x509.GeneralName]:
     # RFC 5280 4.1.2.6: an emailAddress in the subject must also be an rfc822Name SAN.
-    emails = [x509.RFC822Name(a.value) for a in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)]
-    return list(dict.fromkeys(sans + emails))
+    emails = [x509.RFC822Name(a.value) for a in subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
+              if isinstance(a.value, str)]  # always: only bit-string attributes hold bytes
+    return list(dict.fromkeys([*sans, *emails]))
 
 
 def _check_validity(profile: Profile, issuer_cert: x509.Certificate,

@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, overload
 from urllib.parse import urlsplit
 
 import yaml
@@ -162,7 +162,8 @@ class _Mapping:
         self.profile, self.path = profile, path
         if not isinstance(value, dict):
             self.fail_here(f"must be a mapping, got {type(value).__name__}")
-        self._value, self._read = value, set()
+        self._value = value
+        self._read: set[Any] = set()
 
     def field_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -185,6 +186,13 @@ class _Mapping:
             self.fail(key, f"must be {_KIND_NAMES[kind]}, got {type(value).__name__} {value!r}")
         return value
 
+    @overload
+    def mapping(self, key: str) -> _Mapping: ...
+    @overload
+    def mapping(self, key: str, default: dict[str, Any]) -> _Mapping: ...
+    @overload
+    def mapping(self, key: str, default: None) -> _Mapping | None: ...
+
     def mapping(self, key: str, default: Any = _REQUIRED) -> _Mapping | None:
         value = self.get(key, dict, default)
         return None if value is None else _Mapping(self.profile, self.field_path(key), value)
@@ -206,7 +214,7 @@ class _Mapping:
         return tuple(seen)
 
     def url(self, key: str) -> str | None:
-        value = self.get(key, str, None)
+        value: str | None = self.get(key, str, None)
         if value is not None and not _is_http_url(value):
             self.fail(key, f"not an http(s) URL: {value!r}")
         return value

@@ -57,8 +57,8 @@ _SIGNATURE_ALGORITHMS: dict[str, tuple[str, str | None]] = {
     "1.2.840.10045.4.3.3": ("ec", "sha384"),
     "1.2.840.10045.4.3.4": ("ec", "sha512"),
 }
-_HASHES = {"sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384,
-           "sha512": hashes.SHA512}
+_HASHES: dict[str, type[hashes.SHA224 | hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    "sha224": hashes.SHA224, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 
 
 class _AlgorithmIdentifier(univ.Sequence):
@@ -134,14 +134,16 @@ def _verify(key: Any, family: str | None, hash_name: str | None, signature: univ
             signed_bytes: bytes) -> None:
     if len(signature) % 8:
         raise MalformedCsr(f"the {WHAT}'s signature is not a whole number of octets")
-    algorithm = _HASHES[hash_name]()  # type: ignore[index]  (check_proof_hash let only these pass)
+    # check_proof_hash let only the algorithms of _SIGNATURE_ALGORITHMS with these hashes pass
+    assert family is not None and hash_name in _HASHES
+    algorithm = _HASHES[hash_name]()
     try:
         if family == "rsa" and isinstance(key, rsa.RSAPublicKey):
             key.verify(signature.asOctets(), signed_bytes, padding.PKCS1v15(), algorithm)
         elif family == "ec" and isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(signature.asOctets(), signed_bytes, ec.ECDSA(algorithm))
         else:
-            raise BadCsrSignature(f"the {WHAT} is signed with a {family.upper()} algorithm, "  # type: ignore[union-attr]
+            raise BadCsrSignature(f"the {WHAT} is signed with a {family.upper()} algorithm, "
                                   f"but its key is {type(key).__name__}")
     except (InvalidSignature, UnsupportedAlgorithm):
         raise BadCsrSignature(f"the {WHAT}'s signature does not match its public key") from None

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from core.crl.diff import DiffError, apply_diff
-from core.x509.certificate import X509_PARSE_ERRORS
+from core.x509.certificate import X509_PARSE_ERRORS, issuer_public_key
 from tools.client.library import Response, SignerClient
 from tools.client.files import write_atomically
 
@@ -90,9 +90,9 @@ def fetch_crl(client: SignerClient, issuer: str, held: bytes | None,
             raise ValueError("the CRL does not match the signer's sha256")
     crl = x509.load_der_x509_crl(der)
     issuer_cert = issuer_cert or issuer_certificate(client, issuer)
-    if not crl.is_signature_valid(issuer_cert.public_key()):
+    if not crl.is_signature_valid(issuer_public_key(issuer_cert)):
         raise ValueError("the CRL's signature does not verify with the issuer certificate")
-    if held is not None and not x509.load_der_x509_crl(held).is_signature_valid(issuer_cert.public_key()):
+    if held is not None and not x509.load_der_x509_crl(held).is_signature_valid(issuer_public_key(issuer_cert)):
         # The CRL held came from another key: this signer is not the one that CRL belongs to.
         raise ValueError("the CRL held is signed by another key than this issuer certificate's: "
                          "not replaced")
