@@ -103,7 +103,8 @@ class Sync(SignerActor):
         return self.after_message()
 
     def check_outbox(self) -> None:
-        if self.publishing and time.monotonic() - self.publish_started > PUBLISH_DEADLINE_S:
+        if (self.publishing and self.publish_started is not None  # set together
+                and time.monotonic() - self.publish_started > PUBLISH_DEADLINE_S):
             # A lost reply (a restarted repository, a stuck publish): start over from the
             # stored position; JetStream drops whatever was already stored, by event id.
             self.publishing = False

@@ -154,6 +154,8 @@ class Repository(SignerActor):
         if message.error is not None:
             self.seal_failed(f"{message.error.get('code')}: {message.error.get('message')}")
             return
+        # a reply without an error carries the seal
+        assert message.sealed_at is not None and message.signature is not None
         try:
             self.store.store_audit_seal(message.seq, message.hash, message.sealed_at,
                                         message.signature)
@@ -209,6 +211,7 @@ class Repository(SignerActor):
         back: nothing applied, all redelivered."""
         if self.validator is None:
             raise RepositoryError("peer events need the sync section (event keys) in the configuration")
+        failure: Exception | None
         try:
             outcomes, failure = self.store.apply_peer_events(events, self.validator)
         except Exception as exc:  # noqa: BLE001 - answered: nothing of the batch applied

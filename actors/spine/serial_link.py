@@ -111,6 +111,7 @@ class SerialLink(SignerActor):
         """After an empty read: did the device go away, or was there simply nothing to read
         (a VMIN=0 tty returns 0 bytes then)? Only a hang-up or error event says gone: "ready
         but empty" also happens when bytes arrive between the read and a readiness check."""
+        assert self.port is not None  # asked after a read from the open port
         poller = select.poll()
         poller.register(self.port.fileno(), select.POLLIN | select.POLLHUP | select.POLLERR)
         events = poller.poll(0)
@@ -157,8 +158,9 @@ class SerialLink(SignerActor):
         return ThespianWatch([port.fileno()]) if port is not None else None
 
     def shutdown(self) -> None:
-        if getattr(self, "port", None) is not None:
-            self.port.close()
+        port = getattr(self, "port", None)
+        if port is not None:
+            port.close()
 
     def figures(self) -> dict[str, Any]:
         return {"device": self.device, "open": self.port is not None, "bytes_in": self.bytes_in,
