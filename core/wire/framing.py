@@ -36,8 +36,16 @@ def max_encoded_length(max_payload: int) -> int:
 
 def encode_frame(payload: bytes) -> bytes:
     """Encode one payload as a complete frame, delimiter included."""
-    crc = zlib.crc32(payload).to_bytes(CRC_BYTES, "big")
-    encoded: bytes = cobs.encode(payload + crc)  # cobs has no type hints
+    raw = payload + zlib.crc32(payload).to_bytes(CRC_BYTES, "big")
+    encoded: bytes = cobs.encode(raw)  # cobs has no type hints
+    # The paper's encoder (Cheshire & Baker 1999) ends a frame whose last run of non-zero
+    # bytes fills whole 254-byte blocks with a 0x01 block (the phantom zero it then drops);
+    # the cobs package leaves it out. A decoder written from the paper loses a byte without
+    # it, so the signer sends the paper's form (docs/protocol.md, COBS); cobs.decode
+    # accepts both.
+    last_run = len(raw) - (raw.rfind(0) + 1)
+    if last_run and last_run % 254 == 0:
+        encoded += b"\x01"
     return encoded + DELIMITER
 
 

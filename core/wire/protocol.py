@@ -54,11 +54,41 @@ def pack(obj: Any) -> bytes:
     return packed
 
 
+class Extension:
+    """What a msgpack ext value (any type code but the timestamp's) decodes to. The protocol
+    uses none: decode_request refuses a request holding one (`bad_request`, with the id)
+    rather than let it travel on as an object the actor transport would refuse."""
+    __slots__ = ("code",)
+
+    def __init__(self, code: int, data: bytes = b"") -> None:
+        self.code = code
+
+    def __repr__(self) -> str:
+        return f"Extension({self.code})"
+
+
+# msgpack values the protocol never uses: ext values, and timestamps (ext type -1).
+_EXTENSION_TYPES = frozenset({Extension, msgpack.Timestamp})
+
+
+def _map_without_repeated_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A map that names one key twice is refused: two parsers keeping the first or the last
+    value would read two different requests (the signer and whatever logged it)."""
+    mapping = dict(pairs)
+    if len(mapping) != len(pairs):
+        seen: set[Any] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"a map names the key {repeated!r} more than once")
+    return mapping
+
+
 def unpack(payload: bytes) -> Any:
-    """Decode exactly one msgpack object; raise SignerError("bad_msgpack") otherwise, or
-    "bad_request" when it is nested too deeply for msgpack's decoder to hold it."""
+    """Decode exactly one msgpack object; raise SignerError("bad_msgpack") otherwise (also
+    for a map that repeats a key, or whose keys are arrays or maps), or "bad_request" when
+    it is nested too deeply for msgpack's decoder to hold it."""
     try:
-        return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        return msgpack.unpackb(payload, raw=False, strict_map_key=False, ext_hook=Extension,
+                               object_pairs_hook=_map_without_repeated_keys)
     except msgpack.StackError:
         raise SignerError("bad_request", _too_deep_message("the payload")) from None
     except (msgpack.ExtraData, msgpack.FormatError, ValueError, TypeError) as exc:
@@ -89,6 +119,25 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
     return False
 
 
+def extension_in(value: Any) -> Any:
+    """The first msgpack ext or timestamp value among a decoded value's map keys, map values
+    and array items, at any depth (level by level, like nested_deeper_than); None if none."""
+    level = [value] if type(value) in _CONTAINER_TYPES else []
+    if type(value) in _EXTENSION_TYPES:
+        return value
+    while level:
+        deeper: list[Any] = []
+        for container in level:
+            children = [*container.keys(), *container.values()] if type(container) is dict else container
+            kinds = set(map(type, children))
+            if not _EXTENSION_TYPES.isdisjoint(kinds):
+                return next(child for child in children if type(child) in _EXTENSION_TYPES)
+            if not _CONTAINER_TYPES.isdisjoint(kinds):
+                deeper.extend(child for child in children if type(child) in _CONTAINER_TYPES)
+        level = deeper
+    return None
+
+
 def valid_request_id(value: Any) -> TypeGuard[str | int]:
     if isinstance(value, bool):
         return False
@@ -110,6 +159,10 @@ def decode_request(payload: bytes, known_commands: Container[str]) -> Request:
     try:
         if nested_deeper_than(obj, MAX_NESTING_DEPTH):
             raise SignerError("bad_request", _too_deep_message("the request"))
+        extension = extension_in(obj)
+        if extension is not None:
+            kind = "a timestamp" if type(extension) is msgpack.Timestamp else f"an ext value of type {extension.code}"
+            raise SignerError("bad_request", f"the request holds {kind}; the protocol uses no msgpack ext types")
         return _validate_fields(obj, request_id, known_commands)
     except SignerError as exc:
         raise RequestError(request_id, exc.code, exc.message) from None

@@ -272,7 +272,7 @@ def check_proof_hash(algorithm: ObjectIdentifier, hash_name: str | None, what: s
     if hash_name not in _CSR_SIGNATURE_HASHES:
         raise HashNotAllowed(f"the {what} is signed with {name} ({algorithm.dotted_string}): "
                              f"{hash_name or 'an unknown hash'} is no proof of possession; sign the {what} "
-                             f"with SHA-256, SHA-384 or SHA-512")
+                             f"with SHA-224 or stronger (SHA-2 or SHA-3; SHA-256 is the usual choice)")
 
 
 def check_csr(csr_der: bytes, profile: Profile) -> x509.CertificateSigningRequest:

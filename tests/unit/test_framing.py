@@ -106,3 +106,14 @@ def test_payload_over_the_limit_inside_the_byte_cap():
     [error] = decoder.feed(encode_frame(b"\x00" * 1025))  # 1025 zeros encode to 1030 bytes
     assert error.code == "frame_too_large"
     good_after(decoder)
+
+
+def test_a_final_full_block_is_followed_by_the_papers_0x01_and_both_forms_decode():
+    """payload+CRC of exactly 254 non-zero bytes: the signer sends the paper's form (ff, 254
+    bytes, 01); the form some libraries send (without the 01) is accepted as well."""
+    vector = next(v for v in VECTORS if "cobs-254-run-at-end" in v["name"])
+    payload, frame = bytes.fromhex(vector["payload"]), bytes.fromhex(vector["frame"])
+    assert frame[0] == 0xFF and frame[-2:] == b"\x01\x00" and len(frame) == 1 + 254 + 2
+    assert encode_frame(payload) == frame
+    assert decode_frame(frame[:-1]) == payload
+    assert decode_frame(frame[:-2]) == payload  # without the 0x01 block

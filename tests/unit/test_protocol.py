@@ -114,3 +114,53 @@ def test_a_reserved_byte_is_bad_msgpack_with_a_message():
     with pytest.raises(SignerError) as info:
         decode_request(b"\xc1", COMMANDS)
     assert info.value.code == "bad_msgpack" and info.value.message.split(": ", 1)[1]
+
+
+@pytest.mark.parametrize("levels, has_id", [(1024, True), (1025, False)])
+def test_the_id_is_read_up_to_1024_levels_as_the_doc_says(levels, has_id):
+    with pytest.raises(SignerError) as info:
+        decode_request(nested_request("edge", levels), COMMANDS)
+    assert info.value.code == "bad_request" and isinstance(info.value, RequestError) == has_id
+
+
+@pytest.mark.parametrize("body", [
+    {"x": msgpack.ExtType(5, b"abc")},
+    {"x": msgpack.Timestamp(1, 0)},
+    {msgpack.ExtType(1, b""): 1},
+    {"sans": [["dns", msgpack.ExtType(127, b"\x00")]]},
+], ids=["ext-value", "timestamp", "ext-key", "ext-deep-in-an-array"])
+def test_an_ext_value_anywhere_is_a_bad_request_with_the_id(body):
+    # Once it reached the actor transport, which refused to unpickle msgpack.ExtType: no answer
+    # for 60 s, then handler_unavailable (a client would retry it forever).
+    payload = msgpack.packb({"v": 1, "id": "ext", "cmd": "health", "body": body}, use_bin_type=True)
+    with pytest.raises(RequestError) as info:
+        decode_request(payload, COMMANDS)
+    assert info.value.code == "bad_request" and info.value.request_id == "ext"
+    assert "ext" in info.value.message or "timestamp" in info.value.message
+
+
+def test_a_map_repeating_a_key_is_bad_msgpack():
+    # {"v": 1, "id": "d1", "cmd": "health", "id": "d2", "body": {}}, written by hand: msgpack
+    # encoders will not repeat a key. Which id was meant cannot be told: id nil.
+    payload = b"\x85\xa1v\x01\xa2id\xa2d1\xa3cmd\xa6health\xa2id\xa2d2\xa4body\x80"
+    with pytest.raises(SignerError) as info:
+        decode_request(payload, COMMANDS)
+    assert info.value.code == "bad_msgpack" and not isinstance(info.value, RequestError)
+    assert "'id' more than once" in info.value.message
+    inner = b"\x84\xa1v\x01\xa2id\xa1a\xa3cmd\xa6health\xa4body\x82\xa1x\x01\xa1x\x02"
+    with pytest.raises(SignerError) as info:
+        decode_request(inner, COMMANDS)
+    assert info.value.code == "bad_msgpack"
+
+
+def test_a_map_keyed_by_an_array_is_bad_msgpack():
+    payload = b"\x84\xa1v\x01\xa2id\xa1a\xa3cmd\xa6health\xa4body\x81\x91\x01\x02"
+    with pytest.raises(SignerError) as info:
+        decode_request(payload, COMMANDS)
+    assert info.value.code == "bad_msgpack" and not isinstance(info.value, RequestError)
+
+
+def test_a_missing_version_is_unsupported_version_with_the_id():
+    with pytest.raises(RequestError) as info:
+        decode_request(msgpack.packb({"id": "nov", "cmd": "health"}), COMMANDS)
+    assert info.value.code == "unsupported_version" and info.value.request_id == "nov"

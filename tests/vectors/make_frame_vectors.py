@@ -36,6 +36,19 @@ CASES = {
     "300 bytes with zeros": bytes(i % 7 for i in range(300)),
 }
 
+
+def payload_whose_frame_ends_with_a_full_block() -> bytes:
+    """250 non-zero payload bytes whose CRC32 has no zero byte: payload+CRC is one run of
+    exactly 254 non-zero bytes, the case where the paper's encoder ends with 0x01."""
+    for start in range(1, 256):
+        payload = bytes((start + i) % 255 + 1 for i in range(250))
+        if 0 not in zlib.crc32(payload).to_bytes(4, "big"):
+            return payload
+    raise AssertionError("no such payload")
+
+
+CASES["payload+CRC exactly 254 non-zero bytes (cobs-254-run-at-end)"] = payload_whose_frame_ends_with_a_full_block()
+
 if __name__ == "__main__":
     vectors = [{"name": n, "payload": p.hex(), "frame": frame(p).hex()} for n, p in CASES.items()]
     Path(__file__).with_name("frames.json").write_text(json.dumps(vectors, indent=1) + "\n")
