@@ -5,16 +5,19 @@
     (default 1,000,000; a fraction with their newcerts/ file, 10 % revoked, the last CRL
     listing the revocations), and the time it takes;
   - catch-up: events/s a peer applies those events at (Repository.apply_peer_events, every
-    event's Ed25519 signature and body checked), in batches of `sync.batch` (200), next to
-    the old way (one transaction per event, apply_peer_event) on the first --per-event
-    events. NATS is not in this figure: it measures the repository's side of catch-up.
+    event's Ed25519 signature and body checked), in batches of `sync.batch` (200), with the
+    signatures verified by --workers worker processes (core/sync/signature_worker.py; the
+    signer's default: one per CPU beyond the first, at most 2). Beside it, on the first
+    events: the same batches with every signature verified inline (--inline events, the
+    way before issue 14.4), and one transaction per event (--per-event events, before
+    batches). NATS is not in these figures: they measure the repository's side of catch-up.
 
 The folder is written by this script (index lines as `openssl ca` writes them; the
 certificates built with cryptography, signed by a P-256 issuer: `openssl ca` itself would
 take hours for 1M). Signing the events (what the origin's Sync does on publishing) is not
 timed.
 
-    .venv/bin/python bench/bench_import.py [--lines 1000000] [--der-fraction 0.1]
+    .venv/bin/python bench/bench_import.py [--lines 1000000] [--der-fraction 0.1] [--workers N]
 """
 from __future__ import annotations
 
@@ -38,6 +41,7 @@ from cryptography.x509.oid import NameOID  # noqa: E402
 from core.sync.event_signing import sign_event  # noqa: E402
 from core.repository.openssl_ca_import import import_openssl_ca  # noqa: E402
 from core.sync.peer_validation import PeerValidator  # noqa: E402
+from core.sync.signature_worker import default_count  # noqa: E402
 from core.repository.store import Repository  # noqa: E402
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -110,9 +114,11 @@ def raw_sqlite_rate(path: Path, rows: int) -> float:
 
 
 def catch_up(source: Repository, peer: Repository, validator: PeerValidator,
-             key: Ed25519PrivateKey, batch: int, limit: int | None) -> tuple[int, float]:
-    """(events applied, seconds spent applying) replaying `source`'s log into `peer`."""
-    seq, applied, spent = 0, 0, 0.0
+             key: Ed25519PrivateKey, batch: int, limit: int | None,
+             mark: int = 0) -> tuple[int, float, float]:
+    """(events applied, seconds spent applying, seconds spent on the first `mark` events
+    (rounded up to a page)) replaying `source`'s log into `peer`."""
+    seq, applied, spent, at_mark = 0, 0, 0.0, 0.0
     while limit is None or applied < limit:
         page = source.events_after(seq, PAGE if limit is None else min(PAGE, limit - applied))
         if not page:
@@ -130,7 +136,9 @@ def catch_up(source: Repository, peer: Repository, validator: PeerValidator,
                 assert peer.apply_peer_event(event, validator) == "applied"
         spent += time.perf_counter() - started
         applied += len(page)
-    return applied, spent
+        if applied - len(page) < mark <= applied:
+            at_mark = spent
+    return applied, spent, at_mark
 
 
 def main() -> None:
@@ -141,6 +149,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="events per catch-up batch (sync.batch)")
     parser.add_argument("--per-event", type=int, default=5_000,
                         help="events applied the old way (one transaction each), for comparison")
+    parser.add_argument("--inline", type=int, default=100_000,
+                        help="events applied in batches with every signature verified inline, for comparison")
+    parser.add_argument("--workers", type=int, default=default_count(),
+                        help="signature worker processes (default: %(default)s on this machine)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-import-") as tmp:
         root = Path(tmp)
@@ -161,15 +173,25 @@ def main() -> None:
               f" -> {source.last_event_seq():,} events")
 
         key = Ed25519PrivateKey.generate()
-        validator = PeerValidator({"signer-a": key.public_key()}, {"root": ca}, None)
+        inline = PeerValidator({"signer-a": key.public_key()}, {"root": ca}, None)
         old_way = Repository(str(root / "per-event.sqlite"), "signer-c")
-        count, spent = catch_up(source, old_way, validator, key, 1, args.per_event)
-        print(f"catch-up, one transaction per event (before): {count / spent:,.0f} events/s"
+        count, spent, _ = catch_up(source, old_way, inline, key, 1, args.per_event)
+        print(f"catch-up, one transaction per event (before batches): {count / spent:,.0f} events/s"
               f" ({count:,} events)")
+        inline_peer = Repository(str(root / "inline.sqlite"), "signer-d")
+        count, spent, _ = catch_up(source, inline_peer, inline, key, args.batch, args.inline)
+        inline_rate = count / spent
+        print(f"catch-up, batches of {args.batch}, signatures verified inline (before issue 14.4):"
+              f" {inline_rate:,.0f} events/s ({count:,} events)")
+        validator = PeerValidator({"signer-a": key.public_key()}, {"root": ca}, None,
+                                  workers=args.workers)
         peer = Repository(str(root / "b.sqlite"), "signer-b")
-        count, spent = catch_up(source, peer, validator, key, args.batch, None)
-        print(f"catch-up, batches of {args.batch}: {count / spent:,.0f} events/s ({count:,} events"
-              f" in {spent:.0f} s)")
+        count, spent, at_mark = catch_up(source, peer, validator, key, args.batch, None, args.inline)
+        validator.close()
+        first = f"; its first {min(args.inline, count):,} events: {min(args.inline, count) / at_mark:,.0f} events/s" \
+            if at_mark else ""
+        print(f"catch-up, batches of {args.batch}, signatures verified by {args.workers} worker"
+              f" process(es): {count / spent:,.0f} events/s ({count:,} events in {spent:.0f} s{first})")
         assert peer.content_digest() == source.content_digest()
         print("peer content digest equals the importer's")
 

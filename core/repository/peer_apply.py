@@ -40,12 +40,12 @@ from typing import Any
 from cryptography import x509
 
 from core.repository import audit
-from core.sync.peer_validation import PeerEventRefused, PeerValidator
+from core.sync.peer_validation import Ahead, PeerEventRefused, PeerValidator
 from core.wire.protocol import pack, unpack
 from core.x509.certificate import X509_PARSE_ERRORS
 from core.repository.schema import (CRL_REASON_CODES, IMPORT_SOURCES, RepositoryError,
-                                    UnknownCertificate, from_db_time, normalise_serial,
-                                    to_db_time)
+                                    UnknownCertificate, body_for_storage, from_db_time,
+                                    normalise_serial, result_for_storage, to_db_time)
 
 # content_digest: rows both signers hold once converged, in an order independent of how
 # they were inserted. Node-local columns (created_at, recorded_at, seq) stay out, and so do
@@ -112,16 +112,19 @@ class RepositorySync:
         if apply is None:
             raise RefusedEvent(f"unknown event type {event_type!r} (event {event_id})")
         try:
-            apply(self, body, origin_node, created_at)
+            der = apply(self, body, origin_node, created_at)
             # Inside the try: a body field JSON cannot hold makes the event malformed.
             self._append_audit(event_type, audit.event_summary(event_type, body,
                                                                origin_node, event_id))
         except (KeyError, TypeError, ValueError) as exc:
             raise RefusedEvent(f"malformed {event_type} event {event_id}:"
                                f" {_describe(exc)}") from exc
+        # The row refers to the certificate's stored DER instead of copying it; read back
+        # (events_after), the body is the one received, so its signature still verifies.
+        stored, ref = body_for_storage(event_type, body, der)
         db.execute("INSERT INTO events (event_id, origin_node, type, body, created_at,"
-                   " signature) VALUES (?, ?, ?, ?, ?, ?)",
-                   (event_id, origin_node, event_type, pack(body), created_at, signature))
+                   " signature, certificate_ref) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   (event_id, origin_node, event_type, pack(stored), created_at, signature, ref))
         return True
 
     def apply_peer_event(self, event: Mapping[str, Any], validator: PeerValidator) -> str:
@@ -151,18 +154,22 @@ class RepositorySync:
             # Most batches meet an empty quarantine: then no event needs its digest looked up.
             parked = db.execute("SELECT EXISTS (SELECT 1 FROM sync_quarantine)").fetchone()[0]
             known = _known_event_ids(db, [e.get("event_id") for e in events])
+            # The signatures of the events to check are verified by worker processes
+            # meanwhile (when the validator has them and the batch is large: catch-up).
+            ahead = validator.verify_ahead([e for e in events if not _is_known(e, known)])
             for event in events:
                 try:
                     outcomes.append(self._apply_peer_in_batch(db, event, validator, parked,
-                                                              known))
+                                                              known, ahead))
                 except UnknownCertificate as exc:
                     return outcomes, exc
         return outcomes, None
 
     def _apply_peer_in_batch(self, db: sqlite3.Connection, event: Mapping[str, Any],
-                             validator: PeerValidator, parked: bool, known: set[str]) -> str:
+                             validator: PeerValidator, parked: bool, known: set[str],
+                             ahead: Ahead | None = None) -> str:
         """One event of apply_peer_events; `known`: the batch's event ids already in the
-        log, grown by each event applied."""
+        log, grown by each event applied; `ahead`: validator.verify_ahead's answer."""
         event_id = event.get("event_id")
         if event_id in known:
             return "known"  # before checking: our own events come back, no work to redo
@@ -170,7 +177,7 @@ class RepositorySync:
                                  (_quarantine_digest(event),)).fetchone():
             return "quarantined"
         try:
-            validator.check(event)
+            validator.check(event, ahead)
             parsed = self._parse_event(event)
             db.execute("SAVEPOINT peer_event")
             try:
@@ -208,7 +215,10 @@ class RepositorySync:
         with self._read() as db:
             return _quarantine_rows(db, limit)
 
-    def _apply_x509_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
+    def _apply_x509_issued(self, body: dict[str, Any], origin_node: str,
+                           created_at: str) -> bytes:
+        """Returns the certificate's DER as stored here (as every _APPLY function that
+        stores a certificate does; the others return None)."""
         key, der = _certificate_key(body), _require(body, "der", bytes)
         existing = self._certificate_row(key)
         if existing is None:
@@ -228,7 +238,8 @@ class RepositorySync:
         elif existing["der"] != der:
             raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is issued here with"
                                   " another DER")
-        self._adopt_request(body, created_at)
+        self._adopt_request(body, created_at, der)
+        return der
 
     def _apply_x509_revoked(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
         key = _certificate_key(body)
@@ -263,7 +274,7 @@ class RepositorySync:
                 revocation)
 
     def _apply_x509_imported(self, body: dict[str, Any], origin_node: str,
-                             created_at: str) -> None:
+                             created_at: str) -> bytes | None:
         """A certificate of the CA this signer took over, with its revocation if any
         (core/repository/openssl_ca_import.py). Never overwrites: the same serial with another DER (or
         one with a DER, the other without) is a collision."""
@@ -277,6 +288,7 @@ class RepositorySync:
                                    " another certificate")
         if body.get("revoked_at") is not None:
             self._merge_revocation(key, body, origin_node)
+        return row["der"]
 
     def _apply_crl_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
         number = _require(body, "number", int)
@@ -304,9 +316,13 @@ class RepositorySync:
                 "origin_node": _optional(body, "origin_node", str, origin_node)})
         self._adopt_request(body, created_at)
 
-    def _adopt_request(self, body: dict[str, Any], created_at: str) -> None:
+    def _adopt_request(self, body: dict[str, Any], created_at: str,
+                       der: bytes | None = None) -> None:
         """Store the request record the event carries unless its request_id is known here
-        (then the local answer stays: it is what this signer already told the client)."""
+        (then the local answer stays: it is what this signer already told the client).
+        der: the certificate's DER stored here (x509_issued), which a sign_x509 result
+        refers to rather than copies: its certificate is nil in events made since migration 7
+        (schema.py), the DER itself in older ones."""
         record = body.get("request")
         if record is None:  # events written before bodies carried it
             return
@@ -314,11 +330,12 @@ class RepositorySync:
         if self._db.execute("SELECT 1 FROM requests WHERE request_id = ?",
                             (request_id,)).fetchone():
             return
-        self._insert("requests", {"request_id": request_id,
-                                  "command": _require(record, "command", str),
-                                  "request_digest": _require(record, "request_digest", str),
-                                  "result": pack(_require(record, "result", dict)),
-                                  "created_at": created_at})
+        command = _require(record, "command", str)
+        request_digest = _require(record, "request_digest", str)
+        result, ref = result_for_storage(command, _require(record, "result", dict), der)
+        self._insert("requests", {"request_id": request_id, "command": command,
+                                  "request_digest": request_digest, "result": pack(result),
+                                  "created_at": created_at, "certificate_ref": ref})
 
     def content_digest(self) -> str:
         """sha256 of the replicated content: issued certificates (issuer, serial, status,
@@ -369,7 +386,7 @@ class RepositorySync:
         return max(known) if known else None
 
 
-_APPLY: dict[str, Callable[[RepositorySync, dict[str, Any], str, str], None]] = {
+_APPLY: dict[str, Callable[[RepositorySync, dict[str, Any], str, str], bytes | None]] = {
     "x509_issued": RepositorySync._apply_x509_issued,
     "x509_revoked": RepositorySync._apply_x509_revoked,
     "crl_issued": RepositorySync._apply_crl_issued,
@@ -481,6 +498,11 @@ def _known_event_ids(db: sqlite3.Connection, event_ids: list[Any]) -> set[str]:
             f"SELECT event_id FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})",
             chunk))
     return known
+
+
+def _is_known(event: Mapping[str, Any], known: set[str]) -> bool:
+    event_id = event.get("event_id")
+    return isinstance(event_id, str) and event_id in known
 
 
 def _quarantine_digest(event: Mapping[str, Any]) -> str:

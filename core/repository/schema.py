@@ -16,13 +16,18 @@ other; core/repository/store.py re-exports them.
 """
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
+from typing import Any
 
-from core.wire.protocol import SignerError
+from core.wire.protocol import SignerError, pack, unpack
 
 DB_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
-Migration = tuple[str, ...]  # statements run in one transaction
+# Statements run in one transaction, in order; a callable step gets the connection (a
+# migration that must rewrite values SQL cannot decode, such as msgpack).
+Migration = tuple[str | Callable[[sqlite3.Connection], None], ...]
 
 _INITIAL_SCHEMA: Migration = (
     # `der` is the last column on purpose: queries reading the small columns then stop
@@ -210,8 +215,130 @@ _IMPORTED_HISTORY: Migration = (
     "ALTER TABLE certificates ADD COLUMN imported_from TEXT",
 )
 
+# A certificate's DER is stored once, in certificates.der (issue 13.4). Before, it was also
+# in the sign_x509 result (requests.result) and twice in the x509_issued event (body der and
+# body request.result.certificate). Now a row that leaves it out says so in certificate_ref,
+# and keeps nil where the DER was (so every map keeps its key order, and the bytes read back
+# are the bytes written):
+#   requests.certificate_ref 1: result.certificate is the DER of the certificate the result
+#     names (issuer, serial);
+#   events.certificate_ref, bits: REF_BODY_DER body.der, REF_RESULT_CERTIFICATE
+#     body.request.result.certificate, each the DER of the certificate the body names.
+# Readers put the DER back (core/repository/store.py). The migration rewrites existing rows the
+# same way, only where the bytes equal the stored DER, so every result and event reads back
+# as it was (the events_no_update trigger is dropped for it and made again).
+REF_BODY_DER = 1
+REF_RESULT_CERTIFICATE = 2
+_REFERRING_EVENTS = ("x509_issued", "x509_imported")  # bodies naming one certificate
+_MIGRATION_PAGE = 1000  # rows read per query while rewriting
+
+
+def result_for_storage(command: str, result: Mapping[str, Any],
+                       der: bytes | None) -> tuple[dict[str, Any], int]:
+    """(the result as requests.result keeps it, certificate_ref): a sign_x509 result whose
+    certificate is `der` (the stored certificate's DER), or already nil, keeps nil there."""
+    result = dict(result)
+    if (command == "sign_x509" and der is not None and "certificate" in result
+            and result["certificate"] in (None, der)):
+        result["certificate"] = None  # the same key, so the same place in the map
+        return result, 1
+    return result, 0
+
+
+def body_for_storage(event_type: str, body: Mapping[str, Any],
+                     der: bytes | None) -> tuple[dict[str, Any], int]:
+    """(the body as events.body keeps it, certificate_ref): nil where the body holds `der`
+    (the DER stored in certificates for the certificate the body names)."""
+    body, ref = dict(body), 0
+    if event_type not in _REFERRING_EVENTS or der is None:
+        return body, ref
+    if body.get("der") == der:
+        body["der"], ref = None, REF_BODY_DER
+    request = body.get("request")
+    result = request.get("result") if isinstance(request, dict) else None
+    if isinstance(result, dict) and result.get("certificate") == der:
+        body["request"] = dict(request, result=dict(result, certificate=None))
+        ref |= REF_RESULT_CERTIFICATE
+    return body, ref
+
+
+def body_with_certificate(body: dict[str, Any], ref: int, der: bytes | None) -> dict[str, Any]:
+    """body_for_storage undone: `der` put back where certificate_ref says (in place)."""
+    if ref & REF_BODY_DER:
+        body["der"] = der
+    if ref & REF_RESULT_CERTIFICATE:
+        body["request"]["result"]["certificate"] = der
+    return body
+
+
+def certificate_key_of(fields: Any) -> tuple[str, str] | None:
+    """(issuer, normalised serial) a result or event body names; None if it names none."""
+    if not isinstance(fields, Mapping):
+        return None
+    issuer, serial = fields.get("issuer"), fields.get("serial")
+    if not isinstance(issuer, str) or not isinstance(serial, (str, int)):
+        return None
+    try:
+        return issuer, normalise_serial(serial if isinstance(serial, str) else format(serial, "x"))
+    except ValueError:
+        return None
+
+
+def _stored_der(db: sqlite3.Connection, key: tuple[str, str] | None) -> bytes | None:
+    if key is None:
+        return None
+    row = db.execute("SELECT der FROM certificates WHERE issuer = ? AND serial = ?", key).fetchone()
+    return None if row is None else row[0]
+
+
+def _pages(db: sqlite3.Connection, query: str) -> Any:
+    """Rows of `query` (which selects rowid first and takes the last rowid seen and a limit),
+    a page at a time: the rewrite below updates the table it reads."""
+    last = -1 << 63
+    while True:
+        rows = db.execute(query, (last, _MIGRATION_PAGE)).fetchall()
+        if not rows:
+            return
+        yield from rows
+        last = rows[-1][0]
+
+
+def _store_certificates_once(db: sqlite3.Connection) -> None:
+    for rowid, command, packed in _pages(db, "SELECT rowid, command, result FROM requests"
+                                             " WHERE rowid > ? AND command = 'sign_x509'"
+                                             " ORDER BY rowid LIMIT ?"):
+        result = unpack(packed)
+        if not isinstance(result, dict) or not isinstance(result.get("certificate"), bytes):
+            continue
+        stored, ref = result_for_storage(command, result, _stored_der(db, certificate_key_of(result)))
+        if ref:
+            db.execute("UPDATE requests SET result = ?, certificate_ref = ? WHERE rowid = ?",
+                       (pack(stored), ref, rowid))
+    for seq, event_type, packed in _pages(db, "SELECT seq, type, body FROM events WHERE seq > ?"
+                                              " AND type IN ('x509_issued', 'x509_imported')"
+                                              " ORDER BY seq LIMIT ?"):
+        body = unpack(packed)
+        if not isinstance(body, dict):
+            continue
+        stored, ref = body_for_storage(event_type, body, _stored_der(db, certificate_key_of(body)))
+        if ref:
+            db.execute("UPDATE events SET body = ?, certificate_ref = ? WHERE seq = ?",
+                       (pack(stored), ref, seq))
+
+
+_CERTIFICATES_ONCE: Migration = (
+    "ALTER TABLE requests ADD COLUMN certificate_ref INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE events ADD COLUMN certificate_ref INTEGER NOT NULL DEFAULT 0",
+    "DROP TRIGGER events_no_update",
+    _store_certificates_once,
+    """
+    CREATE TRIGGER events_no_update BEFORE UPDATE ON events
+    BEGIN SELECT RAISE(ABORT, 'events are append-only'); END
+    """,
+)
+
 MIGRATIONS: list[Migration] = [_INITIAL_SCHEMA, _SYNC_TABLES, _AUDIT_LOG, _AUDIT_SEALS,
-                               _SYNC_QUARANTINE, _IMPORTED_HISTORY]
+                               _SYNC_QUARANTINE, _IMPORTED_HISTORY, _CERTIFICATES_ONCE]
 SCHEMA_VERSION = len(MIGRATIONS)
 AUDIT_SCHEMA_VERSION = 3  # the first version with audit_log
 AUDIT_SEALS_SCHEMA_VERSION = MIGRATIONS.index(_AUDIT_SEALS) + 1  # the first with audit_seals

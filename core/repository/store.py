@@ -85,6 +85,8 @@ _REVOKED_FOR_CRL_SQL = """
     ORDER BY length(r.serial), r.serial
 """
 _LAST_SEQ_SQL = "SELECT COALESCE(MAX(seq), 0) FROM events"  # 0: no event yet
+_EVENT_KEYS = ("seq", "event_id", "origin_node", "type", "body", "created_at", "signature")
+_EVENT_COLUMNS = ", ".join(_EVENT_KEYS)  # certificate_ref is storage only: never published
 _AUDIT_COLUMNS = "seq, at, kind, body, prev_hash, hash"  # core.repository.audit.AuditRow's order
 DEFAULT_AUDIT_PAGE = 1000
 _COUNTED_TABLES = ("certificates", "revocations", "crls", "openpgp_signatures", "requests",
@@ -164,8 +166,11 @@ class Repository(RepositorySync):
                                           f" than this code knows ({known}); refusing it")
                 if version == known:
                     return
-                for statement in schema.MIGRATIONS[version]:
-                    self._db.execute(statement)
+                for step in schema.MIGRATIONS[version]:
+                    if callable(step):
+                        step(self._db)
+                    else:
+                        self._db.execute(step)
                 self._db.execute(f"PRAGMA user_version = {version + 1}")
 
     def _now(self) -> str:
@@ -177,12 +182,16 @@ class Repository(RepositorySync):
             self._now_text = time.strftime(schema.DB_TIME_FORMAT, time.gmtime(second))
         return self._now_text
 
-    def _append_event(self, event_type: str, body: dict[str, Any]) -> str:
+    def _append_event(self, event_type: str, body: dict[str, Any],
+                      certificate_der: bytes | None = None) -> str:
+        """Append this signer's event; `certificate_der`: the DER stored in certificates
+        for the certificate the body names, which the row then leaves out (schema.py)."""
         event_id = uuid.uuid4().hex
+        stored, ref = schema.body_for_storage(event_type, body, certificate_der)
         self._db.execute(
-            "INSERT INTO events (event_id, origin_node, type, body, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (event_id, self.node_id, event_type, pack(body), self._now()))
+            "INSERT INTO events (event_id, origin_node, type, body, created_at, certificate_ref)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (event_id, self.node_id, event_type, pack(stored), self._now(), ref))
         return event_id
 
     def _append_audit(self, kind: str, body: dict[str, Any]) -> None:
@@ -214,10 +223,11 @@ class Repository(RepositorySync):
         finally:
             self._audit_tail, self._keep_audit_tail = None, False
 
-    def _log_change(self, event_type: str, body: dict[str, Any], **audited: Any) -> None:
+    def _log_change(self, event_type: str, body: dict[str, Any],
+                    certificate_der: bytes | None = None, **audited: Any) -> None:
         """The event of a local change and its audit entry (plus `audited` fields the
-        event does not carry)."""
-        event_id = self._append_event(event_type, body)
+        event does not carry); certificate_der as for _append_event."""
+        event_id = self._append_event(event_type, body, certificate_der)
         self._append_audit(event_type, audit.event_summary(event_type, body, self.node_id,
                                                            event_id) | audited)
 
@@ -226,23 +236,40 @@ class Repository(RepositorySync):
 
     def _stored_request(self, request_id: str, request_digest: str) -> dict[str, Any] | None:
         """The stored result of `request_id`; RequestConflict if it was another request."""
-        row = self._db.execute("SELECT request_digest, result FROM requests"
+        row = self._db.execute("SELECT request_digest, result, certificate_ref FROM requests"
                                " WHERE request_id = ?", (request_id,)).fetchone()
         if row is None:
             return None
         if row["request_digest"] != request_digest:
             raise RequestConflict(f"request id {request_id!r} was used for a different request")
-        return unpack(row["result"])
+        return self._result_with_certificate(unpack(row["result"]), row["certificate_ref"])
+
+    def _result_with_certificate(self, result: Any, ref: int) -> Any:
+        """A stored result as it was recorded: the certificate's DER put back where the row
+        left it out (schema.result_for_storage)."""
+        if ref:
+            result["certificate"] = self._stored_der(schema.certificate_key_of(result))
+        return result
+
+    def _stored_der(self, key: CertificateKey | None) -> bytes | None:
+        if key is None:
+            return None
+        row = self._db.execute("SELECT der FROM certificates WHERE issuer = ? AND serial = ?",
+                               key).fetchone()
+        return None if row is None else row[0]
 
     def _record_new_request(self, request_id: str, command: str, request_digest: str,
-                            result: dict[str, Any]) -> None:
+                            result: dict[str, Any], certificate_der: bytes | None = None) -> None:
+        """certificate_der: the DER just stored for the certificate `result` names; the
+        requests row then refers to it instead of holding a copy."""
         # A change that records a result must be the request's first answer: had it been
         # answered, the caller should have replayed that answer instead of acting again.
         if self._stored_request(request_id, request_digest) is not None:
             raise RepositoryError(f"request {request_id!r} already has a recorded result")
+        stored, ref = schema.result_for_storage(command, result, certificate_der)
         self._insert("requests", {"request_id": request_id, "command": command,
-                                  "request_digest": request_digest, "result": pack(result),
-                                  "created_at": self._now()})
+                                  "request_digest": request_digest, "result": pack(stored),
+                                  "created_at": self._now(), "certificate_ref": ref})
 
     def _certificate_row(self, key: CertificateKey) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM certificates WHERE issuer = ? AND serial = ?",
@@ -257,9 +284,13 @@ class Repository(RepositorySync):
         return row
 
     def _request_record_of(self, request_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT command, request_digest, result FROM requests"
-                               " WHERE request_id = ?", (request_id,)).fetchone()
-        return None if row is None else _row_to_dict(row)
+        row = self._db.execute("SELECT command, request_digest, result, certificate_ref"
+                               " FROM requests WHERE request_id = ?", (request_id,)).fetchone()
+        if row is None:
+            return None
+        return {"command": row["command"], "request_digest": row["request_digest"],
+                "result": self._result_with_certificate(unpack(row["result"]),
+                                                        row["certificate_ref"])}
 
     def lookup_request(self, request_id: str) -> dict[str, Any] | None:
         with self._read():
@@ -315,15 +346,19 @@ class Repository(RepositorySync):
                                       f" {reservation['request_id']!r}, not {request_id!r}")
             db.execute("UPDATE certificates SET status = 'issued', der = ?"
                        " WHERE issuer = ? AND serial = ?", (der, *key))
-            self._record_new_request(request_id, command, request_digest, result)
+            # The DER is stored once, in certificates: the request record and the event
+            # refer to it (schema.py, migration 7).
+            self._record_new_request(request_id, command, request_digest, result, der)
             # Everything the peer needs to hold the same certificate and to answer a
             # retried request with it (core/repository/peer_apply.py applies this body).
+            # The DER travels once, in `der`: the request record's certificate is nil.
+            referring, _ = schema.result_for_storage(command, result, der)
             self._log_change("x509_issued", {
                 "issuer": issuer, "serial": key[1], "der": der, "request_id": request_id,
                 "profile": reservation["profile"], "subject": reservation["subject"],
                 "not_before": reservation["not_before"],
                 "not_after": reservation["not_after"], "origin_node": self.node_id,
-                "request": _request_record(command, request_digest, result)})
+                "request": _request_record(command, request_digest, referring)}, der)
 
     def discard_reservation(self, issuer: str, serial_hex: str) -> None:
         """Drop a reservation whose signature failed; issued rows are never deleted."""
@@ -384,7 +419,7 @@ class Repository(RepositorySync):
                 if db.execute(IMPORT_CERTIFICATE_SQL, row).rowcount == 1:
                     revoked = self._store_imported_revocation(key, body)
                     self._log_change("x509_imported", {**body, "serial": key[1],
-                                                       "origin_node": self.node_id})
+                                                       "origin_node": self.node_id}, row["der"])
                     counts["certificates"] += 1
                     counts["revocations"] += revoked
                     continue
@@ -516,10 +551,22 @@ class Repository(RepositorySync):
         return None if row is None else _row_to_dict(row)
 
     def events_after(self, seq: int, limit: int) -> list[dict[str, Any]]:
+        """Events in seq order as they are published: bodies decoded, with the certificate's
+        DER put back where the row refers to it (schema.py), so each reads as it was made."""
         with self._read() as db:
-            rows = db.execute("SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                              (seq, limit)).fetchall()
-        return [_row_to_dict(row) for row in rows]
+            rows = db.execute(f"SELECT {_EVENT_COLUMNS}, certificate_ref FROM events"
+                              " WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)).fetchall()
+            events = []
+            for row in rows:
+                event = {column: row[column] for column in _EVENT_KEYS}
+                event["created_at"] = from_db_time(event["created_at"])
+                body = unpack(event["body"])
+                if row["certificate_ref"]:
+                    der = self._stored_der(schema.certificate_key_of(body))
+                    body = schema.body_with_certificate(body, row["certificate_ref"], der)
+                event["body"] = body
+                events.append(event)
+        return events
 
     def last_event_seq(self) -> int:
         with self._read() as db:
@@ -619,7 +666,7 @@ class Repository(RepositorySync):
         """Issuance results name their certificate with "issuer" and "serial"; a name that
         is not an issued row means a result was recorded without its certificate."""
         for request_id, packed in self._db.execute("SELECT request_id, result FROM requests"):
-            key = _certificate_named_by(unpack(packed))
+            key = schema.certificate_key_of(unpack(packed))
             if key is not None:
                 certificate = self._certificate_row(key)
                 if certificate is None or certificate["status"] != "issued":
@@ -725,18 +772,6 @@ def _insert_sql(table: str, columns: Iterable[str]) -> str:
     names = list(columns)
     return (f"INSERT INTO {table} ({', '.join(names)})"
             f" VALUES ({', '.join(':' + name for name in names)})")
-
-
-def _certificate_named_by(result: Any) -> CertificateKey | None:
-    if not isinstance(result, dict):
-        return None
-    issuer, serial = result.get("issuer"), result.get("serial")
-    if not isinstance(issuer, str) or not isinstance(serial, (str, int)):
-        return None
-    try:
-        return issuer, normalise_serial(serial if isinstance(serial, str) else format(serial, "x"))
-    except ValueError:
-        return None
 
 
 def _capped(problems: Iterable[str]) -> list[str]:

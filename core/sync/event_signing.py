@@ -119,9 +119,12 @@ def sign_event(key: Ed25519PrivateKey, event: Mapping[str, Any]) -> bytes:
     return key.sign(canonical_bytes(event))
 
 
-def verify_event(keys: Mapping[str, Ed25519PublicKey], event: Mapping[str, Any]) -> None:
+def verify_event(keys: Mapping[str, Ed25519PublicKey], event: Mapping[str, Any],
+                 verdict: bool | None = None) -> None:
     """Raises EventSignatureError unless `event["signature"]` is a valid signature of the
-    key configured for the event's origin_node."""
+    key configured for the event's origin_node. verdict: the outcome of verifying this very
+    event (its canonical bytes, signature and that key) elsewhere, a worker process
+    (core/sync/signature_worker.py); None: verify here."""
     signature = event.get("signature")
     if not isinstance(signature, bytes):
         raise EventSignatureError("the event carries no signature")
@@ -129,6 +132,10 @@ def verify_event(keys: Mapping[str, Ed25519PublicKey], event: Mapping[str, Any])
     key = keys.get(origin) if isinstance(origin, str) else None
     if key is None:
         raise EventSignatureError(f"no event key is configured for origin node {origin!r}")
+    if verdict is not None:
+        if not verdict:
+            raise EventSignatureError(f"the signature does not verify with {origin}'s event key")
+        return
     try:
         key.verify(signature, canonical_bytes(event))
     except InvalidSignature:

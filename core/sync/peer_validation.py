@@ -11,7 +11,7 @@ quarantine (core/repository/peer_apply.py) and goes on with the next one.
 | Event | Checked |
 |---|---|
 | every one | the Ed25519 signature of its origin_node (core/sync/event_signing.py); a body origin_node equal to the event's |
-| x509_issued | the DER parses and verifies against the configured certificate of `issuer`; serial, not_before, not_after and subject equal the certificate's; the request record is a sign_x509 whose result names the same issuer, serial and DER |
+| x509_issued | the DER parses and verifies against the configured certificate of `issuer`; serial, not_before, not_after and subject equal the certificate's; the request record is a sign_x509 whose result names the same issuer and serial, and whose certificate is nil (the body's der) or that same DER |
 | x509_revoked | the issuer is configured; an RFC 5280 reason code other than removeFromCRL (8); revoked_at from 2000-01-01 to now + 5 min (the local revoke_x509 rule); the certificate must be issued here (else the event waits: UnknownCertificate) |
 | crl_issued | the issuer is configured; 1 <= number <= the clock-derived number a day from now |
 | x509_imported | imported_from is a known source; with a DER: as x509_issued (signed by the issuer, serial, dates and subject equal the certificate's); without: a positive serial of at most 159 bits, not_before the "unknown" mark, a not_after and a subject; a revocation it carries: as x509_revoked, not removeFromCRL |
@@ -34,7 +34,10 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from core.openpgp import certify as openpgp
 from core.crl.build import EARLIEST_REVOCATION, MAX_CLOCK_SKEW, crl_number_for
-from core.sync.event_signing import EventSignatureError, parse_public_key, verify_event
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from core.sync.event_signing import EventSignatureError, canonical_bytes, parse_public_key, verify_event
+from core.sync.signature_worker import Item, SignatureWorkers, Verdicts, default_count
 from core.x509.certificate import X509_PARSE_ERRORS
 from core.repository.schema import (CRL_REASON_CODES, IMPORT_SOURCES, UNKNOWN_NOT_BEFORE,
                                     from_db_time, normalise_serial)
@@ -49,23 +52,94 @@ _HASHES = {8: hashes.SHA256, 9: hashes.SHA384, 10: hashes.SHA512}
 REMOVE_FROM_CRL = 8  # RFC 5280 CRLReason: delta CRLs only; a CRL built here cannot list it
 
 
+MIN_AHEAD = 16  # events of a batch worth handing to the workers (a live batch is a few)
+_CERTIFIED_TYPES = ("x509_issued", "x509_imported")  # bodies whose der the issuer signed
+
+
 class PeerEventRefused(ValueError):
     """A peer event that this signer would not have made; the message says why."""
+
+
+class Ahead:
+    """The signatures of a batch being verified by the workers (PeerValidator.verify_ahead):
+    check(event, ahead) takes the verdicts of that event, waiting for them if need be."""
+
+    def __init__(self, verdicts: Verdicts, index: dict[Any, int]) -> None:
+        self.verdicts, self.index = verdicts, index
+
+    def _get(self, key: Any) -> bool | None:
+        position = self.index.get(key)
+        return None if position is None else self.verdicts.get(position)
+
+    def signature(self, event: Mapping[str, Any]) -> bool | None:
+        """Whether the event's signature verifies with its origin's key (None: check inline)."""
+        return self._get(id(event))
+
+    def certificate(self, body: Mapping[str, Any]) -> bool | None:
+        """Whether the body's der is signed by the body's issuer (None: check inline)."""
+        issuer, der = body.get("issuer"), body.get("der")
+        return self._get((issuer, der)) if isinstance(issuer, str) and isinstance(der, bytes) else None
 
 
 class PeerValidator:
     def __init__(self, event_keys: Mapping[str, Ed25519PublicKey],
                  issuers: Mapping[str, x509.Certificate], openpgp_ca_key: bytes | None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> None:
+                 clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+                 workers: int = 0) -> None:
         """event_keys: node id -> its event key (this signer's own included: its events
         come back from the peer); issuers: issuer id -> CA certificate; openpgp_ca_key: the
-        CA's v4 public-key packet body, None when OpenPGP is not configured."""
+        CA's v4 public-key packet body, None when OpenPGP is not configured; workers: worker
+        processes verifying the signatures of a large batch ahead (verify_ahead; 0: none,
+        every check inline)."""
         self.event_keys, self.issuers, self.clock = dict(event_keys), dict(issuers), clock
         self.openpgp_ca_key = openpgp_ca_key
         self.openpgp_ca = None if openpgp_ca_key is None else openpgp.public_key_from_body(openpgp_ca_key)
+        self.workers = SignatureWorkers(workers) if workers > 0 else None
+        self._raw_keys = {node: key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+                          for node, key in self.event_keys.items()}
+        self._issuer_ders = {issuer_id: certificate.public_bytes(Encoding.DER)
+                             for issuer_id, certificate in self.issuers.items()}
+
+    def close(self) -> None:
+        """Stop the worker processes (they also stop when this process ends)."""
+        if self.workers is not None:
+            self.workers.close()
+
+    def verify_ahead(self, events: list[Mapping[str, Any]]) -> Ahead | None:
+        """Start verifying the event signatures, and the certificate signatures of
+        x509_issued and x509_imported bodies, of `events` in the worker processes; pass the
+        answer to check(). None (all inline): no workers, or too few events to be worth it.
+        What cannot be handed over (no signature, an unknown origin, no canonical form) is
+        left to check(), which refuses it as before."""
+        if self.workers is None or len(events) < MIN_AHEAD:
+            return None
+        items: list[Item] = []
+        index: dict[Any, int] = {}
+        for event in events:
+            signature, origin = event.get("signature"), event.get("origin_node")
+            raw_key = self._raw_keys.get(origin) if isinstance(origin, str) else None
+            if isinstance(signature, bytes) and raw_key is not None:
+                try:
+                    message = canonical_bytes(event)
+                except (KeyError, TypeError, ValueError):
+                    message = None
+                if message is not None:
+                    index[id(event)] = len(items)
+                    items.append(("ed25519", raw_key, signature, message))
+            body = event.get("body")
+            if event.get("type") in _CERTIFIED_TYPES and isinstance(body, dict):
+                issuer, der = body.get("issuer"), body.get("der")
+                if isinstance(issuer, str) and isinstance(der, bytes) and issuer in self._issuer_ders \
+                        and (issuer, der) not in index:
+                    index[(issuer, der)] = len(items)
+                    items.append(("x509", self._issuer_ders[issuer], der))
+        return Ahead(self.workers.submit(items), index)
 
     @classmethod
-    def from_config(cls, config: Any, own_key: Ed25519PublicKey) -> "PeerValidator":
+    def from_config(cls, config: Any, own_key: Ed25519PublicKey,
+                    workers: int | None = None) -> "PeerValidator":
+        """workers: None for signature_worker.default_count() (one per CPU beyond the first,
+        at most 2)."""
         keys = {entry.node_id: parse_public_key(entry.key) for entry in config.sync.peer_event_keys}
         keys[config.node_id] = own_key
         issuers = {issuer.id: x509.load_pem_x509_certificate(Path(issuer.certificate).read_bytes())
@@ -74,13 +148,14 @@ class PeerValidator:
         if config.openpgp is not None:
             block = openpgp.dearmor(Path(config.openpgp.public_key).read_text())
             ca_key = next(p.body for p in openpgp.parse_packets(block) if p.tag == openpgp.TAG_PUBLIC_KEY)
-        return cls(keys, issuers, ca_key)
+        return cls(keys, issuers, ca_key, workers=default_count() if workers is None else workers)
 
-    def check(self, event: Mapping[str, Any]) -> None:
+    def check(self, event: Mapping[str, Any], ahead: Ahead | None = None) -> None:
         """Raises PeerEventRefused unless the event is signed by its origin and its body is
-        one this signer would have written itself."""
+        one this signer would have written itself. ahead: verify_ahead's answer for a batch
+        holding this event (the signatures it verified are not verified again)."""
         try:
-            verify_event(self.event_keys, event)
+            verify_event(self.event_keys, event, None if ahead is None else ahead.signature(event))
         except EventSignatureError as exc:
             raise PeerEventRefused(f"signature: {exc}") from None
         body, kind = event.get("body"), event.get("type")
@@ -92,7 +167,7 @@ class PeerValidator:
         if body.get("origin_node", event["origin_node"]) != event["origin_node"]:
             raise PeerEventRefused("the body's origin_node differs from the event's")
         try:
-            check(self, body)
+            check(self, body, ahead)
         except PeerEventRefused:
             raise
         except (KeyError, TypeError, IndexError, *X509_PARSE_ERRORS) as exc:
@@ -106,23 +181,27 @@ class PeerValidator:
             raise PeerEventRefused(f"issuer {body['issuer']!r} is not configured here")
         return issuer
 
-    def _x509_issued(self, body: Mapping[str, Any]) -> None:
-        _check_certificate(body, self._issuer(body))
+    def _x509_issued(self, body: Mapping[str, Any], ahead: Ahead | None) -> None:
+        _check_certificate(body, self._issuer(body), None if ahead is None else ahead.certificate(body))
         result = _request_result(body, "sign_x509")
+        # The result's certificate is nil (it is the body's der: events since repository
+        # migration 7 carry the DER once) or, in older events, the DER itself.
         if result is not None and (result.get("issuer") != body["issuer"]
-                                   or result.get("certificate") != body["der"]
+                                   or "certificate" not in result
+                                   or result["certificate"] not in (None, body["der"])
                                    or normalise_serial(str(result.get("serial"))) != normalise_serial(body["serial"])):
             raise PeerEventRefused("the request record's result is not this certificate")
 
-    def _x509_revoked(self, body: Mapping[str, Any]) -> None:
+    def _x509_revoked(self, body: Mapping[str, Any], ahead: Ahead | None) -> None:
         self._issuer(body)
         normalise_serial(_typed(body, "serial", str))
         _check_revocation(body, self.clock())
 
-    def _x509_imported(self, body: Mapping[str, Any]) -> None:
-        check_imported(body, self._issuer(body), self.clock())
+    def _x509_imported(self, body: Mapping[str, Any], ahead: Ahead | None) -> None:
+        check_imported(body, self._issuer(body), self.clock(),
+                       None if ahead is None else ahead.certificate(body))
 
-    def _crl_issued(self, body: Mapping[str, Any]) -> None:
+    def _crl_issued(self, body: Mapping[str, Any], ahead: Ahead | None) -> None:
         self._issuer(body)
         number = _typed(body, "number", int)
         ceiling = crl_number_for(self.clock() + MAX_CRL_NUMBER_LEAD, None)
@@ -130,7 +209,7 @@ class PeerValidator:
             raise PeerEventRefused(f"CRL number {number} is not between 1 and {ceiling}"
                                    " (the clock-derived number a day from now)")
 
-    def _openpgp_signed(self, body: Mapping[str, Any]) -> None:
+    def _openpgp_signed(self, body: Mapping[str, Any], ahead: Ahead | None) -> None:
         if self.openpgp_ca_key is None:
             raise PeerEventRefused("no OpenPGP CA key is configured here")
         signed_key = _typed(body, "signed_key", bytes)
@@ -186,7 +265,7 @@ class PeerValidator:
         return True
 
 
-_CHECKS: dict[str, Callable[[PeerValidator, Mapping[str, Any]], None]] = {
+_CHECKS: dict[str, Callable[[PeerValidator, Mapping[str, Any], Ahead | None], None]] = {
     "x509_issued": PeerValidator._x509_issued,
     "x509_revoked": PeerValidator._x509_revoked,
     "crl_issued": PeerValidator._crl_issued,
@@ -199,14 +278,20 @@ class NotSignedByIssuer(PeerEventRefused):
     """The certificate does not verify with the issuer's key."""
 
 
-def _check_certificate(body: Mapping[str, Any], issuer: x509.Certificate) -> None:
+def _check_certificate(body: Mapping[str, Any], issuer: x509.Certificate,
+                       signed: bool | None = None) -> None:
     """The body's DER is signed by `issuer`, and its serial, not_before, not_after and
-    (when present) subject are the certificate's."""
+    (when present) subject are the certificate's. signed: whether a worker found the DER
+    signed by `issuer` (verify_ahead); None: verify here."""
     certificate = x509.load_der_x509_certificate(_typed(body, "der", bytes))
-    try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        raise NotSignedByIssuer(f"the certificate is not signed by issuer {body['issuer']!r}") from None
+    if signed is None:
+        try:
+            certificate.verify_directly_issued_by(issuer)
+            signed = True
+        except (ValueError, TypeError, InvalidSignature):
+            signed = False
+    if not signed:
+        raise NotSignedByIssuer(f"the certificate is not signed by issuer {body['issuer']!r}")
     if int(normalise_serial(_typed(body, "serial", str)), 16) != certificate.serial_number:
         raise PeerEventRefused("serial differs from the certificate's")
     for name, actual in (("not_before", certificate.not_valid_before_utc),
@@ -236,9 +321,11 @@ def _check_revocation(body: Mapping[str, Any], now: datetime) -> None:
                                f" {EARLIEST_REVOCATION:%Y-%m-%d} .. now + {MAX_CLOCK_SKEW}")
 
 
-def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datetime) -> None:
+def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datetime,
+                   signed: bool | None = None) -> None:
     """An x509_imported body as the peer accepts it; the importer runs the same check before
     it stores anything (core/repository/openssl_ca_import.py), so every imported record replicates.
+    signed: as for _check_certificate.
 
     What it cannot prove: a record without DER is the old CA's index line, signed by no
     one. It can only make a serial revocable and keep it on CRLs; it never makes a
@@ -251,7 +338,7 @@ def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datet
         raise PeerEventRefused(f"serial {serial:x} is not a positive integer of at most 159 bits")
     _typed(body, "subject", str)
     if body.get("der") is not None:
-        _check_certificate(body, issuer)
+        _check_certificate(body, issuer, signed)
     else:
         if _typed(body, "not_before", str) != UNKNOWN_NOT_BEFORE:
             raise PeerEventRefused("a record without its certificate claims a not_before")

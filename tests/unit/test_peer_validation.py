@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+import sqlite3
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -181,6 +182,20 @@ def _request_record_not_matching(a: Repository) -> dict:
     return wire(event)
 
 
+def _request_record_with_another_der(a: Repository) -> dict:
+    issue(a, 0x507)
+    event = last_event(a)
+    event["body"]["request"]["result"]["certificate"] = leaf(0x507)  # not the body's der
+    return wire(event)
+
+
+def _request_record_without_certificate(a: Repository) -> dict:
+    issue(a, 0x508)
+    event = last_event(a)
+    del event["body"]["request"]["result"]["certificate"]  # a replay would lack it
+    return wire(event)
+
+
 def _subject_not_matching(a: Repository) -> dict:
     issue(a, 0x505)
     return wire(with_body(last_event(a), subject="CN=www.bank.example"))
@@ -206,6 +221,8 @@ FORGERIES: list[tuple[str, Forger, str]] = [
     ("OpenPGP key without our certification", _openpgp_without_our_certification,
      "no certification by our OpenPGP CA"),
     ("request record not matching", _request_record_not_matching, "request record"),
+    ("request record with another DER", _request_record_with_another_der, "request record"),
+    ("request record without its certificate", _request_record_without_certificate, "request record"),
     ("subject not matching", _subject_not_matching, "subject differs"),
     ("certificate of an unknown X.509 version", _certificate_of_unknown_version, "InvalidVersion"),
 ]
@@ -257,6 +274,57 @@ def test_real_events_of_every_kind_pass_and_converge(repos, validator):
         assert c.content_digest() == a.content_digest()
     finally:
         c.close()
+
+
+def previous_release_form(event: dict) -> dict:
+    """The event as the code before repository migration 7 wrote it: the DER also in the
+    request record's result (a peer still running that release publishes this)."""
+    event = copy.deepcopy(event)
+    if event["type"] == "x509_issued":
+        assert event["body"]["request"]["result"]["certificate"] is None  # this release's form
+        event["body"]["request"]["result"]["certificate"] = event["body"]["der"]
+    return event
+
+
+def test_events_of_the_previous_release_still_apply_and_relay_unchanged(repos, validator, tmp_path):
+    """A peer on the previous release (or old events still in its JetStream stream): the DER
+    twice in x509_issued. Checked and applied as before; stored once here; the request
+    record answers with the DER; relayed with its signature, it reads back byte for byte and
+    verifies on a third signer."""
+    a, b = repos
+    issue(a, 0x100)
+    a.revoke(ISSUER, "100", 1, NOW, "rev-1")
+    old = [wire(previous_release_form(event)) for event in a.events_after(0, 100)]
+    der = old[0]["body"]["der"]
+    assert old[0]["body"]["request"]["result"]["certificate"] == der
+    assert [b.apply_peer_event(event, validator) for event in old] == ["applied"] * 2
+    assert b.lookup_request("req-100")["result"]["certificate"] == der
+    assert b.lookup_request("req-100") == a.lookup_request("req-100")
+    assert b.content_digest() == a.content_digest()
+    with sqlite3.connect(b.path) as raw:
+        blobs = [blob for (blob,) in raw.execute("SELECT body FROM events UNION ALL SELECT result FROM requests")]
+    raw.close()
+    assert not any(der in blob for blob in blobs)  # kept once, in certificates
+    relayed = b.events_after(0, 100)
+    assert [(e["body"], e["signature"]) for e in relayed] == [(e["body"], e["signature"]) for e in old]
+    c = Repository(str(tmp_path / "c.sqlite"), "c")
+    try:
+        on_wire = [msgpack.unpackb(msgpack.packb(e, datetime=False, default=str), raw=False) for e in relayed]
+        assert [c.apply_peer_event(e, validator) for e in on_wire] == ["applied"] * 2
+        assert c.content_digest() == a.content_digest() and c.quarantine_count() == 0
+    finally:
+        c.close()
+
+
+def test_events_of_this_release_carry_the_der_once(repos, validator):
+    a, b = repos
+    issue(a, 0x100)
+    event = wire(last_event(a))
+    body = event["body"]
+    assert body["request"]["result"]["certificate"] is None and isinstance(body["der"], bytes)
+    assert b.apply_peer_event(event, validator) == "applied"
+    assert b.lookup_request("req-100")["result"]["certificate"] == body["der"]
+    assert b.events_after(0, 1)[0]["body"] == body
 
 
 def test_a_revocation_before_its_certificate_still_waits(repos, validator):

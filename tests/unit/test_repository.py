@@ -60,7 +60,7 @@ def event_types(repo: Repository) -> list[str]:
 
 def fail_on_event(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the last step of every change fail, after its rows were written."""
-    def explode(self: Repository, event_type: str, body: dict) -> None:
+    def explode(self: Repository, event_type: str, body: dict, *certificate_der: bytes) -> None:
         raise RuntimeError(f"simulated crash while appending {event_type}")
     monkeypatch.setattr(Repository, "_append_event", explode)
 
@@ -211,6 +211,44 @@ def test_complete_issues_records_request_and_appends_event(repo: Repository) -> 
         "subject": "CN=1f.example",
         "request": {"command": "sign_x509", "request_digest": "digest-1f",
                     "result": {"issuer": ISSUER, "serial": "1f"}}}
+
+
+def test_the_der_is_stored_once_and_every_answer_reads_back_the_same(repo: Repository,
+                                                                     db_path: str) -> None:
+    """Issue 13.4: the request record and the event refer to certificates.der; what
+    lookup_request, lookup_or_reserve, record_request and events_after give back is what
+    was recorded, byte for byte (the same fields in the same order)."""
+    der = bytes(range(256)) * 4  # 1 KiB, found anywhere it is copied
+    result = {"certificate": der, "serial": "1f", "issuer": ISSUER, "profile": "server",
+              "not_before": "2025-02-28T12:00:00+00:00", "not_after": "2026-03-01T12:00:00+00:00"}
+    reserve(repo, "1f")
+    repo.complete_certificate(ISSUER, "1f", der, "req-1f", "sign_x509", "digest-1f", result)
+    stored = repo.lookup_request("req-1f")
+    assert stored == {"command": "sign_x509", "request_digest": "digest-1f", "result": result}
+    assert pack(stored["result"]) == pack(result)
+    assert repo.lookup_or_reserve(ISSUER, "20", "req-1f", "server", "CN=x", NOW, NOW) == stored
+    assert repo.record_request("req-1f", "sign_x509", "digest-1f", {"other": 1}) == result
+    [event] = repo.events_after(0, 10)
+    assert event["body"]["der"] == der  # the DER travels once: the record refers to it
+    assert event["body"]["request"]["result"] == dict(result, certificate=None)
+    assert list(event["body"]["request"]["result"]) == list(result)
+    assert set(event) == {"seq", "event_id", "origin_node", "type", "body", "created_at", "signature"}
+    assert raw_execute(db_path, "SELECT COUNT(*) FROM certificates WHERE der = ?", (der,)) == [(1,)]
+    rows = raw_execute(db_path, "SELECT result, certificate_ref FROM requests UNION ALL"
+                                " SELECT body, certificate_ref FROM events")
+    assert [(der in blob, ref) for blob, ref in rows] == [
+        (False, 1), (False, repository_schema.REF_BODY_DER)]
+
+
+def test_a_result_without_the_certificate_is_stored_as_it_is(repo: Repository,
+                                                             db_path: str) -> None:
+    """Only a result holding the certificate's own DER refers to it; any other is kept."""
+    reserve(repo, "1f")
+    result = {"certificate": b"another DER", "serial": "1f", "issuer": ISSUER}
+    repo.complete_certificate(ISSUER, "1f", b"DER-1f", "req-1f", "sign_x509", "d", result)
+    assert repo.lookup_request("req-1f")["result"] == result
+    assert repo.events_after(0, 1)[0]["body"]["request"]["result"] == result
+    assert raw_execute(db_path, "SELECT certificate_ref FROM requests") == [(0,)]
 
 
 def test_complete_refuses_unknown_issued_or_foreign_reservations(repo: Repository) -> None:
