@@ -58,8 +58,8 @@ class X509Signer(HandlerActor[SignX509Request, X509State]):
         self.issuers = load_issuers(config)
         self.key_infos = {i: key_info_of(issuer.certificate.public_key()) for i, issuer in self.issuers.items()}
         for key_info in self.key_infos.values():
-            # Made now, not on a first request: an RSA-4096 key takes ~1 s to generate, and
-            # every worker of the pool (and every restarted one) needs its own.
+            # Made now, not on a first request (an EC key; RSA issuers get a placeholder
+            # that costs nothing: core/x509/placeholder_key.py).
             throwaway_key(key_info)
         self.linter = PkixLinter() if config.x509.lint else None
 
