@@ -256,7 +256,7 @@ def body_for_storage(event_type: str, body: Mapping[str, Any],
         body["der"], ref = None, REF_BODY_DER
     request = body.get("request")
     result = request.get("result") if isinstance(request, dict) else None
-    if isinstance(result, dict) and result.get("certificate") == der:
+    if isinstance(request, dict) and isinstance(result, dict) and result.get("certificate") == der:
         body["request"] = dict(request, result=dict(result, certificate=None))
         ref |= REF_RESULT_CERTIFICATE
     return body, ref

@@ -52,7 +52,7 @@ def default_count() -> int:
 
 
 def _frame(payload: Any) -> bytes:
-    body = msgpack.packb(payload, use_bin_type=True)
+    body: bytes = msgpack.packb(payload, use_bin_type=True)
     return len(body).to_bytes(_HEADER, "big") + body
 
 
@@ -67,6 +67,7 @@ class _Worker:
             [root, *filter(None, [os.environ.get("PYTHONPATH")])]))
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         env=env, close_fds=True)
+        assert self.process.stdin is not None and self.process.stdout is not None  # PIPE both
         self.stdin, self.stdout = self.process.stdin.fileno(), self.process.stdout.fileno()
         os.set_blocking(self.stdin, False)
         self.out = bytearray()  # frames not yet written (the pipe was full)
@@ -100,7 +101,8 @@ class _Worker:
     def stop(self) -> None:
         for stream in (self.process.stdin, self.process.stdout):
             try:
-                stream.close()
+                if stream is not None:
+                    stream.close()
             except OSError:
                 pass
         try:
