@@ -77,8 +77,10 @@ def _map_without_repeated_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
     mapping = dict(pairs)
     if len(mapping) != len(pairs):
         seen: set[Any] = set()
-        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
-        raise ValueError(f"a map names the key {repeated!r} more than once")
+        for key, _ in pairs:  # the first key named again
+            if key in seen:
+                raise ValueError(f"a map names the key {key!r} more than once")
+            seen.add(key)
     return mapping
 
 
