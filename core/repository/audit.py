@@ -253,7 +253,8 @@ def verify_sealed_chain(rows: Iterable[AuditRow], seals: Iterable[SealRow],
     """The chain as verify_chain checks it, and with it, streaming both in seq order: every
     seal's signature, that the entry it names exists and has its hash, and that `head`
     (seq, hash) is an entry of the log. Stops at the first break of the chain."""
-    walk, problems = _ChainWalk(), []
+    walk = _ChainWalk()
+    problems: list[str] = []
     seal_iter: Iterator[SealRow] = iter(seals)
     seal = next(seal_iter, None)
     chain_report, head_problem = None, None

@@ -37,7 +37,7 @@ from core.sync.peer_validation import NotSignedByIssuer, PeerEventRefused, check
 from core.repository.store import Repository
 from core.repository.schema import (UNKNOWN_NOT_AFTER, UNKNOWN_NOT_BEFORE, normalise_serial,
                                     to_db_time)
-from core.x509.certificate import X509_PARSE_ERRORS
+from core.x509.certificate import X509_PARSE_ERRORS, issuer_public_key
 
 IMPORT_SOURCE = "openssl-ca"
 DEFAULT_BATCH = 5000  # records per transaction: ~1 s of work, a few MB of DER
@@ -158,7 +158,7 @@ def read_crl_file(path: Path, issuer: x509.Certificate
         raise ImportRefused(f"cannot read the CRL {path}: {exc.strerror}") from None
     except X509_PARSE_ERRORS as exc:
         raise ImportRefused(f"{path} is not a CRL (DER or PEM): {exc}") from None
-    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer.public_key()):
+    if crl.issuer != issuer.subject or not crl.is_signature_valid(issuer_public_key(issuer)):
         raise ImportRefused(f"the CRL {path} is not signed by the issuer certificate"
                             f" ({issuer.subject.rfc4514_string()})")
     try:

@@ -32,10 +32,10 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping
-from contextlib import closing
+from contextlib import AbstractContextManager, closing
 from urllib.parse import quote
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cryptography import x509
 
@@ -71,6 +71,16 @@ class RepositorySync:
     `_certificate_row(key)`, `_append_audit(kind, body)` and `_audit_tail_kept()`."""
 
     _db: sqlite3.Connection
+    _audit_tail: tuple[int, str] | None
+
+    if TYPE_CHECKING:  # the host's helpers, as core.repository.store.Repository defines them
+        def _read(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _write(self) -> AbstractContextManager[sqlite3.Connection]: ...
+        def _insert(self, table: str, values: Mapping[str, Any]) -> None: ...
+        def _now(self) -> str: ...
+        def _certificate_row(self, key: tuple[str, str]) -> sqlite3.Row | None: ...
+        def _append_audit(self, kind: str, body: dict[str, Any]) -> None: ...
+        def _audit_tail_kept(self) -> AbstractContextManager[None]: ...
 
     def apply_event(self, event: Mapping[str, Any]) -> bool:
         """Apply one event of a peer's log, as events_after returns it (body decoded or
@@ -207,7 +217,8 @@ class RepositorySync:
 
     def quarantine_count(self) -> int:
         with self._read() as db:
-            return db.execute("SELECT COUNT(*) FROM sync_quarantine").fetchone()[0]
+            count: int = db.execute("SELECT COUNT(*) FROM sync_quarantine").fetchone()[0]
+        return count
 
     def quarantined_events(self, limit: int = 1000) -> list[dict[str, Any]]:
         """The parked peer events, oldest first: id, event_id, origin_node, type, reason,
@@ -283,12 +294,14 @@ class RepositorySync:
         # Insert first, look only on a conflict: a bootstrap meets no conflicts.
         if self._db.execute(IMPORT_CERTIFICATE_SQL, row).rowcount != 1:
             existing = self._certificate_row(key)
+            assert existing is not None  # the insert met this (issuer, serial)
             if existing["status"] != "issued" or existing["der"] != row["der"]:
                 raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is held here as"
                                    " another certificate")
         if body.get("revoked_at") is not None:
             self._merge_revocation(key, body, origin_node)
-        return row["der"]
+        der: bytes | None = row["der"]
+        return der
 
     def _apply_crl_issued(self, body: dict[str, Any], origin_node: str, created_at: str) -> None:
         number = _require(body, "number", int)
@@ -429,7 +442,10 @@ def subject_of(der: bytes) -> str:
         return ""
 
 
-def _require(fields: Mapping[str, Any], name: str, kind: type) -> Any:
+_Value = TypeVar("_Value")
+
+
+def _require(fields: Mapping[str, Any], name: str, kind: type[_Value]) -> _Value:
     if name not in fields:
         raise KeyError(name)
     value = fields[name]

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, closing, contextmanager
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,7 +47,7 @@ CrlEntry = tuple[int, datetime, int | None]  # (serial, revoked_at, reason)
 
 _TIME_COLUMNS = ("not_before", "not_after", "created_at", "revoked_at", "recorded_at",
                  "this_update", "next_update", "expires_at")
-_COLUMN_DECODERS = {name: from_db_time for name in _TIME_COLUMNS} | {
+_COLUMN_DECODERS: dict[str, Callable[[Any], Any]] = {name: from_db_time for name in _TIME_COLUMNS} | {
     "uids": json.loads, "result": unpack, "body": unpack}
 
 
@@ -153,7 +153,8 @@ class Repository(RepositorySync):
         return self._transaction("DEFERRED")  # several SELECTs see one snapshot
 
     def schema_version(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        version: int = self._db.execute("PRAGMA user_version").fetchone()[0]
+        return version
 
     def _migrate(self) -> None:
         known = len(schema.MIGRATIONS)
@@ -244,7 +245,7 @@ class Repository(RepositorySync):
             raise RequestConflict(f"request id {request_id!r} was used for a different request")
         return self._result_with_certificate(unpack(row["result"]), row["certificate_ref"])
 
-    def _result_with_certificate(self, result: Any, ref: int) -> Any:
+    def _result_with_certificate(self, result: dict[str, Any], ref: int) -> dict[str, Any]:
         """A stored result as it was recorded: the certificate's DER put back where the row
         left it out (schema.result_for_storage)."""
         if ref:
@@ -272,8 +273,9 @@ class Repository(RepositorySync):
                                   "created_at": self._now(), "certificate_ref": ref})
 
     def _certificate_row(self, key: CertificateKey) -> sqlite3.Row | None:
-        return self._db.execute("SELECT * FROM certificates WHERE issuer = ? AND serial = ?",
-                                key).fetchone()
+        row: sqlite3.Row | None = self._db.execute(
+            "SELECT * FROM certificates WHERE issuer = ? AND serial = ?", key).fetchone()
+        return row
 
     def _require_reservation(self, key: CertificateKey) -> sqlite3.Row:
         row = self._certificate_row(key)
@@ -391,12 +393,13 @@ class Repository(RepositorySync):
                                " WHERE issuer = ? AND serial = ?", key).fetchone()
             if first is not None:  # first wins: a later reason or date changes nothing
                 return _revocation_answer(key, first["reason"], first["revoked_at"], True)
+            revoked_text = to_db_time(revoked_at)
             revocation = {"issuer": issuer, "serial": key[1], "reason": reason,
-                          "revoked_at": to_db_time(revoked_at), "request_id": request_id,
+                          "revoked_at": revoked_text, "request_id": request_id,
                           "origin_node": self.node_id}
             self._insert("revocations", revocation | {"recorded_at": self._now()})
             self._log_change("x509_revoked", revocation)
-            return _revocation_answer(key, reason, revocation["revoked_at"], False)
+            return _revocation_answer(key, reason, revoked_text, False)
 
     def import_history(self, bodies: Iterable[Mapping[str, Any]]) -> dict[str, int]:
         """Store a batch of the old CA's history in ONE transaction (the importer calls this
@@ -424,6 +427,7 @@ class Repository(RepositorySync):
                     counts["revocations"] += revoked
                     continue
                 existing = self._certificate_row(key)
+                assert existing is not None  # the insert met this (issuer, serial)
                 if existing["status"] != "issued" or None not in (existing["der"], row["der"]) \
                         and existing["der"] != row["der"]:
                     counts["serial_collisions"] += 1
@@ -465,7 +469,8 @@ class Repository(RepositorySync):
                                             "imported_from": "openssl-ca"})
             return True
 
-    def _revoked_rows(self, issuer: str, now: datetime, grace: timedelta) -> list[tuple]:
+    def _revoked_rows(self, issuer: str, now: datetime, grace: timedelta
+                      ) -> list[tuple[str, str, int | None]]:
         """(serial hex, revoked_at text, reason) of revocations a CRL must still list:
         certificates that expired less than `grace` ago stay listed."""
         with self._read() as db:
@@ -570,7 +575,8 @@ class Repository(RepositorySync):
 
     def last_event_seq(self) -> int:
         with self._read() as db:
-            return db.execute(_LAST_SEQ_SQL).fetchone()[0]
+            seq: int = db.execute(_LAST_SEQ_SQL).fetchone()[0]
+        return seq
 
     def audit_entries(self, after_seq: int = 0,
                       limit: int = DEFAULT_AUDIT_PAGE) -> list[dict[str, Any]]:
@@ -781,7 +787,7 @@ def _capped(problems: Iterable[str]) -> list[str]:
     return kept
 
 
-def _digest_rows(rows: list[tuple]) -> str:
+def _digest_rows(rows: list[tuple[str, str, int | None]]) -> str:
     lines = "".join(f"{serial} {revoked_at} {'' if reason is None else reason}\n"
                     for serial, revoked_at, reason in rows)
     return hashlib.sha256(lines.encode()).hexdigest()
