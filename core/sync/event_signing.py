@@ -43,7 +43,7 @@ class EventSignatureError(ValueError):
     """An event whose signature is missing, from an unknown signer or wrong."""
 
 
-def load_or_create_signing_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+def load_or_create_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     """The key in `path` (PEM PKCS#8), created with mode 0600 when missing. A file readable
     or writable by group or others is refused: whoever reads it can forge this signer's
     events."""
@@ -64,7 +64,7 @@ def load_or_create_signing_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     return load_signing_key(path)
 
 
-def load_signing_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+def load_signing_key(path: str | os.PathLike[str]) -> Ed25519PrivateKey:
     try:
         data = read_private_bytes(path)
     except PrivateFileError as exc:

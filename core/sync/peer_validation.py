@@ -23,7 +23,7 @@ import hashlib
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -48,7 +48,8 @@ from core.repository.schema import (CRL_REASON_CODES, IMPORT_SOURCES, UNKNOWN_NO
 # A CRL number is nanoseconds since 1970 (core/crl/build.py); a peer's floor may run ahead of this
 # clock by the clock difference between the signers, never by more than a day.
 MAX_CRL_NUMBER_LEAD = timedelta(days=1)
-_HASHES = {8: hashes.SHA256, 9: hashes.SHA384, 10: hashes.SHA512}
+_HASHES: dict[int, type[hashes.SHA256 | hashes.SHA384 | hashes.SHA512]] = {
+    8: hashes.SHA256, 9: hashes.SHA384, 10: hashes.SHA512}
 REMOVE_FROM_CRL = 8  # RFC 5280 CRLReason: delta CRLs only; a CRL built here cannot list it
 
 
@@ -161,7 +162,7 @@ class PeerValidator:
         body, kind = event.get("body"), event.get("type")
         if not isinstance(body, dict):
             raise PeerEventRefused("the body is not a map")
-        check = _CHECKS.get(kind)
+        check = _CHECKS.get(kind) if kind is not None else None
         if check is None:
             raise PeerEventRefused(f"unknown event type {kind!r}")
         if body.get("origin_node", event["origin_node"]) != event["origin_node"]:
@@ -245,19 +246,20 @@ class PeerValidator:
         signed_part = signature[:hashed_end]
         data = (openpgp._key_hash_material(key_body) + openpgp._user_id_hash_material(user_id)
                 + signed_part + b"\x04\xff" + len(signed_part).to_bytes(4, "big"))
-        if hashlib.new(hash_class.name, data).digest()[:2] != signature[unhashed_end:unhashed_end + 2]:
+        algorithm = hash_class()
+        if hashlib.new(algorithm.name, data).digest()[:2] != signature[unhashed_end:unhashed_end + 2]:
             return False
         offset = unhashed_end + 2
         try:
             if isinstance(self.openpgp_ca, rsa.RSAPublicKey) and signature[2] == openpgp.PUBKEY_RSA:
                 value, _ = openpgp.read_mpi(signature, offset)
                 size = (self.openpgp_ca.key_size + 7) // 8
-                self.openpgp_ca.verify(value.rjust(size, b"\0"), data, padding.PKCS1v15(), hash_class())
+                self.openpgp_ca.verify(value.rjust(size, b"\0"), data, padding.PKCS1v15(), algorithm)
             elif isinstance(self.openpgp_ca, ec.EllipticCurvePublicKey) and signature[2] == openpgp.PUBKEY_ECDSA:
                 r, offset = openpgp.read_mpi(signature, offset)
                 s, _ = openpgp.read_mpi(signature, offset)
                 der = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
-                self.openpgp_ca.verify(der, data, ec.ECDSA(hash_class()))
+                self.openpgp_ca.verify(der, data, ec.ECDSA(algorithm))
             else:
                 return False
         except (InvalidSignature, ValueError, openpgp.OpenPgpError):
@@ -350,7 +352,10 @@ def check_imported(body: Mapping[str, Any], issuer: x509.Certificate, now: datet
         raise PeerEventRefused("a reason without revoked_at")
 
 
-def _typed(fields: Mapping[str, Any], name: str, kind: type) -> Any:
+_Value = TypeVar("_Value")
+
+
+def _typed(fields: Mapping[str, Any], name: str, kind: type[_Value]) -> _Value:
     value = fields[name]
     if not isinstance(value, kind):
         raise TypeError(f"{name} is a {type(value).__name__}, not a {kind.__name__}")
