@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (CertificateIssuerPublicKeyTypes,
                                                              CertificatePublicKeyTypes)
-from cryptography.x509.oid import NameOID, ObjectIdentifier, PublicKeyAlgorithmOID
+from cryptography.x509.oid import (AuthorityInformationAccessOID, NameOID, ObjectIdentifier,
+                                   PublicKeyAlgorithmOID)
 
 from core.x509.lint_index import index_validators
 from core.x509.placeholder_key import PlaceholderRsaKey
@@ -478,7 +479,7 @@ def profile_extensions(profile: Profile, subject_key: Any, issuer_cert: x509.Cer
         result.append((x509.CRLDistributionPoints([point]), False))
     if urls.ocsp_url:
         result.append((x509.AuthorityInformationAccess([x509.AccessDescription(
-            x509.AuthorityInformationAccessOID.OCSP,
+            AuthorityInformationAccessOID.OCSP,
             x509.UniformResourceIdentifier(urls.ocsp_url))]), False))
     if spec.ocsp_no_check:
         result.append((x509.OCSPNoCheck(), False))
