@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export PYTHONDONTWRITEBYTECODE=1
 .venv/bin/ruff check .  # style and unused names (pyproject.toml [tool.ruff]); fails the run
+.venv/bin/mypy  # types: strict for core/, default checks elsewhere (pyproject.toml [tool.mypy]); fails the run
 exec .venv/bin/python -m pytest -q "$@"
