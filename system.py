@@ -116,11 +116,14 @@ def preflight(config: SignerConfig) -> None:
 
 def prepare_thespian(config: SignerConfig, transport_key: bytes) -> None:
     """Before this process creates or joins the actor system: loopback sockets, every frame
-    authenticated with the run's key, Thespian's own log in the data folder (not $TMPDIR)."""
+    authenticated with the run's key, Thespian's own log in the data folder (not $TMPDIR),
+    two per-message costs of its transport removed (core/runtime/thespian_tuning.py)."""
     from core.runtime.actor_transport_auth import install
     from core.runtime.loopback import restrict_thespian_to_loopback
+    from core.runtime.thespian_tuning import tune_thespian
 
     restrict_thespian_to_loopback()
+    tune_thespian()
     install(transport_key, log_handler(config.actor_system.log_file))
     # An explicit THESPLOG_FILE (an operator's or a test's choice) is kept.
     os.environ.setdefault("THESPLOG_FILE", str(data_folder(config) / THESPIAN_LOG))
