@@ -10,7 +10,9 @@ clock). One run:
      --revoke revocations over the link, as a diff.
 
 Utilisation of a direction = bytes the relay moved that way / (baud/10 * elapsed), elapsed
-from the first request sent to the last answer received. The direction carrying more
+from the first request sent to the last answer received. Where the rest went: the line's
+idle time signer->client, before the first answer byte and after it (from the times the
+relay released bytes, PtyRelay(record=True)). The direction carrying more
 bytes is the bottleneck; its utilisation is the figure to judge (target >= 95 % for
 signing). The relay's byte counts are checked against signer-admin status (serial_link
 bytes_in/bytes_out) at the end.
@@ -142,16 +144,38 @@ class Window:
     def start(self) -> "Window":
         self.before = dict(self.relay.moved)
         self.started = time.perf_counter()
+        self.started_monotonic = time.monotonic()  # the relay's clock for deliveries
+        self.deliveries_before = len(self.relay.deliveries or [])
         return self
 
     def stop(self) -> "Window":
         self.elapsed = time.perf_counter() - self.started
+        self.stopped_monotonic = time.monotonic()
         self.to_client = self.relay.moved["a_to_b"] - self.before["a_to_b"]  # signer -> client
         self.to_signer = self.relay.moved["b_to_a"] - self.before["b_to_a"]  # client -> signer
         return self
 
     def utilisation(self, moved: int) -> float:
         return moved / (self.capacity * self.elapsed)
+
+    def idle(self, direction: str = "a_to_b") -> dict[str, float]:
+        """When the line carried nothing that way, from the relay's deliveries: a write of n
+        bytes at t kept the line busy from t for n bytes' time (10 bit times each). Seconds
+        idle before the first byte, idle after it, the longest gap and the gaps over 20 ms."""
+        deliveries = [(t, n) for t, d, n in (self.relay.deliveries or [])[self.deliveries_before:]
+                      if d == direction and self.started_monotonic <= t <= self.stopped_monotonic]
+        if not deliveries:
+            return {"before_first": self.elapsed, "after_first": 0.0, "longest_gap": 0.0, "gaps_over_20ms": 0}
+        busy_until, after_first, longest, gaps = deliveries[0][0], 0.0, 0.0, 0
+        for at, size in deliveries:
+            gap = max(0.0, at - busy_until)
+            after_first += gap
+            longest = max(longest, gap)
+            gaps += gap > 0.02
+            busy_until = max(busy_until, at) + size / self.capacity
+        after_first += max(0.0, self.stopped_monotonic - busy_until)
+        return {"before_first": deliveries[0][0] - self.started_monotonic, "after_first": after_first,
+                "longest_gap": longest, "gaps_over_20ms": gaps}
 
     def describe(self) -> str:
         bottleneck = "signer->client" if self.to_client >= self.to_signer else "client->signer"
@@ -163,19 +187,27 @@ class Window:
 
 def pipelined_signing(client: SignerClient, window: Window, body: dict, count: int,
                       quiet_s: float = 2.0) -> dict:
-    """Send all `count` requests, then collect the answers. An answer with id nil (a frame
-    the signer could not decode) means some request was lost: once the answers stop for
-    quiet_s, every unanswered request is resent with its id (protocol.md, client guidance;
-    a sign_x509 that was in fact done is replayed). Latency counts from the first send.
+    """Send all `count` requests from a second thread while this one collects the answers,
+    as a client on a full-duplex line does (one that stops reading while it writes leaves
+    the answer direction idle: the relay cannot deliver into a full pty, and the lost time
+    counted against the signer). An answer with id nil (a frame the signer could not
+    decode) means some request was lost: once the answers stop for quiet_s, every
+    unanswered request is resent with its id (protocol.md, client guidance; a sign_x509
+    that was in fact done is replayed). Latency counts from each request's send.
     `before_stall`: (seconds, signer->client bytes) up to the last answer before the first
     such wait, i.e. the link's use while no request was missing."""
-    ids, sent_at, latency = [], {}, {}
+    ids = [client.new_id() for _ in range(count)]
+    sent_at, latency = {}, {}
     frame_errors, resent, before_stall, last_answer = [], 0, None, 0.0
+
+    def send_all() -> None:
+        for request_id in ids:
+            sent_at[request_id] = time.perf_counter()
+            client.send("sign_x509", body, request_id=request_id)
+
+    sender = threading.Thread(target=send_all, name="bench-sender")
     window.start()
-    for _ in range(count):
-        request_id = client.send("sign_x509", body)
-        sent_at[request_id] = time.perf_counter()
-        ids.append(request_id)
+    sender.start()
     while len(latency) < count:
         try:
             response = client.receive(timeout=quiet_s if frame_errors else 600)
@@ -185,6 +217,7 @@ def pipelined_signing(client: SignerClient, window: Window, body: dict, count: i
             if before_stall is None:
                 before_stall = (last_answer - window.started,
                                 window.relay.moved["a_to_b"] - window.before["a_to_b"])
+            sender.join()  # one writer at a time
             for request_id in ids:
                 if request_id not in latency:
                     client.send("sign_x509", body, request_id=request_id)
@@ -199,6 +232,7 @@ def pipelined_signing(client: SignerClient, window: Window, body: dict, count: i
         last_answer = time.perf_counter()
         latency.setdefault(response.request_id, last_answer - sent_at[response.request_id])
     window.stop()
+    sender.join()
     assert sorted(latency) == sorted(ids)
     return {"latency": list(latency.values()), "frame_errors": frame_errors, "resent": resent,
             "before_stall": before_stall}
@@ -273,7 +307,7 @@ def main() -> None:
         run_dir.mkdir()
         spares = fill_repository(run_dir / "repository.sqlite", args.crl_entries, args.revoke)
         issuer_cert = x509.load_pem_x509_certificate((data / "ca" / f"{CRL_ISSUER}.pem").read_bytes())
-        relay = PtyRelay(baud=args.baud).start()
+        relay = PtyRelay(baud=args.baud, record=True).start()
         config = signer_config(data, run_dir, serial__mode="device", serial__device=relay.path_a,
                                serial__baudrate=args.baud)
         signer = DeviceSignerProcess(config, log_dir=run_dir)
@@ -289,6 +323,7 @@ def main() -> None:
                 cpu_ms = {name: 1000 * (cpu_seconds(pid) - cpu_before[name]) / args.requests
                           for name, pid in pids.items()}
                 sign_window = (window.elapsed, window.to_client, window.to_signer, window.describe())
+                sign_idle = window.idle("a_to_b")
                 out = Path(tmp) / "class3.crl"
                 full = timed_fetch(client, window, out, issuer_cert)
                 full_window = (window.elapsed, window.describe())
@@ -312,6 +347,9 @@ def main() -> None:
     print(f"  {n / elapsed:6.2f} requests/s, {elapsed:6.1f} s; per request {to_signer / n:,.0f} B in, {to_client / n:,.0f} B out"
           f" -> link-bound ceiling {capacity / max(to_signer / n, to_client / n):.2f} requests/s")
     print(f"  {described}")
+    print(f"  line signer->client idle: {sign_idle['before_first'] * 1000:.0f} ms before the first answer byte,"
+          f" {sign_idle['after_first'] * 1000:.0f} ms after it ({sign_idle['gaps_over_20ms']} gaps over 20 ms,"
+          f" longest {sign_idle['longest_gap'] * 1000:.0f} ms)")
     errors = signing["frame_errors"]
     if errors:
         seconds, moved = signing["before_stall"]

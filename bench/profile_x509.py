@@ -87,6 +87,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="x509.workers (default: the config's)")
     parser.add_argument("--issuer", choices=["class3", "root"], default="class3")
     parser.add_argument("--py-spy", nargs="*", default=[], help="actor names to sample with py-spy")
+    parser.add_argument("--raw-dir", type=Path, default=None,
+                        help="keep py-spy's raw stacks here (NAME.raw), for reading whole call paths")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = dev_init(Path(tmp) / "data")
@@ -104,7 +106,7 @@ def main() -> None:
                 pids["(this client)"] = os.getpid()
                 spies = []
                 for name in args.py_spy:
-                    out = Path(tmp) / f"{name}.raw"
+                    out = (args.raw_dir or Path(tmp)) / f"{name}.raw"
                     spies.append((name, out, subprocess.Popen(
                         [shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"), "record",
                          "--format", "raw", "--rate", "500", "--nonblocking", "-p", str(pids[name]),

@@ -25,8 +25,12 @@ MAX_PENDING = 64 * 1024 * 1024  # bytes held for a side that is not reading
 
 class PtyRelay:
     def __init__(self, baud: int | None = None, link_a: str | None = None,
-                 link_b: str | None = None) -> None:
+                 link_b: str | None = None, record: bool = False) -> None:
         self.baud = baud
+        # With record: (time.monotonic(), "a_to_b" or "b_to_a", bytes) for every write to
+        # the receiving side, i.e. when bytes came out of the line (the slow-link bench
+        # finds the line's idle time from it).
+        self.deliveries: list[tuple[float, str, int]] | None = [] if record else None
         self.master_a, self.slave_a = os.openpty()
         self.master_b, self.slave_b = os.openpty()
         for fd in (self.slave_a, self.slave_b):
@@ -104,6 +108,8 @@ class PtyRelay:
         except (BlockingIOError, OSError):
             return next_send
         del buf[:written]
+        if self.deliveries is not None:
+            self.deliveries.append((time.monotonic(), "a_to_b" if fd == self.master_b else "b_to_a", written))
         if self.baud:
             next_send = max(next_send, time.monotonic() - 0.01) + written * 10 / self.baud
         return next_send

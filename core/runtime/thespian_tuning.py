@@ -45,10 +45,10 @@ def tune_thespian() -> None:
     from thespian.system import transport
     from thespian.system.transport import TCPTransport as tcp
 
-    tcp.selectors = types.SimpleNamespace(DefaultSelector=selectors.PollSelector,  # type: ignore[attr-defined]
+    tcp.selectors = types.SimpleNamespace(DefaultSelector=selectors.PollSelector,
                                           EVENT_READ=selectors.EVENT_READ, EVENT_WRITE=selectors.EVENT_WRITE)
-    transport.ReceiveEnvelope.identify = _envelope_identify  # type: ignore[method-assign]
-    transport.TransmitIntent.identify = _intent_identify  # type: ignore[method-assign]
+    transport.ReceiveEnvelope.identify = _envelope_identify
+    transport.TransmitIntent.identify = _intent_identify
     _tuned = True
 
 
