@@ -334,7 +334,7 @@ def main() -> None:
                 diff_window = (window.elapsed, window.to_client, window.to_signer)
                 crl_entries = len(x509.load_der_x509_crl(out.read_bytes()))
             status = {r["name"]: r for r in signer.status()}
-            link, framing = status["serial_link"], status["framing"]
+            link, framing, hsm = status["serial_link"], status["framing"], status["hsm"]
             relay_totals = dict(relay.moved)
         finally:
             signer.stop()
@@ -374,6 +374,7 @@ def main() -> None:
     print(f"byte counts, whole run: relay a->b {relay_totals['a_to_b']:,} / b->a {relay_totals['b_to_a']:,};"
           f" signer-admin serial_link bytes_out {link['bytes_out']:,} / bytes_in {link['bytes_in']:,}")
     print(f"signer-admin framing: frame_errors {framing['frame_errors']}, frames_in {framing['frames_in']}")
+    print(f"signer-admin hsm, whole run: {hsm.get('signatures')} signatures, of which {hsm.get('seals')} audit seals")
 
 
 if __name__ == "__main__":
