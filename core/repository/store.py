@@ -353,14 +353,16 @@ class Repository(RepositorySync):
             self._record_new_request(request_id, command, request_digest, result, der)
             # Everything the peer needs to hold the same certificate and to answer a
             # retried request with it (core/repository/peer_apply.py applies this body).
-            # The DER travels once, in `der`: the request record's certificate is nil.
-            referring, _ = schema.result_for_storage(command, result, der)
+            # The body keeps the previous release's form (the DER in `der` and in the request
+            # record's result): a peer still on that release applies it, so two signers can be
+            # upgraded one at a time. The row stores neither copy (certificate_ref), and a
+            # peer applies both forms (docs/sync.md, What travels).
             self._log_change("x509_issued", {
                 "issuer": issuer, "serial": key[1], "der": der, "request_id": request_id,
                 "profile": reservation["profile"], "subject": reservation["subject"],
                 "not_before": reservation["not_before"],
                 "not_after": reservation["not_after"], "origin_node": self.node_id,
-                "request": _request_record(command, request_digest, referring)}, der)
+                "request": _request_record(command, request_digest, result)}, der)
 
     def discard_reservation(self, issuer: str, serial_hex: str) -> None:
         """Drop a reservation whose signature failed; issued rows are never deleted."""

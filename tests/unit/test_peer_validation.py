@@ -276,25 +276,27 @@ def test_real_events_of_every_kind_pass_and_converge(repos, validator):
         c.close()
 
 
-def previous_release_form(event: dict) -> dict:
-    """The event as the code before repository migration 7 wrote it: the DER also in the
-    request record's result (a peer still running that release publishes this)."""
+def der_once_form(event: dict) -> dict:
+    """The x509_issued form a later release may publish once no peer runs a release before
+    repository migration 7: the DER once, in `der`, the request record's certificate nil."""
     event = copy.deepcopy(event)
     if event["type"] == "x509_issued":
-        assert event["body"]["request"]["result"]["certificate"] is None  # this release's form
-        event["body"]["request"]["result"]["certificate"] = event["body"]["der"]
+        assert event["body"]["request"]["result"]["certificate"] == event["body"]["der"]
+        event["body"]["request"]["result"]["certificate"] = None
     return event
 
 
-def test_events_of_the_previous_release_still_apply_and_relay_unchanged(repos, validator, tmp_path):
-    """A peer on the previous release (or old events still in its JetStream stream): the DER
-    twice in x509_issued. Checked and applied as before; stored once here; the request
-    record answers with the DER; relayed with its signature, it reads back byte for byte and
+def test_this_release_publishes_the_previous_releases_form_which_applies_and_relays_unchanged(
+        repos, validator, tmp_path):
+    """A peer still on the release before migration 7 checks that the request record holds
+    the DER: this release's x509_issued events still carry it there (and in `der`), so two
+    signers can be upgraded one at a time. Applied here, stored once; the request record
+    answers with the DER; relayed with its signature, it reads back byte for byte and
     verifies on a third signer."""
     a, b = repos
     issue(a, 0x100)
     a.revoke(ISSUER, "100", 1, NOW, "rev-1")
-    old = [wire(previous_release_form(event)) for event in a.events_after(0, 100)]
+    old = [wire(event) for event in a.events_after(0, 100)]
     der = old[0]["body"]["der"]
     assert old[0]["body"]["request"]["result"]["certificate"] == der
     assert [b.apply_peer_event(event, validator) for event in old] == ["applied"] * 2
@@ -316,10 +318,10 @@ def test_events_of_the_previous_release_still_apply_and_relay_unchanged(repos, v
         c.close()
 
 
-def test_events_of_this_release_carry_the_der_once(repos, validator):
+def test_the_der_once_form_a_later_release_may_publish_applies(repos, validator):
     a, b = repos
     issue(a, 0x100)
-    event = wire(last_event(a))
+    event = wire(der_once_form(last_event(a)))
     body = event["body"]
     assert body["request"]["result"]["certificate"] is None and isinstance(body["der"], bytes)
     assert b.apply_peer_event(event, validator) == "applied"
