@@ -129,6 +129,7 @@ class ImportSummary:
     revocations_added: int = 0  # CRL entries added to certificates already present
     crl_entries: int = 0
     already_present: int = 0
+    certificates_completed: int = 0  # of those, index-only records given the DER found now
     serial_collisions: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     refusal_examples: list[str] = field(default_factory=list)
@@ -261,6 +262,7 @@ def _store(repository: Repository, summary: ImportSummary, pending: list[dict[st
     summary.certificates += counts["certificates"]
     summary.revocations += counts["revocations"]
     summary.already_present += counts["already_present"]
+    summary.certificates_completed += counts["certificates_completed"]
     summary.revocations_added += counts["revocations_added"]
     summary.serial_collisions += counts["serial_collisions"]
     pending.clear()

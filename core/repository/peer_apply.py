@@ -295,9 +295,10 @@ class RepositorySync:
         if self._db.execute(IMPORT_CERTIFICATE_SQL, row).rowcount != 1:
             existing = self._certificate_row(key)
             assert existing is not None  # the insert met this (issuer, serial)
-            if existing["status"] != "issued" or existing["der"] != row["der"]:
+            if imported_same_certificate(existing, row) is None:
                 raise RefusedEvent(f"serial collision: {key[0]}/{key[1]} is held here as"
                                    " another certificate")
+            complete_imported_record(self._db, existing, row)
         if body.get("revoked_at") is not None:
             self._merge_revocation(key, body, origin_node)
         der: bytes | None = row["der"]
@@ -413,6 +414,33 @@ IMPORT_CERTIFICATE_SQL = (
     " not_after, created_at, origin_node, der, imported_from) VALUES (:issuer, :serial,"
     " :request_id, :profile, :status, :subject, :not_before, :not_after, :created_at,"
     " :origin_node, :der, :imported_from) ON CONFLICT (issuer, serial) DO NOTHING")
+
+
+def imported_same_certificate(existing: sqlite3.Row, row: Mapping[str, Any]) -> bool | None:
+    """Whether an imported record `row` is the certificate `existing` already holds: None when
+    it is another one (a serial collision); True when `row` completes an index-only record
+    of the same import with the certificate's DER (a re-run that found the newcerts file, or
+    that event on a peer); False when there is nothing to add. A record without DER never
+    replaces a DER."""
+    if existing["status"] != "issued":
+        return None
+    if existing["der"] is None and row["der"] is not None:
+        return True if existing["imported_from"] is not None else None
+    if row["der"] is None or existing["der"] == row["der"]:
+        return False
+    return None
+
+
+def complete_imported_record(db: sqlite3.Connection, existing: sqlite3.Row, row: Mapping[str, Any]) -> bool:
+    """Give an index-only imported record the DER of its certificate (checked by the caller:
+    signed by the issuer, serial, dates and subject equal the certificate's) and the dates
+    and subject the DER states. False when there was nothing to complete."""
+    if not imported_same_certificate(existing, row):
+        return False
+    db.execute("UPDATE certificates SET der = :der, subject = :subject, not_before = :not_before,"
+               " not_after = :not_after WHERE issuer = :issuer AND serial = :serial AND der IS NULL",
+               {key: row[key] for key in ("der", "subject", "not_before", "not_after", "issuer", "serial")})
+    return True
 
 
 def imported_certificate_row(body: Mapping[str, Any], origin_node: str,

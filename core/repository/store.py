@@ -32,7 +32,8 @@ from core.repository.schema import (DuplicateSerial, RepositoryError, RequestCon
                                     UnknownCertificate, from_db_time, normalise_serial,
                                     to_db_time)
 from core.repository.peer_apply import (IMPORT_CERTIFICATE_SQL, RepositorySync,
-                                  imported_certificate_row)
+                                        complete_imported_record, imported_certificate_row,
+                                        imported_same_certificate)
 
 __all__ = ["DuplicateSerial", "Repository", "RepositoryError", "RequestConflict",
            "UnknownCertificate", "verify_audit_file", "verify_sealed_audit_file"]
@@ -409,12 +410,14 @@ class Repository(RepositorySync):
         Each body is an x509_imported event body that core.sync.peer_validation.check_imported
         accepted. A certificate not here yet is stored with its revocation, one x509_imported
         event and one audit entry; a known one is left as it is (a re-run imports nothing
-        twice), only a revocation it lacks is added as an x509_revoked event. Counts:
-        certificates, revocations (of new certificates), already_present,
-        revocations_added (to known ones), serial_collisions (a known serial holding
-        another certificate: left alone)."""
+        twice), only a revocation it lacks is added as an x509_revoked event, and an
+        index-only record gets the DER a later run found. Counts: certificates, revocations
+        (of new certificates), already_present, certificates_completed (of those, index-only
+        records given their DER), revocations_added (to known ones), serial_collisions (a
+        known serial holding another certificate: left alone)."""
         counts = dict.fromkeys(("certificates", "revocations", "already_present",
-                                "revocations_added", "serial_collisions"), 0)
+                                "certificates_completed", "revocations_added",
+                                "serial_collisions"), 0)
         with self._write() as db, self._audit_tail_kept():
             now = self._now()
             for body in bodies:
@@ -430,11 +433,17 @@ class Repository(RepositorySync):
                     continue
                 existing = self._certificate_row(key)
                 assert existing is not None  # the insert met this (issuer, serial)
-                if existing["status"] != "issued" or None not in (existing["der"], row["der"]) \
-                        and existing["der"] != row["der"]:
+                same = imported_same_certificate(existing, row)
+                if same is None:
                     counts["serial_collisions"] += 1
                     continue
                 counts["already_present"] += 1
+                if same and complete_imported_record(db, existing, row):
+                    # An index-only record of an earlier run, whose newcerts file is here now:
+                    # the DER is added, with one more x509_imported event for the peer.
+                    self._log_change("x509_imported", {**body, "serial": key[1],
+                                                       "origin_node": self.node_id}, row["der"])
+                    counts["certificates_completed"] += 1
                 known = self._db.execute("SELECT 1 FROM revocations WHERE issuer = ? AND"
                                          " serial = ?", key).fetchone()
                 if known is None and self._store_imported_revocation(key, body):

@@ -362,3 +362,47 @@ def test_the_import_reports_progress_after_each_batch(old_ca, tmp_path):
     summary = import_openssl_ca(repo, "root", old_ca["root"].certificate, old_ca["root"].dir,
                                 old_ca["root"].crl_path, batch=2, progress=seen.append)
     assert len(seen) >= 2 and seen == sorted(seen) and seen[-1] <= summary.index_lines
+
+
+def test_a_rerun_that_finds_a_lost_certificate_file_completes_its_record(tmp_path):
+    """An index-only record (the newcerts file was missing) gets its DER when a later run
+    finds the file: one more x509_imported event, which completes the record on a peer too.
+    A file of another certificate under that serial stays a collision."""
+    ca = OldCa(tmp_path / "old", "Old Root", "0A10", "1000")
+    kept, lost = (ca.issue(f"{cn}.example.org") for cn in ("kept", "lost"))
+    saved = ca.newcerts_file(lost.serial_number).read_bytes()
+    ca.newcerts_file(lost.serial_number).unlink()
+    crl = ca.gencrl(tmp_path / "old.crl")
+    repo = Repository(str(tmp_path / "a.sqlite"), "importer")
+    peer = Repository(str(tmp_path / "peer.sqlite"), "peer")
+    key = Ed25519PrivateKey.generate()
+    validator = PeerValidator({"importer": key.public_key()}, {"root": ca.certificate}, None)
+    try:
+        first = import_openssl_ca(repo, "root", ca.certificate, ca.dir, tmp_path / "old.crl").as_dict()
+        assert (first["records_index_only"], first["certificates"]) == (1, 2) and crl is not None
+        assert repo.get_certificate("root", format(lost.serial_number, "x"))["der"] is None
+        assert set(peer.apply_peer_events(signed_events(repo, key), validator)[0]) == {"applied"}
+        seen = repo.last_event_seq()
+
+        ca.newcerts_file(lost.serial_number).write_bytes(saved)
+        again = import_openssl_ca(repo, "root", ca.certificate, ca.dir, tmp_path / "old.crl").as_dict()
+        assert again["certificates"] == 0 and again["already_present"] == 2
+        assert again["certificates_completed"] == 1
+        row = repo.get_certificate("root", format(lost.serial_number, "x"))
+        assert row["der"] == lost.public_bytes(Encoding.DER) and row["subject"] == lost.subject.rfc4514_string()
+        assert row["not_before"] == lost.not_valid_before_utc
+        [completion] = [e for e in signed_events(repo, key) if e["seq"] > seen]
+        assert completion["type"] == "x509_imported" and completion["body"]["der"] == row["der"]
+        assert peer.apply_peer_events([completion], validator)[0] == ["applied"]
+        assert peer.get_certificate("root", format(lost.serial_number, "x"))["der"] == row["der"]
+        assert peer.content_digest() == repo.content_digest()
+
+        third = import_openssl_ca(repo, "root", ca.certificate, ca.dir, tmp_path / "old.crl").as_dict()
+        assert third["certificates_completed"] == 0 and repo.last_event_seq() == seen + 1
+        ca.newcerts_file(kept.serial_number).write_bytes(saved)  # the lost one's file, wrong serial
+        fourth = import_openssl_ca(repo, "root", ca.certificate, ca.dir, tmp_path / "old.crl").as_dict()
+        assert fourth["certificates_completed"] == 0 and repo.last_event_seq() == seen + 1
+        assert repo.get_certificate("root", format(kept.serial_number, "x"))["der"] == kept.public_bytes(Encoding.DER)
+    finally:
+        repo.close()
+        peer.close()
