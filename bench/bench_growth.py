@@ -46,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from core.wire.protocol import pack  # noqa: E402
 from core.repository.store import Repository  # noqa: E402
 from core.repository.schema import to_db_time  # noqa: E402
+from core.repository import schema  # noqa: E402
 from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client.library import SignerClient  # noqa: E402
 
@@ -120,7 +121,7 @@ class Filler:
     @staticmethod
     def history_rows(db: sqlite3.Connection, certificates: list[dict], revoked: list[dict]) -> None:
         """The requests row and x509_issued event of each certificate (x509_revoked for the
-        revoked ones), shaped as complete_certificate / revoke store them."""
+        revoked ones), shaped and stored as complete_certificate / revoke store them."""
         created = to_db_time(NOW)
         requests, events = [], []
         for row in certificates:
@@ -128,23 +129,26 @@ class Filler:
                       "profile": row["profile"], "not_before": row["not_before"].isoformat(),
                       "not_after": row["not_after"].isoformat()}
             digest = secrets.token_hex(32)
-            requests.append((row["request_id"], "sign_x509", digest, pack(result), created))
+            stored_result, result_ref = schema.result_for_storage("sign_x509", result, row["der"])
+            requests.append((row["request_id"], "sign_x509", digest, pack(stored_result), created, result_ref))
             body = {"issuer": row["issuer"], "serial": row["serial"], "der": row["der"],
                     "request_id": row["request_id"], "profile": row["profile"], "subject": row["subject"],
                     "not_before": to_db_time(row["not_before"]), "not_after": to_db_time(row["not_after"]),
                     "origin_node": "bench-fill",
                     "request": {"command": "sign_x509", "request_digest": digest, "result": result}}
-            events.append((uuid.uuid4().hex, "bench-fill", "x509_issued", pack(body), created))
+            stored_body, body_ref = schema.body_for_storage("x509_issued", body, row["der"])
+            events.append((uuid.uuid4().hex, "bench-fill", "x509_issued", pack(stored_body), created, body_ref))
         for row in revoked:
             events.append((uuid.uuid4().hex, "bench-fill", "x509_revoked",
                            pack({"issuer": row["issuer"], "serial": row["serial"], "reason": 1,
                                  "revoked_at": created, "request_id": None, "origin_node": "bench-fill"}),
-                           created))
+                           created, 0))
         db.execute("BEGIN IMMEDIATE")
-        db.executemany("INSERT INTO requests (request_id, command, request_digest, result, created_at)"
-                       " VALUES (?, ?, ?, ?, ?)", requests)
-        db.executemany("INSERT INTO events (event_id, origin_node, type, body, created_at)"
-                       " VALUES (?, ?, ?, ?, ?)", events)
+        # Stored as the repository stores them since migration 7: the DER only in certificates.
+        db.executemany("INSERT INTO requests (request_id, command, request_digest, result, created_at,"
+                       " certificate_ref) VALUES (?, ?, ?, ?, ?, ?)", requests)
+        db.executemany("INSERT INTO events (event_id, origin_node, type, body, created_at, certificate_ref)"
+                       " VALUES (?, ?, ?, ?, ?, ?)", events)
         db.execute("COMMIT")
 
 
