@@ -80,6 +80,11 @@ class SignerActor(ActorTypeDispatcher):
         try:
             return self._receive_one(message, sender)
         finally:
+            try:
+                self.end_of_message()
+            except Exception as exc:  # noqa: BLE001 - the held messages still go
+                self.record_error(exc)
+                self.log.exception("%s failed finishing a message", self.actor_name)
             outbox, self._outbox = self._outbox, None
             for address, messages in outbox:
                 super().send(address, messages[0] if len(messages) == 1 else Batch(tuple(messages)))
@@ -179,6 +184,10 @@ class SignerActor(ActorTypeDispatcher):
     def after_message(self) -> Any:
         """Value returned from every handler (SerialLink returns its ThespianWatch)."""
         return None
+
+    def end_of_message(self) -> None:
+        """Runs once per incoming message (a Batch: once, after all its items), just before
+        the messages held for peers are sent, so what it sends joins them."""
 
     # -- helpers ----------------------------------------------------------------------
     def record_error(self, exc: BaseException) -> None:
