@@ -18,6 +18,7 @@ import base64
 import binascii
 import datetime
 import re
+import warnings
 import secrets
 import typing
 from dataclasses import dataclass
@@ -202,13 +203,17 @@ _CSR_PEM = re.compile(rb"-----BEGIN (?:NEW )?CERTIFICATE REQUEST-----(.*?)-----E
 
 
 def csr_der(data: bytes) -> bytes:
-    """A CSR file's bytes as DER: PEM (also the old "NEW CERTIFICATE REQUEST" label) is
-    unwrapped, anything else is taken as DER. The content is not judged here."""
-    if not data.lstrip().startswith(b"-----"):
+    """A CSR file's bytes as DER: PEM (also the old "NEW CERTIFICATE REQUEST" label, also
+    after explanatory text) is unwrapped, anything else is taken as DER. The content is not
+    judged here."""
+    if data.lstrip()[:1] == b"\x30":  # a DER SEQUENCE
         return data
+    # RFC 7468 5.2: text may precede the PEM block (certtool writes a description there).
     match = _CSR_PEM.search(data)
     if match is None:
-        raise MalformedCsr("PEM text without a CERTIFICATE REQUEST block")
+        if data.lstrip().startswith(b"-----"):
+            raise MalformedCsr("PEM text without a CERTIFICATE REQUEST block")
+        return data  # neither DER nor PEM: the parser says what is wrong
     try:
         return base64.b64decode(b"".join(match[1].split()), validate=True)
     except binascii.Error:
@@ -350,7 +355,12 @@ def build_subject(attrs: list[tuple[str, str]] | dict[str, str], profile: Profil
             raise AttributeNotAllowed(f"profile {profile.name!r} does not allow subject attribute {key!r}")
         named.append((name, _checked_attribute_value(name, value)))
     named.sort(key=lambda pair: SUBJECT_ATTRIBUTE_NAMES.index(pair[0]))
-    return x509.Name([x509.NameAttribute(_ATTRIBUTES[n][0], v) for n, v in named])
+    # Lengths are checked above in characters, as RFC 5280's upper bounds count them;
+    # cryptography's own check counts UTF-8 bytes (33 x "ü" in a CN was an internal_error),
+    # and warns even when told not to check.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Attribute's length must be", UserWarning)
+        return x509.Name([x509.NameAttribute(_ATTRIBUTES[n][0], v, _validate=False) for n, v in named])
 
 
 def _checked_attribute_value(name: str, value: Any) -> str:
@@ -376,6 +386,12 @@ def _check_dns_name(value: str, wildcard_allowed: bool = True) -> str:
     if (len(lowered) > 253 or not _DNS_NAME.fullmatch(lowered) or lowered.rpartition(".")[2].isdigit()
             or (not wildcard_allowed and lowered.startswith("*."))):
         raise InvalidValue(f"not a DNS name in A-label form: {value!r}")
+    for label in lowered.split("."):
+        if label.startswith("xn--"):
+            try:  # Punycode that decodes and encodes back to the same label (RFC 5890 A-label)
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise InvalidValue(f"{label!r} in {value!r} is not a valid IDNA A-label") from None
     return lowered
 
 
@@ -421,8 +437,14 @@ def new_serial() -> int:
 
 def validity_window(profile: Profile, now: datetime.datetime,
                     days: int | None = None) -> tuple[datetime.datetime, datetime.datetime]:
+    """notBefore now (whole seconds); notAfter `days` later less one second: both ends are
+    inclusive (RFC 5280 4.1.2.5), so the validity period is exactly `days` days."""
     not_before = as_utc(now).replace(microsecond=0)
-    return not_before, not_before + datetime.timedelta(days=days or profile.default_validity_days)
+    period = datetime.timedelta(days=days or profile.default_validity_days)
+    return not_before, not_before + period - ONE_SECOND
+
+
+ONE_SECOND = datetime.timedelta(seconds=1)
 
 
 # --- building --------------------------------------------------------------------------
@@ -497,7 +519,8 @@ def _check_validity(profile: Profile, issuer_cert: x509.Certificate,
                     not_before: datetime.datetime, not_after: datetime.datetime) -> None:
     if not_after <= not_before:
         raise InvalidValue(f"not_after {not_after} is not after not_before {not_before}")
-    if not_after - not_before > datetime.timedelta(days=profile.max_validity_days):
+    # The period includes both ends (RFC 5280 4.1.2.5): notAfter - notBefore + 1 s.
+    if not_after - not_before + ONE_SECOND > datetime.timedelta(days=profile.max_validity_days):
         raise ValidityTooLong(f"profile {profile.name!r} allows at most {profile.max_validity_days} days")
     if not_after > issuer_cert.not_valid_after_utc:
         raise ValidityTooLong(f"the issuer expires {issuer_cert.not_valid_after_utc}, before {not_after}")

@@ -172,7 +172,8 @@ def test_sign_x509_happy_path(signer, cas, csrs, subject_keys, issuer, key_type)
     assert (reserve.issuer, reserve.profile, reserve.request_id) == (issuer, body["profile"], "rid-1")
     assert re.fullmatch(r"[0-9a-f]{32}", reserve.serial_hex)
     assert reserve.subject == "CN=www.example.org"
-    assert reserve.not_after - reserve.not_before == timedelta(days=365 if issuer == "class3" else 180)
+    # both ends inclusive (RFC 5280 4.1.2.5): the period is exactly the profile's days
+    assert reserve.not_after - reserve.not_before + timedelta(seconds=1) == timedelta(days=365 if issuer == "class3" else 180)
 
     certificate.verify_directly_issued_by(ca.cert)
     assert certificate.serial_number == int(reserve.serial_hex, 16)

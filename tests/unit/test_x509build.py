@@ -391,3 +391,41 @@ def test_issue_timing(issuers, csrs, linter):
             linted = time.perf_counter()
             print(f"\n{kind} issuer, {step}: issue {1000 * (built - started):.2f} ms, "
                   f"lint {1000 * (linted - built):.2f} ms")
+
+
+def test_a_64_character_non_ascii_common_name_is_issued_and_65_refused(issuers, csrs, linter):
+    # RFC 5280's bound counts characters; cryptography's own check counts UTF-8 bytes
+    # (33 x "ü" was an internal_error).
+    cert_der = issue(PROFILES["client"], issuers["ec"], csrs("p256"), attrs={"CN": "ü" * 64}, sans=[])
+    assert x509.load_der_x509_certificate(cert_der).subject.rfc4514_string() == "CN=" + "ü" * 64
+    assert linter.lint(cert_der) == []
+    with pytest.raises(xb.InvalidValue):
+        xb.build_subject({"CN": "ü" * 65}, PROFILES["client"])
+
+
+def test_the_validity_period_counting_both_ends_is_exactly_the_days_asked(issuers, csrs):
+    # notAfter is inclusive (RFC 5280 4.1.2.5): notBefore + days would be one second more.
+    profile, issuer = PROFILES["server"], issuers["rsa"]
+    cert = x509.load_der_x509_certificate(issue(profile, issuer, csrs("p256"), days=profile.max_validity_days))
+    period = cert.not_valid_after_utc - cert.not_valid_before_utc + datetime.timedelta(seconds=1)
+    assert period == datetime.timedelta(days=profile.max_validity_days)
+
+
+@pytest.mark.parametrize("name", ["xn--zz.example.org", "www.xn--a.example.org", "xn--.example.org"])
+def test_a_dns_name_with_an_invalid_a_label_is_refused(name):
+    with pytest.raises(xb.InvalidValue):
+        xb.build_sans([("dns", name)], PROFILES["server"])
+
+
+def test_a_valid_a_label_is_kept():
+    assert xb.build_sans([("dns", "xn--bcher-kva.example.org")], PROFILES["server"]) == [
+        x509.DNSName("xn--bcher-kva.example.org")]
+
+
+def test_pem_after_explanatory_text_is_read_as_certtool_writes_it(csrs):
+    der = csrs("p256")
+    pem = x509.load_der_x509_csr(der).public_bytes(serialization.Encoding.PEM)
+    described = b"PKCS #10 Certificate Request Information:\n\tVersion: 1\n\tSubject: CN=x\n" + pem
+    assert xb.csr_der(described) == der and xb.csr_der(pem) == der and xb.csr_der(der) == der
+    with pytest.raises(xb.MalformedCsr):
+        xb.csr_der(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
