@@ -44,7 +44,8 @@ class CrlIssuer(HandlerActor[FetchCrlRequest, CrlJobState]):
         super().configure(config)
         self.issuers = load_issuers(config)
         self.key_infos = {i: key_info_of(issuer.certificate.public_key()) for i, issuer in self.issuers.items()}
-        self.idp_urls = crl_urls_by_issuer(load_profiles(config.x509.profiles))
+        urls = crl_urls_by_issuer(load_profiles(config.x509.profiles))  # refuses disagreeing profiles
+        self.idp_urls = urls if config.crl.issuing_distribution_point else {}
         self.policy = CrlPolicy.of(config.crl)
         self.building: dict[str, list[CrlJob]] = {}  # issuer -> requests waiting for its build
         self.builds = 0

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from core.hsm.ceremony import LOG_NAME, CeremonyRunner, KeyStep, RootStep, SignStep, Step
 from core.hsm.session import HsmSession
 from core.dev.softhsm import SOFTHSM_MODULE, init_softhsm_token
+from core.runtime.config import SHIPPED_PROFILES
+from core.x509.profiles import crl_urls_by_issuer, load_profiles
 
 TOKEN_LABEL = "cacert-dev"
 AUDIT_KEY_LABEL = "audit-key"
@@ -97,7 +99,12 @@ def dev_ceremony_steps(options: DevCaOptions, ca_dir: Path) -> list[Step]:
         SignStep("class3", "subordinate", issuer_certificate=str(ca_dir / "root.pem"),
                  issuer_key_label="root-key", certificate=str(ca_dir / "class3.pem"),
                  validity_days=SUB_VALIDITY.days, subject_key_label="class3-key",
-                 subject=DEV_SUBJECTS["class3"], path_length=0),
+                 subject=DEV_SUBJECTS["class3"], path_length=0,
+                 # The root's CRL, as the shipped profiles name it: the root's CRL carries that
+                 # URL as its (critical) issuing distribution point, and a verifier checking
+                 # the whole chain (openssl -crl_check_all) needs the class3 certificate's
+                 # distribution point to match it.
+                 crl_url=crl_urls_by_issuer(load_profiles(SHIPPED_PROFILES)).get("root")),
         KeyStep(AUDIT_KEY_LABEL, "key", AUDIT_KEY_LABEL, "ecdsa-p256"),
     ]
 

@@ -147,6 +147,11 @@ class CrlConfig:
     rebuild_after_fraction: float = 0.5  # rebuild an unchanged CRL once this much of its lifetime passed
     keep: int = 10  # CRLs kept per issuer to diff against
     hash: str = "sha256"
+    # A critical issuingDistributionPoint naming the issuer's CRL URL. Off by default: the
+    # old signer's CRLs had none, and OpenSSL's -crl_check_all then refuses every chain
+    # whose CA certificates lack a matching CRL distribution point (a self-signed root has
+    # none: "different CRL scope"). The CRLs are complete, so RFC 5280 needs no IDP.
+    issuing_distribution_point: bool = False
 
     @property
     def grace(self) -> float:

@@ -82,7 +82,7 @@ def config(cas):
         issuers=[SimpleNamespace(id=ca.id, certificate=str(ca.path), key_label=ca.key_label)
                  for ca in cas.values()],
         x509=SimpleNamespace(profiles=str(PROFILES), lint=True),
-        crl=SimpleNamespace(lifetime_days=7, grace=14.0, rebuild_after_fraction=0.5, keep=10,
+        crl=SimpleNamespace(lifetime_days=7, grace=14.0, rebuild_after_fraction=0.5, keep=10, issuing_distribution_point=True,
                             hash="sha256"))
 
 

@@ -123,3 +123,38 @@ def test_100k_crl_after_10_revocations_moves_under_3kb(world, dev_data, tmp_path
     assert diff["status"] == "diff" and moved_on_link < 3000
     assert len(crl_serials(out)) == BULK + 10
     openssl_verifies(out, dev_data / "ca" / "class3.pem")
+
+
+def test_a_class3_certificate_verifies_against_both_crls_of_its_chain(world, dev_data, tmp_path):
+    """openssl verify -crl_check_all: the root's CRL carries a critical issuing distribution
+    point, so the class3 certificate (made by dev-init) must name that same CRL; then a
+    revocation in the class3 CRL is seen through the whole chain. Last in this module: it
+    revokes one certificate."""
+    signer = world["signer"]
+    key, csr, leaf = tmp_path / "k.pem", tmp_path / "r.csr", tmp_path / "leaf.pem"
+    subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(csr), "-subj", "/CN=x"], check=True, capture_output=True)
+    issued = run_tool("signer-client", "--port", signer.client_path, "--timeout", "120", "--json", "sign-x509",
+                      "--issuer", "class3", "--profile", "server", "--csr", str(csr), "--san",
+                      "dns:chain.example.org", "--out", str(leaf), timeout=180)
+    assert issued.returncode == 0, issued.stdout + issued.stderr
+    ca = dev_data / "ca"
+
+    def verify() -> subprocess.CompletedProcess:
+        crls = []
+        for issuer in ("root", "class3"):
+            der, pem = tmp_path / f"{issuer}.crl", tmp_path / f"{issuer}.crl.pem"
+            fetch(signer, issuer, der)
+            subprocess.run(["openssl", "crl", "-inform", "DER", "-in", str(der), "-out", str(pem)], check=True)
+            crls += ["-CRLfile", str(pem)]
+        return subprocess.run(["openssl", "verify", "-crl_check_all", "-CAfile", str(ca / "root.pem"),
+                               "-untrusted", str(ca / "class3.pem"), *crls, str(leaf)],
+                              capture_output=True, text=True)
+    good = verify()
+    assert good.returncode == 0 and f"{leaf}: OK" in good.stdout, good.stdout + good.stderr
+    serial = format(x509.load_pem_x509_certificate(leaf.read_bytes()).serial_number, "x")
+    revoked = run_tool("signer-client", "--port", signer.client_path, "--timeout", "120", "revoke-x509",
+                       "--issuer", "class3", "--serial", serial, timeout=180)
+    assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+    bad = verify()
+    assert bad.returncode != 0 and "certificate revoked" in bad.stdout + bad.stderr, bad.stdout + bad.stderr
