@@ -212,3 +212,21 @@ def test_every_code_the_signer_can_send_is_in_the_table():
 def test_docs_link_no_file_outside_the_repository(page):
     text = (DOCS / page).read_text()
     assert "/work/shared" not in text, page
+
+
+def test_every_module_is_named_in_the_source_tree_of_docs_readme():
+    """docs/README.md "Source tree": a newcomer finds every module there, in its package's row
+    (by its name) or by its path."""
+    text = (DOCS / "README.md").read_text()
+    tree = text[text.index("## Source tree"):]
+    rows = {line.split("`")[1]: line for line in tree.splitlines() if line.startswith("| `")}
+    unnamed = []
+    for folder in ("core", "actors", "messages", "tools"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            relative = path.relative_to(ROOT)
+            if path.name == "__init__.py" or f"`{relative}`" in tree:
+                continue
+            row = rows.get(f"{relative.parent}/", "")
+            if f"`{path.name}`" not in row:
+                unnamed.append(str(relative))
+    assert not unnamed, unnamed
