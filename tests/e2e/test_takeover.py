@@ -7,7 +7,8 @@ through tools/crl_fetch.fetch_crl) lists every old revocation not past the grace
 a higher number; pre-switch certificates revoked through revoke_x509 are in the next CRL; the WebDB
 daemon on a real MariaDB, with a row for every old certificate as client.pl left it and the
 old CA's CRL files in its publish folder, publishes CRLs continuing the old ones and revokes a
-pre-switch certificate through its row; a second repository bootstrapped from the events ends with the same content."""
+pre-switch certificate through its row; a second signer (real, over NATS) bootstraps
+the imported history from the first; a second repository bootstrapped from the events ends with the same content."""
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core.sync.event_signing import sign_event
 from core.sync.peer_validation import PeerValidator
 from core.repository.store import Repository
-from tests.support.helpers import SignerProcess, run_tool, signer_config
+from tests.e2e.test_sync import Node, authenticated_nats
+from tests.e2e.test_sync import wait_until as wait_for
+from tests.support.helpers import NatsUsers, SignerProcess, run_tool, signer_config
 from tests.support.old_openssl_ca import OldCa
 from tests.support.webdb_side import CacertWebApp, client_config, open_web_side
 from tests.webdb.test_e2e import Daemon, mariadb, wait_until, webdb_section  # noqa: F401 (mariadb: a fixture)
@@ -55,6 +58,8 @@ def takeover(dev_data, tmp_path_factory):
             ca.revoke(f"{cn}.{issuer}.example.org", reason)
         ca.gencrl(base / "discard.crl")
         old_crls[issuer] = ca.gencrl(publish / WEBDB_FILES[issuer])  # number N
+        (base / "old-crls").mkdir(exist_ok=True)
+        (base / "old-crls" / WEBDB_FILES[issuer]).write_bytes((publish / WEBDB_FILES[issuer]).read_bytes())
         # The WebDB daemon's publish folder: the old CA's files too, untouched until it runs.
         (daemon_publish / WEBDB_FILES[issuer]).write_bytes((publish / WEBDB_FILES[issuer]).read_bytes())
         ca.newcerts_file(serials[issuer, "pre-switch-lost"]).unlink()
@@ -183,6 +188,46 @@ def test_the_webdb_daemon_on_mariadb_continues_the_old_crls_and_revokes_a_pre_sw
         assert published("root").get_revoked_certificate_by_serial_number(target) is None
     finally:
         assert daemon.stop() == 0, daemon.log.read_text()[-3000:]
+
+
+def test_a_second_signer_bootstraps_the_imported_history_over_nats(takeover, dev_data, tmp_path):
+    """Two real signers with sync (their own nats-servers, users, event keys): the old CA's
+    history imported into a stopped A, then A and an empty B started: B applies the whole
+    history from A's stream and ends with the same content digest and CRL number floors."""
+    users = NatsUsers(tmp_path / "nats-users")
+    nodes = {n: Node(n, dev_data, tmp_path, authenticated_nats(tmp_path, n, users)) for n in "ab"}
+    issuers = yaml.safe_load(takeover["config"].read_text())["issuers"]
+    try:
+        nodes["a"].configure_sync(nodes["b"])
+        nodes["b"].configure_sync(nodes["a"])
+        for node in nodes.values():
+            config = yaml.safe_load(node.config.read_text())
+            config["issuers"] = issuers
+            node.config.write_text(yaml.safe_dump(config))
+        for issuer, ca in takeover["cas"].items():
+            result = run_tool("signer-admin", "--config", str(nodes["a"].config), "import-openssl-ca",
+                              "--issuer", issuer, "--ca-dir", str(ca.dir), "--crl", str(takeover["base"] / "old-crls"
+                                                                                      / WEBDB_FILES[issuer]),
+                              "--json", timeout=120)
+            assert result.returncode == 0, result.stdout + result.stderr
+        imported = nodes["a"].digest()
+        for node in nodes.values():
+            node.start()
+        wait_for(lambda: nodes["b"].digest() == imported, timeout=120)
+        assert sorted(nodes["b"].event_ids()) == sorted(nodes["a"].event_ids())
+        repos = {n: Repository(str(node.repo_path), "reader") for n, node in nodes.items()}
+        try:
+            for issuer in takeover["cas"]:
+                assert repos["b"].previous_crl_number(issuer) == repos["a"].previous_crl_number(issuer) > 0
+            assert repos["b"].quarantine_count() == 0
+        finally:
+            for repo in repos.values():
+                repo.close()
+    finally:
+        for node in nodes.values():
+            if node.signer:
+                node.signer.stop()
+            node.nats.stop()
 
 
 def test_a_second_repository_bootstraps_the_same_content(takeover, tmp_path):
