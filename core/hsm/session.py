@@ -27,6 +27,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from PyKCS11 import PyKCS11Error
 
+from core.wire.protocol import SignerError
 from core.hsm.keys import (ECDSA, MECHANISMS, RSA_PKCS1, RSA_PSS, HsmEcPrivateKey,
                            HsmRsaPrivateKey, MechanismSpec, ec_public_attributes,
                            ec_public_key, ecdsa_der_signature, key_pair_templates,
@@ -36,10 +37,18 @@ T = TypeVar("T")
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 
 
-class HsmError(Exception):
-    """A failure of the HSM; `code` is the wire error code (core.wire.protocol.ERROR_CODES)."""
+class HsmError(SignerError):
+    """A failure of the HSM; `code` is the wire error code (core.wire.errors.ErrorCode). A
+    SignerError like every error a client can be answered; str() stays the message alone
+    (health and the logs show it)."""
 
     code = "hsm_unavailable"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(self.code, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class HsmUnavailable(HsmError):

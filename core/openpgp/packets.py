@@ -10,6 +10,8 @@ import binascii
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from core.wire.protocol import SignerError
+
 # A user key with thousands of third-party signatures is still well under 1 MiB; anything
 # bigger is refused before parsing so hostile input cannot cost unbounded memory or time.
 MAX_INPUT_BYTES = 1 << 20
@@ -67,10 +69,17 @@ CRC24_INIT = 0xB704CE  # RFC 4880 section 6.1
 CRC24_POLY = 0x1864CFB
 
 
-class OpenPgpError(Exception):
-    """Base of every OpenPGP input error; `code` is the stable error code for the protocol."""
+class OpenPgpError(SignerError):
+    """Base of every OpenPGP input error; `code` is the stable error code for the protocol.
+    A SignerError like every error a client can be answered; str() stays the message alone."""
 
     code = "openpgp_error"
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(self.code, message)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 class MalformedPacket(OpenPgpError):
