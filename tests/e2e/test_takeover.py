@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from core.sync.event_signing import sign_event
 from core.sync.peer_validation import PeerValidator
 from core.repository.store import Repository
-from tests.e2e.test_sync import Node, authenticated_nats
+from tests.e2e.test_sync import Node, authenticated_nats, converge
 from tests.e2e.test_sync import wait_until as wait_for
 from tests.support.helpers import NatsUsers, SignerProcess, run_tool, signer_config
 from tests.support.old_openssl_ca import OldCa
@@ -213,8 +213,10 @@ def test_a_second_signer_bootstraps_the_imported_history_over_nats(takeover, dev
         imported = nodes["a"].digest()
         for node in nodes.values():
             node.start()
+        # B holds the imported content, then the same events as A (A may add its own once
+        # running: converge waits until both hold the same event ids and content).
         wait_for(lambda: nodes["b"].digest() == imported, timeout=120)
-        assert sorted(nodes["b"].event_ids()) == sorted(nodes["a"].event_ids())
+        assert converge(nodes["a"], nodes["b"], timeout=120) == imported
         repos = {n: Repository(str(node.repo_path), "reader") for n, node in nodes.items()}
         try:
             for issuer in takeover["cas"]:

@@ -321,7 +321,7 @@ def x509_config(tmp_path_factory):
         node_id="node-fuzz",
         issuers=[SimpleNamespace(id=c.id, certificate=c.certificate, key_label=c.key_label) for c in cas],
         x509=SimpleNamespace(profiles=str(PROFILES), lint=True),
-        crl=SimpleNamespace(lifetime_days=7, grace=14.0, rebuild_after_fraction=0.5, keep=10,
+        crl=SimpleNamespace(lifetime_days=7, grace=14.0, rebuild_after_fraction=0.5, keep=10, issuing_distribution_point=False,
                             hash="sha256"))
 
 
