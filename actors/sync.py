@@ -16,7 +16,8 @@ from __future__ import annotations
 import queue
 import socket
 import time
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Sequence
 
 from thespian.actors import ThespianWatch, WakeupMessage, WatchMessage
 
@@ -24,7 +25,8 @@ from actors.base import SignerActor, error_dict
 from core.sync.event_signing import load_or_create_signing_key, sign_event
 from core.sync.nats_auth import read_password
 from core.sync.bridge import NatsBridge
-from messages.repository import AppliedEvents, ApplyEvents, GetSyncState, Outbox, RepoReply, SetSyncState
+from messages.repository import (AppliedEvents, ApplyEvents, GetSyncState, Outbox, OutboxEvents, RepoReply,
+                                 SetSyncState)
 from messages.sync import EventsCommitted, QuarantineCount, SyncStatusReply, SyncStatusRequest
 
 LAST_PUBLISHED = "last_published_seq"
@@ -34,6 +36,10 @@ APPLY_DEADLINE_S = 60.0
 # Every other repository ask (the stored positions, the quarantine count, saving a
 # position) is forgotten after this, so a lost reply cannot block its retry for ever.
 REPLY_DEADLINE_S = 60.0
+# Pushed events held beyond this many (the local server is away and publishes wait): dropped,
+# the outbox has them.
+QUEUE_LIMIT = 2000
+MAX_IN_FLIGHT = 8  # batches handed to the bridge and not yet acked
 
 
 class Sync(SignerActor):
@@ -52,7 +58,8 @@ class Sync(SignerActor):
         self.quarantined: int | None = None  # peer events refused and parked; unknown until read
         self.last_published: int | None = None  # unknown until read from the repository
         self.last_event_seq = 0
-        self.publishing = False
+        self.publishing = False  # an Outbox read or a bridge publish is running
+        self.init_outbox()
         self.local_ready = False
         self.applied = 0
         self.last_applied_seq: int | None = None
@@ -65,6 +72,27 @@ class Sync(SignerActor):
         self.ask_repository(QuarantineCount, "quarantined")
         self.wakeupAfter(self.sync.publish_interval_s)
 
+    def init_outbox(self) -> None:
+        # Events pushed by the Repository (EventsCommitted) or read from the outbox, in seq
+        # order, after those published or being published, not handed to the bridge yet.
+        self.queue: list[dict[str, Any]] = []
+        # The seq up to which Sync holds every event (published, being published or queued):
+        # a push continuing it is queued as it is; None: unknown, the outbox is read.
+        self.held_upto: int | None = None
+        self.reading = False  # the Outbox read in flight (publishing is set too)
+        # (after_seq, last_seq, events) of each push that came during that read
+        self.pushed_while_reading: list[tuple[int | None, int, Sequence[dict[str, Any]]]] = []
+        # Batches handed to the bridge and not reported yet, oldest first: (id, last seq).
+        # The bridge sends each at once and reports them in order, as JetStream acks them.
+        self.in_flight: list[tuple[int, int]] = []
+        self.batch_ids = 0
+        # A batch failed: the reports of those sent after it move nothing (what JetStream
+        # acked of them is published again from the outbox and dropped by event id).
+        self.discarding = False
+        self.failed = False  # a publish failed with nothing acked: wait for the next tick
+        self.unsaved: dict[str, str] = {}  # positions to store in sync_state at the next tick
+        self.pushed = False  # an EventsCommitted came since the last tick
+
     def ask_repository(self, make: Callable[[int], Any], purpose: str, context: Any = None) -> None:
         deadline = {"apply": APPLY_DEADLINE_S, "outbox": PUBLISH_DEADLINE_S}.get(purpose, REPLY_DEADLINE_S)
         self.send_ask(self.peer("repository"), make, (purpose, context), deadline, self.repository_silent)
@@ -72,7 +100,8 @@ class Sync(SignerActor):
     def repository_silent(self, tag: int, asked: tuple[str, Any]) -> None:
         """No reply by the deadline (a restarted repository). A batch being applied is handed
         back to the peer's server, or the consumer would wait for it for ever; a lost Outbox
-        reply is the publish deadline's (check_outbox); the others are asked again when due."""
+        reply is the publish deadline's (receiveMsg_WakeupMessage); the others are asked again
+        when due."""
         purpose, context = asked
         if purpose == "apply":
             self.bridge.settle([], [token for token, _, _ in context])
@@ -83,37 +112,106 @@ class Sync(SignerActor):
         asking = {purpose for _, (purpose, _) in self.pending.items()}
         if self.last_published is None and "last_published" not in asking:
             self.ask_repository(lambda tag: GetSyncState(tag, LAST_PUBLISHED), "last_published")  # retry
-        self.check_outbox()
-        self.wakeupAfter(self.sync.publish_interval_s)
-        return self.after_message()
-
-    def receiveMsg_EventsCommitted(self, message: EventsCommitted, sender: Any) -> Any:
-        # Pushed by the Repository after each commit that appended events. A publish in
-        # progress re-reads the outbox when JetStream acked it, so nothing waits for a tick.
-        self.last_event_seq = max(self.last_event_seq, message.last_seq)
-        events = message.events
-        if (events and self.last_published is not None and self.local_ready and not self.publishing
-                and events[0]["seq"] <= self.last_published + 1 <= events[-1]["seq"]):
-            # They continue what was published: no Outbox round trip to the repository.
-            self.publishing = True
-            self.publish_started = time.monotonic()
-            self.bridge.publish([self.signed(e) for e in events if e["seq"] > self.last_published])
-        else:
-            self.check_outbox()
-        return self.after_message()
-
-    def check_outbox(self) -> None:
         if (self.publishing and self.publish_started is not None  # set together
                 and time.monotonic() - self.publish_started > PUBLISH_DEADLINE_S):
             # A lost reply (a restarted repository, a stuck publish): start over from the
             # stored position; JetStream drops whatever was already stored, by event id.
-            self.publishing = False
+            self.publishing = self.reading = self.discarding = False
+            self.queue, self.held_upto, self.in_flight = [], None, []
             self.sync_error = f"publish: no progress within {PUBLISH_DEADLINE_S:g} s; retrying"
-        if self.last_published is not None and self.local_ready and not self.publishing:
+        self.failed = False
+        self.save_positions()
+        if not self.publishing and not self.queue and not self.pushed:
+            # The fallback, when nothing was pushed for a whole interval (a read while pushes
+            # come would hold them until its reply): whatever a lost push left behind.
+            self.read_outbox()
+        self.pushed = False
+        self.wakeupAfter(self.sync.publish_interval_s)
+        return self.after_message()
+
+    def receiveMsg_EventsCommitted(self, message: EventsCommitted, sender: Any) -> Any:
+        # Pushed by the Repository after the operations of each incoming message committed.
+        # Events continuing what Sync holds are queued and published at the end of this
+        # message, or as soon as the publish running is acked: no Outbox round trip.
+        self.last_event_seq = max(self.last_event_seq, message.last_seq)
+        self.hold(message.events, message.after_seq, message.last_seq)
+        self.pushed = True
+        return self.after_message()
+
+    def hold(self, events: Sequence[dict[str, Any]], after: int | None, covered_upto: int) -> None:
+        """Queue `events`, every event with a seq in (after, covered_upto], if they continue
+        what Sync holds; else forget what it holds beyond the publish running (the outbox
+        is read when that is done)."""
+        if self.reading:  # joined with what the read finds when it is back
+            self.pushed_while_reading.append((after, covered_upto, events))
+            return
+        if self.held_upto is None or after is None or after > self.held_upto:
+            self.queue, self.held_upto = [], None
+            return
+        self.queue.extend(event for event in events if event["seq"] > self.held_upto)
+        self.held_upto = max(self.held_upto, covered_upto)
+        if len(self.queue) > QUEUE_LIMIT:  # the local server is away: the outbox keeps them
+            self.queue, self.held_upto = [], None
+
+    def end_of_message(self) -> None:
+        if getattr(self, "sync", None) is not None:  # configured
+            self.publish_next()
+
+    def publish_next(self) -> None:
+        """Hand the bridge the queued events at once, in batches of at most `sync.batch`
+        (several may be in flight: the bridge sends them in order on one connection), else
+        read the outbox when Sync does not hold every event the repository told of."""
+        if (self.reading or self.discarding or self.failed or not self.local_ready
+                or self.last_published is None):
+            return
+        while self.queue and len(self.in_flight) < MAX_IN_FLIGHT:
+            events, self.queue = self.queue[:self.sync.batch], self.queue[self.sync.batch:]
+            self.batch_ids += 1
+            self.in_flight.append((self.batch_ids, events[-1]["seq"]))
             self.publishing = True
             self.publish_started = time.monotonic()
-            after = self.last_published
-            self.ask_repository(lambda tag: Outbox(tag, after, self.sync.batch), "outbox")
+            self.bridge.publish([self.signed(event) for event in events], self.batch_ids)
+        if not self.publishing and (self.held_upto is None or self.held_upto < self.last_event_seq):
+            self.read_outbox()
+
+    def read_outbox(self) -> None:
+        if self.publishing or not self.local_ready or self.last_published is None:
+            return
+        self.publishing = self.reading = True
+        self.publish_started = time.monotonic()
+        after = self.last_published
+        self.queue, self.held_upto, self.pushed_while_reading = [], after, []
+        self.ask_repository(lambda tag: Outbox(tag, after, self.sync.batch), "outbox", after)
+
+    def outbox_read(self, after: int, value: OutboxEvents) -> None:
+        """The outbox from `after`, joined with what was pushed meanwhile as far as the two
+        cover the log without a gap."""
+        self.publishing = self.reading = False
+        self.last_event_seq = max(self.last_event_seq, value.last_seq)
+        events = value.events
+        # What the read covers: every event up to the newest, unless it stopped at the limit.
+        covered = events[-1]["seq"] if len(events) >= self.sync.batch else max(after, value.last_seq)
+        pieces: list[tuple[int, int, Sequence[dict[str, Any]]]] = [(after, covered, events)]
+        pieces += [(start, upto, pushed) for start, upto, pushed in self.pushed_while_reading
+                   if start is not None]
+        self.pushed_while_reading = []
+        held, merged = after, dict[int, dict[str, Any]]()
+        for start, upto, piece in sorted(pieces, key=lambda piece: piece[0]):
+            if start > held:
+                break  # a gap: read again once these are published
+            merged.update((event["seq"], event) for event in piece if event["seq"] > after)
+            held = max(held, upto)
+        self.queue = [merged[seq] for seq in sorted(merged) if seq <= held]
+        self.held_upto = held
+
+    def save_positions(self) -> None:
+        """Store the positions that moved since the last tick (one write each per
+        publish_interval_s, not one per batch: each is a commit in the repository). A crash
+        before the save re-publishes the events since the stored position, and JetStream
+        drops them by event id."""
+        for key, value in self.unsaved.items():
+            self.ask_repository(partial(SetSyncState, key=key, value=value), "saved")
+        self.unsaved = {}
 
     def receiveMsg_RepoReply(self, message: RepoReply[Any], sender: Any) -> Any:
         asked: tuple[str | None, Any] = self.pending.pop(message.tag) or (None, None)
@@ -122,7 +220,9 @@ class Sync(SignerActor):
         if message.error is not None:
             self.sync_error = f"{purpose}: {message.error['message']}"
             if purpose == "outbox":
-                self.publishing = False
+                self.publishing = self.reading = False
+                self.queue, self.held_upto, self.failed = [], None, True
+                self.pushed_while_reading = []
             elif purpose == "apply":
                 self.bridge.settle([], [token for token, _, _ in context])
             return self.after_message()
@@ -131,12 +231,7 @@ class Sync(SignerActor):
         elif purpose == "last_applied":
             self.last_applied_seq = int(value) if value else None
         elif purpose == "outbox":
-            self.last_event_seq = value.last_seq
-            events = value.events
-            if events:
-                self.bridge.publish([self.signed(event) for event in events])
-            else:
-                self.publishing = False
+            self.outbox_read(context, value)
         elif purpose == "apply":
             self.applied_batch(context, value)
         elif purpose == "quarantined":
@@ -169,16 +264,8 @@ class Sync(SignerActor):
     def bridge_result(self, kind: str, value: Any) -> None:
         if kind == "local_ready":
             self.local_ready = True
-            self.check_outbox()
         elif kind == "published":
-            self.publishing = False
-            if value["error"]:
-                self.sync_error = f"publish: {value['error']}"
-            if value["last_seq"] is not None:
-                self.last_published = value["last_seq"]
-                self.last_publish_at = time.time()
-                self.ask_repository(lambda tag: SetSyncState(tag, LAST_PUBLISHED, str(value["last_seq"])), "saved")
-                self.check_outbox()  # more may be waiting
+            self.published(value)
         elif kind == "received":
             events = [event for _, _, event in value]
             self.ask_repository(lambda tag: ApplyEvents(tag, events), "apply", value)
@@ -187,13 +274,34 @@ class Sync(SignerActor):
         elif kind == "error":
             self.sync_error = value
 
+    def published(self, report: dict[str, Any]) -> None:
+        """The bridge's report on the oldest batch in flight: `last_seq` is the last event
+        JetStream acked of it (each acked in order; None: none), `error` why it stopped."""
+        if not self.in_flight or self.in_flight[0][0] != report["batch"]:
+            return  # a batch given up at the publish deadline
+        self.in_flight.pop(0)
+        self.publish_started = time.monotonic()  # progress
+        if report["last_seq"] is not None and not self.discarding:
+            self.last_published = report["last_seq"]
+            self.last_publish_at = time.time()
+            self.unsaved[LAST_PUBLISHED] = str(report["last_seq"])
+        if report["error"]:
+            self.sync_error = f"publish: {report['error']}"
+            # What was not acked is read again from the outbox once the batches in flight
+            # are reported: at once when some of this one were acked (the server is
+            # there), else at the next tick.
+            self.queue, self.held_upto, self.discarding = [], None, True
+            self.failed = self.failed or report["last_seq"] is None
+        if not self.in_flight:
+            self.publishing = self.discarding = False
+
     def applied_batch(self, batch: list[tuple[int, int, dict[str, Any]]], outcome: AppliedEvents) -> None:
         count = outcome.applied
         self.bridge.settle([token for token, _, _ in batch[:count]], [token for token, _, _ in batch[count:]])
         self.applied += count
         if count:
             self.last_applied_seq = batch[count - 1][1]
-            self.ask_repository(lambda tag: SetSyncState(tag, LAST_APPLIED, str(self.last_applied_seq)), "saved")
+            self.unsaved[LAST_APPLIED] = str(self.last_applied_seq)  # shown in status only
         if outcome.error:
             self.sync_error = f"apply: {outcome.error['message']}"
         self.quarantined = outcome.quarantine_total

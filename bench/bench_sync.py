@@ -43,6 +43,8 @@ import msgpack  # noqa: E402
 import nats  # noqa: E402
 from nats.js import api  # noqa: E402
 
+from bench.bench_load import signer_pids  # noqa: E402
+from bench.profile_x509 import cpu_seconds  # noqa: E402
 from core.repository.store import Repository  # noqa: E402
 from tests.support.helpers import NatsServer, NatsUsers, dev_init  # noqa: E402
 from tests.e2e.test_sync import Node, authenticated_nats, node_id  # noqa: E402
@@ -123,6 +125,12 @@ def lag_run(data: Path, root: Path, count: int, csr: bytes, poll_s: float, stage
     watcher.start()
     source.start()
     try:
+        pids = {}
+        if stages:
+            for n, node in nodes.items():
+                pids |= {f"{n}.{name}": pid for name, pid in signer_pids(node.signer).items()}
+                pids[f"{n}.nats-server"] = node.nats.process.pid
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         started = time.monotonic()
         issue_over_pty(nodes["a"], count, csr)
         elapsed = time.monotonic() - started
@@ -130,6 +138,12 @@ def lag_run(data: Path, root: Path, count: int, csr: bytes, poll_s: float, stage
         while time.monotonic() < deadline and not set(source.seen) <= set(watcher.seen):
             time.sleep(0.1)
         lag, bound = lags(source, watcher)
+        if stages:
+            used = {name: (cpu_seconds(pid) - cpu_before[name]) * 1000 / max(1, len(lag))
+                    for name, pid in pids.items()}
+            print("CPU ms per event (issued on A and replicated to B), by process: " + ", ".join(
+                f"{name} {ms:.2f}" for name, ms in sorted(used.items(), key=lambda item: -item[1]) if ms >= 0.05)
+                + f"; all {sum(used.values()):.1f}", flush=True)
         watched = {"seen_a": source.seen, "seen_b": watcher.seen}
         return lag, bound, len(source.seen) / elapsed, watched if stages else None, \
             {n: node_id(n) for n in nodes}
@@ -262,6 +276,9 @@ def print_stages(times: dict[tuple[str, str], dict[str, float]], watched: dict[s
     times[("seen_b", "b")] = watched["seen_b"]
     commits = times[("commit", "a")]
     events = [e for e in commits if all(e in times[(s, side)] for s, side, _ in STAGES)]
+    if not events:
+        print(f"stages: no event passed every stage ({len(commits)} committed on A)")
+        return
     print(f"stages of {len(events)} events (of {len(commits)} committed on A), ms: step p50/p99,"
           " then from A's commit p50/p99", flush=True)
     previous = None

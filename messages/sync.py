@@ -9,12 +9,14 @@ from messages.repository import RepoRequest
 
 @dataclass(frozen=True)
 class EventsCommitted:
-    """Repository -> Sync: the event log grew to `last_seq`; `events` are the newest ones
-    (at most PUSH_LIMIT, in seq order). Sync publishes them at once when they continue what
-    it published (else it reads its outbox), so replication lag is bounded by the work, not
-    by a timer or a second repository round trip."""
+    """Repository -> Sync: the event log grew to `last_seq`; `events` are every event with
+    a seq in (`after_seq`, `last_seq`] (at most PUSH_LIMIT, in seq order; None: not said).
+    Sync publishes them at once when they continue what it holds (else it reads its
+    outbox), so replication lag is bounded by the work, not by a timer or a second
+    repository round trip."""
     last_seq: int
     events: tuple[dict[str, Any], ...] = ()
+    after_seq: int | None = None
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,9 @@ meanwhile. Before each seal it checks that the log still extends the last seal, 
 seals a log rewritten under it. The head goes back with the reply (RepoReply.audit_head),
 so the handler puts it in the client's answer.
 
-When an operation appended events, it tells Sync (EventsCommitted), which publishes them at
-once: replication is pushed on commit, not found by polling."""
+When operations appended events, it tells Sync (EventsCommitted, once per incoming message:
+a Batch of operations is told at its end), which publishes them at once: replication is
+pushed on commit, not found by polling."""
 from __future__ import annotations
 
 import threading
@@ -52,6 +53,7 @@ class Repository(SignerActor):
         self.operations: dict[str, int] = {}
         self.sealed = self.store.last_audit_seal()  # {"seq", "hash"} of the newest seal
         self.events_told = 0  # the newest event seq Sync was told of (EventsCommitted)
+        self.operated = False  # an operation ran in this message: tell Sync at its end
         self.sealing: int | None = None  # the tag of the seal in flight (its ask: self.pending)
         self.seal_error: str | None = None
         self.seal_after_change()  # entries a previous run left unsealed
@@ -107,7 +109,13 @@ class Repository(SignerActor):
                                     audit_head=self.head_of(after) if changed else None))
         if changed:
             self.seal_after_change(after)
-        self.tell_sync_of_new_events()
+        self.operated = True
+
+    def end_of_message(self) -> None:
+        # Once per incoming message: a Batch of operations is told in one EventsCommitted.
+        if getattr(self, "operated", False):
+            self.operated = False
+            self.tell_sync_of_new_events()
 
     def tell_sync_of_new_events(self) -> None:
         if "sync" not in self.addresses:
@@ -117,7 +125,7 @@ class Repository(SignerActor):
             after = max(self.events_told, last_seq - PUSH_LIMIT)
             events = tuple(self.store.events_after(after, PUSH_LIMIT))
             self.events_told = last_seq
-            self.send(self.peer("sync"), EventsCommitted(last_seq, events))
+            self.send(self.peer("sync"), EventsCommitted(last_seq, events, after))
 
     # -- audit seals ------------------------------------------------------------------
     def head_of(self, head: dict[str, Any]) -> dict[str, Any]:

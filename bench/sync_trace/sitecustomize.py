@@ -39,34 +39,34 @@ def _install() -> None:
     Sync = sync_actor.Sync
     NatsBridge = bridge_module.NatsBridge
 
-    # -- Repository: commit (the operation returned) and the EventsCommitted send -------------
+    # -- Repository: each operation's commit, and the EventsCommitted that tells of it ------
+    def new_ids(self: Any, before: int, after: int) -> list[str]:
+        return [row[0] for row in self.store._db.execute(
+            "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (before, after))]
+
+    operate = Repository.receiveMsg_RepoRequest
+
+    def receive_request(self: Any, message: Any, sender: Any) -> Any:
+        before = self.store.last_event_seq()
+        try:
+            return operate(self, message, sender)
+        finally:
+            at = time.monotonic()  # the operation returned: committed
+            after = self.store.last_event_seq()
+            if after > before:
+                note("commit", self.config.node_id, new_ids(self, before, after), at)
+
+    Repository.receiveMsg_RepoRequest = receive_request
+
     tell = Repository.tell_sync_of_new_events
 
     def tell_sync_of_new_events(self: Any) -> None:
-        at = time.monotonic()
         before = self.events_told
-        tell(self)
+        tell(self)  # EventsCommitted is held until the end of the incoming message: right after
         if self.events_told > before:
-            ids = [row[0] for row in self.store._db.execute(
-                "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (before, self.events_told))]
-            note("commit", self.config.node_id, ids, at)
-            self._trace_told = getattr(self, "_trace_told", []) + ids
+            note("told", self.config.node_id, new_ids(self, before, self.events_told))
 
     Repository.tell_sync_of_new_events = tell_sync_of_new_events
-
-    receive = Repository.receiveMessage
-
-    def repository_receive(self: Any, message: Any, sender: Any) -> Any:
-        top = self._outbox is None
-        try:
-            return receive(self, message, sender)
-        finally:
-            told = getattr(self, "_trace_told", None)
-            if top and told:
-                note("told", self.config.node_id, told)  # the held messages have been sent
-                self._trace_told = []
-
-    Repository.receiveMessage = repository_receive
 
     apply_events = Repository.op_apply_events
 
@@ -100,32 +100,51 @@ def _install() -> None:
 
     publish = NatsBridge.publish
 
-    def bridge_publish(self: Any, events: list[dict[str, Any]]) -> None:
+    def bridge_publish(self: Any, events: list[dict[str, Any]], *args: Any) -> None:
         note("handoff", self.node_id, [event["event_id"] for event in events])
-        publish(self, events)
+        publish(self, events, *args)
 
     NatsBridge.publish = bridge_publish
 
     # -- the bridge's loop: each JetStream publish and its ack, each fetched message ---------
-    inner_publish = NatsBridge._publish
-
-    async def traced_publish(self: Any, events: list[dict[str, Any]]) -> None:
+    def wrap_js(self: Any) -> None:
         js = self.local_js
-        if not getattr(js, "_trace_wrapped", False):
-            original = js.publish
+        if getattr(js, "_trace_wrapped", False):
+            return
+        # publish (each awaited) or publish_async (a future per ack), whichever the bridge calls
+        original, original_async = js.publish, getattr(js, "publish_async", None)
 
-            async def js_publish(subject: str, payload: bytes, *args: Any, **kwargs: Any) -> Any:
-                event_id = (kwargs.get("headers") or {}).get("Nats-Msg-Id", "?")
-                note("js_send", self.node_id, [event_id])
-                result = await original(subject, payload, *args, **kwargs)
-                note("js_acked", self.node_id, [event_id])
-                return result
+        async def js_publish(subject: str, payload: bytes, *args: Any, **kwargs: Any) -> Any:
+            event_id = (kwargs.get("headers") or {}).get("Nats-Msg-Id", "?")
+            note("js_send", self.node_id, [event_id])
+            result = await original(subject, payload, *args, **kwargs)
+            note("js_acked", self.node_id, [event_id])
+            return result
 
-            js.publish = js_publish
-            js._trace_wrapped = True
-        await inner_publish(self, events)
+        async def js_publish_async(subject: str, payload: bytes, *args: Any, **kwargs: Any) -> Any:
+            event_id = (kwargs.get("headers") or {}).get("Nats-Msg-Id", "?")
+            note("js_send", self.node_id, [event_id])
+            future = await original_async(subject, payload, *args, **kwargs)
+            future.add_done_callback(lambda _: note("js_acked", self.node_id, [event_id]))
+            return future
 
-    NatsBridge._publish = traced_publish
+        js.publish = js_publish
+        if original_async is not None:
+            js.publish_async = js_publish_async
+        js._trace_wrapped = True
+
+    for name in ("_publish", "_send_batches"):  # the bridge's publishing coroutine, as it is named
+        inner = getattr(NatsBridge, name, None)
+        if inner is None:
+            continue
+
+        def traced(inner: Any) -> Any:
+            async def publishing(self: Any, *args: Any) -> None:
+                wrap_js(self)
+                await inner(self, *args)
+            return publishing
+
+        setattr(NatsBridge, name, traced(inner))
 
     fetch = NatsBridge._fetch_available
 

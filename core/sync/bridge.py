@@ -34,6 +34,7 @@ DRAIN_WAIT_S = 0.005  # then what else is there, without waiting for a full batc
 RETRY_S = 0.5
 STATUS_EVERY_S = 2.0
 ACK_WAIT_S = 10.0  # an applier that died without a nak: its messages come back after this
+PUBLISH_ACK_S = 5.0  # JetStream's ack of each publish, counted once they are all sent
 
 
 __all__ = ["NatsBridge", "stream_name", "subject"]
@@ -53,6 +54,10 @@ class NatsBridge:
         self._acks: dict[int, Any] = {}
         self._token = 0
         self._batch_done = asyncio.Event()  # bound to the bridge's loop when first awaited
+        # Batches to publish, and those sent whose acks are awaited, in order (same binding).
+        self._outgoing: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
+        self._unacked: asyncio.Queue[tuple[int, list[tuple[int, asyncio.Future[Any]]],
+                                           Exception | None]] = asyncio.Queue()
         self._thread = threading.Thread(target=self._run, name="nats-bridge", daemon=True)
         self._stopping = False
 
@@ -61,8 +66,10 @@ class NatsBridge:
         self._thread.start()
         return self
 
-    def publish(self, events: list[dict[str, Any]]) -> None:
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._publish(events)))
+    def publish(self, events: list[dict[str, Any]], batch: int = 0) -> None:
+        """Publish `events` (in seq order) after the batches handed before; reported as
+        ("published", {"batch", "last_seq", "error"}), batch after batch in order."""
+        self._loop.call_soon_threadsafe(self._outgoing.put_nowait, (batch, events))
 
     def settle(self, ack: list[int], nak: list[int]) -> None:
         """Acknowledge applied messages (after the repository committed), nak the rest."""
@@ -151,6 +158,8 @@ class NatsBridge:
             except Exception as exc:  # noqa: BLE001
                 self._post("error", f"local stream: {exc}")
                 await asyncio.sleep(RETRY_S)
+        self._loop.create_task(self._send_batches())
+        self._loop.create_task(self._take_acks())
         self._post("local_ready", True)
         while not self._stopping:
             status = {"local_connected": self.local.is_connected}
@@ -159,18 +168,43 @@ class NatsBridge:
             self._post("status", status)
             await asyncio.sleep(STATUS_EVERY_S)
 
-    async def _publish(self, events: list[dict[str, Any]]) -> None:
-        last = None
-        try:
+    async def _send_batches(self) -> None:
+        """Send each batch's events as soon as it is handed over, without waiting for acks
+        (one task, one connection: the server stores them in the order sent)."""
+        while True:
+            batch, events = await self._outgoing.get()
+            acks: list[tuple[int, asyncio.Future[Any]]] = []
+            failure = None
             for event in events:
-                # The event id de-duplicates a publish that is retried after an outage.
-                await self.local_js.publish(subject(self.node_id), msgpack.packb(event, datetime=False, default=str),
-                                            timeout=5, headers={"Nats-Msg-Id": event["event_id"]})
-                last = event["seq"]
-        except Exception as exc:  # noqa: BLE001 - the outbox keeps the rest for later
-            self._post("published", {"last_seq": last, "error": f"{type(exc).__name__}: {exc}"})
-            return
-        self._post("published", {"last_seq": last, "error": None})
+                try:
+                    # The event id de-duplicates a publish that is retried after an outage.
+                    acks.append((event["seq"], await self.local_js.publish_async(
+                        subject(self.node_id), msgpack.packb(event, datetime=False, default=str),
+                        headers={"Nats-Msg-Id": event["event_id"]})))
+                except Exception as exc:  # noqa: BLE001 - reported with the batch's acks
+                    failure = exc
+                    break
+            self._unacked.put_nowait((batch, acks, failure))
+
+    async def _take_acks(self) -> None:
+        """Each batch's acks in the order sent (PUBLISH_ACK_S each): the report says up to
+        which event JetStream acked it."""
+        while True:
+            batch, acks, failure = await self._unacked.get()
+            last = None
+            try:
+                for seq, ack in acks:
+                    await asyncio.wait_for(ack, PUBLISH_ACK_S)
+                    last = seq
+                if failure is not None:
+                    raise failure
+            except Exception as exc:  # noqa: BLE001 - the outbox keeps the rest for later
+                for _, ack in acks:
+                    ack.cancel()  # no-op for those already acked
+                self._post("published", {"batch": batch, "last_seq": last,
+                                         "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            self._post("published", {"batch": batch, "last_seq": last, "error": None})
 
     async def _peer(self) -> None:
         # Started only with a peer_url, and the configuration gives both or neither.
@@ -235,11 +269,13 @@ class NatsBridge:
         return msgs
 
     async def _settle(self, ack: list[int], nak: list[int]) -> None:
+        # Plain acks, not awaited one by one: they leave on the connection ahead of the next
+        # fetch. One that is lost brings its message back after ack_wait: a no-op to apply.
         for token in ack:
             msg = self._acks.pop(token, None)
             if msg is not None:
                 try:
-                    await msg.ack_sync(timeout=5)
+                    await msg.ack()
                 except Exception:  # noqa: BLE001 - redelivered later; applying is idempotent
                     pass
         for token in nak:

@@ -167,6 +167,7 @@ def sync_actor() -> ActorHarness:
     actor.node_id, actor.bridge, actor.sync_error = "n1", FakeBridge(), None
     actor.last_published, actor.local_ready, actor.publishing = 5, False, False
     actor.applied, actor.last_applied_seq, actor.quarantined = 0, None, 0
+    actor.init_outbox()
     return h
 
 
