@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import collections
 import os
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -243,7 +244,7 @@ def reference_run(root: Path, count: int, rate: float, body_size: int, poll_s: f
 
 # -- stages ------------------------------------------------------------------------------------
 # (stage, side): a: the issuing signer, b: the applying one; as bench/sync_trace notes them.
-STAGES = [("commit", "a", "A's repository committed the operation"),
+STAGES = [("commit", "a", "A's repository committed the operation (or the Batch holding it)"),
           ("told", "a", "A's repository sent EventsCommitted (end of its batch)"),
           ("sync_got", "a", "A's Sync received EventsCommitted"),
           ("handoff", "a", "A's Sync handed the event to its bridge"),
@@ -252,7 +253,8 @@ STAGES = [("commit", "a", "A's repository committed the operation"),
           ("fetched", "b", "B's bridge fetched it from A's server"),
           ("peer_batch", "b", "B's Sync got the batch from its bridge"),
           ("apply_start", "b", "B's repository started ApplyEvents"),
-          ("apply_end", "b", "B's repository committed the batch"),
+          ("apply_end", "b", "B's repository applied the batch"),
+          ("commit", "b", "B's repository committed it"),
           ("seen_b", "b", "B's watcher saw it")]
 
 
@@ -356,6 +358,7 @@ def main() -> None:
     parser.add_argument("--poll-ms", type=float, default=2.0, help="the watchers' poll interval")
     parser.add_argument("--stages", action="store_true", help="trace each event through each stage")
     parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--keep", type=Path, help="copy the lag run's folder (repositories, traces) here")
     args = parser.parse_args()
     poll_s = args.poll_ms / 1000
     with tempfile.TemporaryDirectory() as tmp:
@@ -372,6 +375,10 @@ def main() -> None:
                   f" A's pty, {rate:.0f} events/s)", lag, bound)
         if watched is not None:
             print_stages(read_trace(root / "lag" / "trace", node_ids), watched)
+        if args.keep:
+            shutil.copytree(root / "lag", args.keep, ignore=shutil.ignore_patterns("*.sock", "client-tty*"))
+            shutil.copytree(data, args.keep / "data")  # the CA the configurations name (in `data`)
+            print(f"kept in {args.keep} (the configurations name {data})")
         if not args.no_reference:
             (root / "ref").mkdir()
             size = event_body_size(root / "lag" / "a" / "repository.sqlite")

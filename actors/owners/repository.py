@@ -9,9 +9,11 @@ meanwhile. Before each seal it checks that the log still extends the last seal, 
 seals a log rewritten under it. The head goes back with the reply (RepoReply.audit_head),
 so the handler puts it in the client's answer.
 
-When operations appended events, it tells Sync (EventsCommitted, once per incoming message:
-a Batch of operations is told at its end), which publishes them at once: replication is
-pushed on commit, not found by polling."""
+The operations of one incoming message (a Batch: all its items) share one transaction, each
+in a savepoint of its own, and their replies are held until it is committed (grouped
+commits: one fsync per batch; docs/actors.md). After the commit it tells Sync of the events
+they appended (EventsCommitted, once per message), which publishes them at once:
+replication is pushed on commit, not found by polling."""
 from __future__ import annotations
 
 import threading
@@ -53,7 +55,9 @@ class Repository(SignerActor):
         self.operations: dict[str, int] = {}
         self.sealed = self.store.last_audit_seal()  # {"seq", "hash"} of the newest seal
         self.events_told = 0  # the newest event seq Sync was told of (EventsCommitted)
-        self.operated = False  # an operation ran in this message: tell Sync at its end
+        self.operated = False  # an operation ran in this message: commit, reply, tell at its end
+        self.held: list[tuple[Any, RepoReply[Any]]] = []  # replies waiting for the group's commit
+        self.audit_changed = False  # an operation of this message appended audit entries
         self.sealing: int | None = None  # the tag of the seal in flight (its ask: self.pending)
         self.seal_error: str | None = None
         self.seal_after_change()  # entries a previous run left unsealed
@@ -93,29 +97,56 @@ class Repository(SignerActor):
         self.quick_check = (time.monotonic(), result)  # one tuple assignment: atomic
 
     def receiveMsg_RepoRequest(self, message: RepoRequest, sender: Any) -> None:
+        """Runs the operation in the group of this incoming message (one transaction, a
+        savepoint per operation) and holds its reply until the group is committed."""
         self.operations[message.operation] = self.operations.get(message.operation, 0) + 1
+        self.operated = True
         local = getattr(self, f"op_{message.operation}", None)
         run = local or getattr(self.store, message.operation)
-        before = self.store.audit_head()
         try:
+            if not self.store.grouped:
+                self.store.begin_group()
+            before = self.store.audit_head()
             value = message.typed_value(run(**message.arguments()))
+            after = self.store.audit_head()
         except Exception as exc:  # noqa: BLE001 - every failure is answered, typed
             self.record_error(exc)
-            self.send(sender, RepoReply(message.tag, error=error_dict(exc)))
+            self.held.append((sender, RepoReply(message.tag, error=error_dict(exc))))
+            if self.store.group_lost:  # the operations before it were undone too
+                self.commit_group()
             return
-        after = self.store.audit_head()
         changed = after != before  # this actor is the only writer: the change is this op's
-        self.send(sender, RepoReply(message.tag, value,
-                                    audit_head=self.head_of(after) if changed else None))
-        if changed:
-            self.seal_after_change(after)
-        self.operated = True
+        self.held.append((sender, RepoReply(message.tag, value,
+                                            audit_head=self.head_of(after) if changed else None)))
+        self.audit_changed = self.audit_changed or changed
+
+    def commit_group(self) -> None:
+        """Commit the open group, then let its replies go, each an error if the commit
+        failed: no reply leaves before what it reports is durable (synchronous=FULL)."""
+        failure = None
+        try:
+            self.store.commit_group()
+        except Exception as exc:  # noqa: BLE001 - every operation of the group is answered
+            self.record_error(exc)
+            self.log.error("repository commit failed: %s", exc)
+            failure = error_dict(RepositoryError(f"not stored, the commit failed: {exc}"))
+        held, self.held = self.held, []
+        for sender, reply in held:
+            if failure is not None and reply.error is None:
+                reply = RepoReply(reply.tag, error=failure)
+            self.send(sender, reply)
 
     def end_of_message(self) -> None:
-        # Once per incoming message: a Batch of operations is told in one EventsCommitted.
-        if getattr(self, "operated", False):
-            self.operated = False
-            self.tell_sync_of_new_events()
+        # Once per incoming message (a Batch of operations: after the last one): the commit,
+        # the replies, one seal request and one EventsCommitted for all of them.
+        if not getattr(self, "operated", False):
+            return
+        self.operated = False
+        self.commit_group()
+        if self.audit_changed:
+            self.audit_changed = False
+            self.seal_after_change()
+        self.tell_sync_of_new_events()
 
     def tell_sync_of_new_events(self) -> None:
         if "sync" not in self.addresses:

@@ -45,18 +45,33 @@ def _install() -> None:
             "SELECT event_id FROM events WHERE seq > ? AND seq <= ?", (before, after))]
 
     operate = Repository.receiveMsg_RepoRequest
+    grouped = hasattr(Repository, "commit_group")  # operations committed together at the end
 
     def receive_request(self: Any, message: Any, sender: Any) -> Any:
         before = self.store.last_event_seq()
         try:
             return operate(self, message, sender)
         finally:
-            at = time.monotonic()  # the operation returned: committed
+            at = time.monotonic()  # the operation returned
             after = self.store.last_event_seq()
             if after > before:
-                note("commit", self.config.node_id, new_ids(self, before, after), at)
+                ids = new_ids(self, before, after)
+                if grouped:
+                    self._trace_pending = getattr(self, "_trace_pending", []) + ids
+                else:
+                    note("commit", self.config.node_id, ids, at)
 
     Repository.receiveMsg_RepoRequest = receive_request
+
+    if grouped:
+        commit_group = Repository.commit_group
+
+        def traced_commit_group(self: Any) -> None:
+            commit_group(self)
+            note("commit", self.config.node_id, getattr(self, "_trace_pending", []))
+            self._trace_pending = []
+
+        Repository.commit_group = traced_commit_group
 
     tell = Repository.tell_sync_of_new_events
 

@@ -3,9 +3,11 @@ results (idempotency), an append-only event log and a hash-chained audit log, in
 SQLite file.
 
 Plain code, no actors: the Repository actor owns one instance. Every public operation is
-one transaction, and every change appends its event and its audit entry (core/repository/audit.py)
-inside that same transaction, so neither the log a sync component publishes nor the
-audit log can miss a change or report one that was rolled back. Schema and migrations
+one transaction (or, between begin_group() and commit_group(), one savepoint of the group's
+transaction: the actor commits the operations of one incoming message together), and every
+change appends its event and its audit entry (core/repository/audit.py) inside it, so
+neither the log a sync component publishes nor the audit log can miss a change or report
+one that was rolled back. Schema and migrations
 live in core/repository/schema.py; replication between two signers (applying the peer's
 events, content digest, sync bookkeeping) in core/repository/peer_apply.py, whose mixin
 Repository inherits.
@@ -115,6 +117,11 @@ class Repository(RepositorySync):
         # saves reading it back for every entry. None: read it from the table.
         self._audit_tail: tuple[int, str] | None = None
         self._keep_audit_tail = False
+        # A group (begin_group .. commit_group): one transaction that the operations join,
+        # each in a savepoint of its own; _group_lost: a sqlite error ended it early.
+        self._grouped = False
+        self._group_lost = False
+        self._savepoints = itertools.count(1)
         with _sqlite_errors_as_repository_errors():
             # isolation_level=None: transactions are ours (BEGIN/COMMIT below), never
             # opened implicitly by the sqlite3 module.
@@ -135,6 +142,10 @@ class Repository(RepositorySync):
 
     @contextmanager
     def _transaction(self, mode: str) -> Iterator[sqlite3.Connection]:
+        if self._grouped:
+            with self._savepoint():
+                yield self._db
+            return
         with _sqlite_errors_as_repository_errors():
             self._db.execute(f"BEGIN {mode}")
             try:
@@ -144,6 +155,63 @@ class Repository(RepositorySync):
                     self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        """One operation inside a group: undone alone if it fails."""
+        with _sqlite_errors_as_repository_errors():
+            if self._group_lost or not self._db.in_transaction:
+                self._group_lost = True
+                raise RepositoryError("the transaction of this group was rolled back")
+            name = f"operation_{next(self._savepoints)}"
+            self._db.execute(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute(f"ROLLBACK TO {name}")
+                    self._db.execute(f"RELEASE {name}")
+                else:  # some sqlite errors roll the whole transaction back
+                    self._group_lost = True
+                raise
+            self._db.execute(f"RELEASE {name}")
+
+    def begin_group(self) -> None:
+        """Start one write transaction that every operation until commit_group() joins, each
+        in a savepoint of its own (one that fails is undone alone): one commit, so one
+        fsync, for many operations. Nothing of the group is durable, or visible to other
+        connections, before commit_group(): its results must not leave before that."""
+        if self._grouped:
+            raise RepositoryError("a group is already open")
+        with _sqlite_errors_as_repository_errors():
+            self._db.execute("BEGIN IMMEDIATE")
+        self._grouped, self._group_lost = True, False
+
+    @property
+    def grouped(self) -> bool:
+        return self._grouped
+
+    @property
+    def group_lost(self) -> bool:
+        """A sqlite error rolled the group's transaction back: every operation of the group
+        so far was undone, and the next ones fail until commit_group() ends the group."""
+        return self._grouped and self._group_lost
+
+    def commit_group(self) -> None:
+        """Commit the group (nothing to commit when it was lost: RepositoryError then, as
+        for a failed commit, which is rolled back)."""
+        if not self._grouped:
+            return
+        lost, self._grouped, self._group_lost = self._group_lost, False, False
+        with _sqlite_errors_as_repository_errors():
+            if lost or not self._db.in_transaction:
+                raise RepositoryError("the transaction of this group was rolled back")
+            try:
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     def _write(self) -> AbstractContextManager[sqlite3.Connection]:
         # IMMEDIATE takes the write lock up front, so a read-then-write cannot fail
