@@ -25,7 +25,7 @@ from actors.base import SignerActor, error_dict
 from core.sync.event_signing import load_or_create_signing_key, sign_event
 from core.sync.nats_auth import read_password
 from core.sync.bridge import NatsBridge
-from messages.repository import (AppliedEvents, ApplyEvents, GetSyncState, Outbox, OutboxEvents, RepoReply,
+from messages.repository import (ApplyEvents, GetSyncState, Outbox, OutboxEvents, RepoReply,
                                  SetSyncState)
 from messages.sync import EventsCommitted, QuarantineCount, SyncStatusReply, SyncStatusRequest
 
@@ -40,6 +40,7 @@ REPLY_DEADLINE_S = 60.0
 # the outbox has them.
 QUEUE_LIMIT = 2000
 MAX_IN_FLIGHT = 8  # batches handed to the bridge and not yet acked
+HANDED_MEMORY = 20_000  # event ids handed to the bridge that Sync remembers (echoes: no-ops)
 
 
 class Sync(SignerActor):
@@ -92,6 +93,8 @@ class Sync(SignerActor):
         self.failed = False  # a publish failed with nothing acked: wait for the next tick
         self.unsaved: dict[str, str] = {}  # positions to store in sync_state at the next tick
         self.pushed = False  # an EventsCommitted came since the last tick
+        # Ids of the events handed to the bridge lately, oldest first (an ordered set).
+        self.handed: dict[str, None] = {}
 
     def ask_repository(self, make: Callable[[int], Any], purpose: str, context: Any = None) -> None:
         deadline = {"apply": APPLY_DEADLINE_S, "outbox": PUBLISH_DEADLINE_S}.get(purpose, REPLY_DEADLINE_S)
@@ -104,7 +107,8 @@ class Sync(SignerActor):
         when due."""
         purpose, context = asked
         if purpose == "apply":
-            self.bridge.settle([], [token for token, _, _ in context])
+            _, batch = context
+            self.bridge.settle([], [token for token, _, _ in batch])
             self.sync_error = f"apply: no answer within {APPLY_DEADLINE_S:g} s; handed back"
 
     # -- the outbox ------------------------------------------------------------------------
@@ -171,6 +175,9 @@ class Sync(SignerActor):
             self.publishing = True
             self.publish_started = time.monotonic()
             self.bridge.publish([self.signed(event) for event in events], self.batch_ids)
+            self.handed.update((event["event_id"], None) for event in events)
+            while len(self.handed) > HANDED_MEMORY:
+                del self.handed[next(iter(self.handed))]  # the oldest
         if not self.publishing and (self.held_upto is None or self.held_upto < self.last_event_seq):
             self.read_outbox()
 
@@ -224,7 +231,8 @@ class Sync(SignerActor):
                 self.queue, self.held_upto, self.failed = [], None, True
                 self.pushed_while_reading = []
             elif purpose == "apply":
-                self.bridge.settle([], [token for token, _, _ in context])
+                _, batch = context
+                self.bridge.settle([], [token for token, _, _ in batch])
             return self.after_message()
         if purpose == "last_published":
             self.last_published = int(value or 0)
@@ -233,7 +241,9 @@ class Sync(SignerActor):
         elif purpose == "outbox":
             self.outbox_read(context, value)
         elif purpose == "apply":
-            self.applied_batch(context, value)
+            known, batch = context
+            self.applied_batch(batch, known + value.applied, value.error)
+            self.quarantined = value.quarantine_total
         elif purpose == "quarantined":
             self.quarantined = int(value)
         return self.after_message()
@@ -267,8 +277,16 @@ class Sync(SignerActor):
         elif kind == "published":
             self.published(value)
         elif kind == "received":
-            events = [event for _, _, event in value]
-            self.ask_repository(lambda tag: ApplyEvents(tag, events), "apply", value)
+            # Events this Sync handed to its bridge are in the local log: coming back from the
+            # peer's stream (the peer applied and relayed them), they are no-ops to apply.
+            known = 0
+            while known < len(value) and value[known][2].get("event_id") in self.handed:
+                known += 1
+            if known == len(value):
+                self.applied_batch(value, known, None)
+            else:
+                events = [event for _, _, event in value[known:]]
+                self.ask_repository(lambda tag: ApplyEvents(tag, events), "apply", (known, value))
         elif kind == "status":
             self.remote.update(value)
         elif kind == "error":
@@ -295,16 +313,17 @@ class Sync(SignerActor):
         if not self.in_flight:
             self.publishing = self.discarding = False
 
-    def applied_batch(self, batch: list[tuple[int, int, dict[str, Any]]], outcome: AppliedEvents) -> None:
-        count = outcome.applied
+    def applied_batch(self, batch: list[tuple[int, int, dict[str, Any]]], count: int,
+                      error: dict[str, str] | None) -> None:
+        """The first `count` messages of the batch are applied (committed, or known): acked;
+        the rest nak'ed for redelivery."""
         self.bridge.settle([token for token, _, _ in batch[:count]], [token for token, _, _ in batch[count:]])
         self.applied += count
         if count:
             self.last_applied_seq = batch[count - 1][1]
             self.unsaved[LAST_APPLIED] = str(self.last_applied_seq)  # shown in status only
-        if outcome.error:
-            self.sync_error = f"apply: {outcome.error['message']}"
-        self.quarantined = outcome.quarantine_total
+        if error:
+            self.sync_error = f"apply: {error['message']}"
 
     # -- status --------------------------------------------------------------------------------
     def receiveMsg_SyncStatusRequest(self, message: SyncStatusRequest, sender: Any) -> Any:

@@ -34,6 +34,7 @@ DRAIN_WAIT_S = 0.005  # then what else is there, without waiting for a full batc
 RETRY_S = 0.5
 STATUS_EVERY_S = 2.0
 ACK_WAIT_S = 10.0  # an applier that died without a nak: its messages come back after this
+APPLYING = 2  # peer batches handed over and not settled: one applied, the next one waiting
 PUBLISH_ACK_S = 5.0  # JetStream's ack of each publish, counted once they are all sent
 
 
@@ -53,7 +54,9 @@ class NatsBridge:
         self._loop = asyncio.new_event_loop()
         self._acks: dict[int, Any] = {}
         self._token = 0
-        self._batch_done = asyncio.Event()  # bound to the bridge's loop when first awaited
+        # Peer batches handed to the actor and not settled yet: at most APPLYING, so the next
+        # batch is fetched while one is applied (bound to the bridge's loop when first used).
+        self._applying = asyncio.Semaphore(APPLYING)
         # Batches to publish, and those sent whose acks are awaited, in order (same binding).
         self._outgoing: asyncio.Queue[tuple[int, list[dict[str, Any]]]] = asyncio.Queue()
         self._unacked: asyncio.Queue[tuple[int, list[tuple[int, asyncio.Future[Any]]],
@@ -72,7 +75,8 @@ class NatsBridge:
         self._loop.call_soon_threadsafe(self._outgoing.put_nowait, (batch, events))
 
     def settle(self, ack: list[int], nak: list[int]) -> None:
-        """Acknowledge applied messages (after the repository committed), nak the rest."""
+        """Acknowledge applied messages (after the repository committed), nak the rest:
+        once per batch received (it frees its place for the next fetch)."""
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(self._settle(ack, nak)))
 
     def stop(self) -> None:
@@ -227,6 +231,7 @@ class NatsBridge:
                         status["peer_error"] = f"{type(exc).__name__}: {exc}"
                 self._post("status", status)
                 last_status = now
+            await self._applying.acquire()  # released when the batch fetched now is settled
             try:
                 if sub is None:
                     sub = await js.pull_subscribe(subject(self.peer_node_id), durable=consumer_name(self.node_id),
@@ -235,8 +240,10 @@ class NatsBridge:
                                                                             ack_wait=ACK_WAIT_S, max_ack_pending=FETCH_BATCH))
                 msgs = await self._fetch_available(sub)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                self._applying.release()
                 continue
             except Exception as exc:  # noqa: BLE001 - peer or stream not there (yet)
+                self._applying.release()
                 self._post("status", {"peer_connected": self.peer.is_connected,
                                       "peer_error": f"{type(exc).__name__}: {exc}"})
                 sub = None if "not found" in str(exc).lower() else sub
@@ -248,9 +255,9 @@ class NatsBridge:
                 self._acks[self._token] = msg
                 batch.append((self._token, msg.metadata.sequence.stream,
                               msgpack.unpackb(msg.data, raw=False, strict_map_key=False)))
-            self._batch_done.clear()
+            # The next fetch starts at once: it waits for its messages while this batch is
+            # applied, and is applied right after it (in order, by the one Repository).
             self._post("received", batch)
-            await self._batch_done.wait()  # in order: the next batch after this one settled
 
     @staticmethod
     async def _fetch_available(sub: Any) -> list[Any]:
@@ -285,4 +292,4 @@ class NatsBridge:
                     await msg.nak(delay=1)
                 except Exception:  # noqa: BLE001
                     pass
-        self._batch_done.set()
+        self._applying.release()

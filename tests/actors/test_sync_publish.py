@@ -10,7 +10,7 @@ from typing import Any
 from thespian.actors import WakeupMessage
 
 from actors.sync import MAX_IN_FLIGHT, QUEUE_LIMIT, Sync
-from messages.repository import Outbox, OutboxEvents, RepoReply, SetSyncState
+from messages.repository import AppliedEvents, ApplyEvents, Outbox, OutboxEvents, RepoReply, SetSyncState
 from messages.sync import EventsCommitted
 from tests.support.actor_harness import ActorHarness
 
@@ -22,12 +22,13 @@ class PublishingBridge:
 
     def __init__(self) -> None:
         self.published: list[tuple[int, list[int]]] = []  # (batch id, seqs)
+        self.settled: list[tuple[list, list]] = []
 
     def publish(self, events: list[dict[str, Any]], batch: int = 0) -> None:
         self.published.append((batch, [event["seq"] for event in events]))
 
     def settle(self, acks: list, naks: list) -> None:
-        pass
+        self.settled.append((acks, naks))
 
 
 def event(seq: int) -> dict[str, Any]:
@@ -196,3 +197,29 @@ def test_the_repository_tells_sync_once_per_message_what_its_operations_appended
     (_, told), = h.take(EventsCommitted)  # one for the whole batch, continuing the first
     assert (told.after_seq, told.last_seq, [e["seq"] for e in told.events]) == (1, 3, [2, 3])
     h.actor.shutdown()
+
+
+def test_events_it_published_coming_back_from_the_peer_are_acked_without_the_repository():
+    h = sync_actor()
+    h.deliver(EventsCommitted(12, events(11, 12), after_seq=10))
+    report(h, 1, 12)
+    # The peer applied 11 and 12 and relayed them on its stream: known here, no-ops.
+    h.actor.bridge_result("received", [("t1", 101, event(11)), ("t2", 102, event(12))])
+    assert h.take(ApplyEvents) == []
+    assert h.actor.bridge.settled == [(["t1", "t2"], [])]
+    assert (h.actor.applied, h.actor.last_applied_seq) == (2, 102)
+
+
+def test_a_batch_starting_with_echoes_sends_only_the_rest_and_settles_once():
+    h = sync_actor()
+    h.deliver(EventsCommitted(11, events(11, 11), after_seq=10))
+    report(h, 1, 11)
+    peer_event = event(7) | {"event_id": "from-the-peer"}
+    batch = [("t1", 101, event(11)), ("t2", 102, peer_event), ("t3", 103, event(11))]
+    h.actor.bridge_result("received", batch)
+    (_, apply), = h.take(ApplyEvents)
+    assert [e["event_id"] for e in apply.events] == ["from-the-peer", "e11"]  # from the first unknown on
+    assert h.actor.bridge.settled == []
+    h.deliver(RepoReply(apply.tag, AppliedEvents(1, 0, 0, {"code": "unknown_serial", "message": "later"})), "REPO")
+    assert h.actor.bridge.settled == [(["t1", "t2"], ["t3"])]
+    assert (h.actor.applied, h.actor.last_applied_seq) == (2, 102)
