@@ -25,7 +25,6 @@ import argparse
 import os
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ from cryptography import x509  # noqa: E402
 
 from core.repository.store import Repository  # noqa: E402
 from bench.bench_load import signer_pids  # noqa: E402
-from bench.profile_x509 import cpu_seconds  # noqa: E402
+from bench.profile_x509 import cpu_seconds, request_csrs, sign_bodies  # noqa: E402
 from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client.library import SignerClient, SignerTimeout  # noqa: E402
 from tools.client.crl_fetch import fetch_crl_into  # noqa: E402
@@ -185,9 +184,9 @@ class Window:
                 f"bottleneck {bottleneck}: {self.utilisation(worst):.1%} of {self.capacity:,.0f} B/s")
 
 
-def pipelined_signing(client: SignerClient, window: Window, body: dict, count: int,
+def pipelined_signing(client: SignerClient, window: Window, bodies: list[dict],
                       quiet_s: float = 2.0) -> dict:
-    """Send all `count` requests from a second thread while this one collects the answers,
+    """Send all requests (one per body) from a second thread while this one collects the answers,
     as a client on a full-duplex line does (one that stops reading while it writes leaves
     the answer direction idle: the relay cannot deliver into a full pty, and the lost time
     counted against the signer). An answer with id nil (a frame the signer could not
@@ -196,14 +195,16 @@ def pipelined_signing(client: SignerClient, window: Window, body: dict, count: i
     that was in fact done is replayed). Latency counts from each request's send.
     `before_stall`: (seconds, signer->client bytes) up to the last answer before the first
     such wait, i.e. the link's use while no request was missing."""
+    count = len(bodies)
     ids = [client.new_id() for _ in range(count)]
+    body_of = dict(zip(ids, bodies))
     sent_at, latency = {}, {}
     frame_errors, resent, before_stall, last_answer = [], 0, None, 0.0
 
     def send_all() -> None:
         for request_id in ids:
             sent_at[request_id] = time.perf_counter()
-            client.send("sign_x509", body, request_id=request_id)
+            client.send("sign_x509", body_of[request_id], request_id=request_id)
 
     sender = threading.Thread(target=send_all, name="bench-sender")
     window.start()
@@ -220,7 +221,7 @@ def pipelined_signing(client: SignerClient, window: Window, body: dict, count: i
             sender.join()  # one writer at a time
             for request_id in ids:
                 if request_id not in latency:
-                    client.send("sign_x509", body, request_id=request_id)
+                    client.send("sign_x509", body_of[request_id], request_id=request_id)
                     resent += 1
             continue
         if response.request_id is None:
@@ -249,9 +250,9 @@ def call_retrying(client: SignerClient, command: str, body: dict, timeout: float
     raise SignerTimeout(f"{command}: no answer after 5 resends")
 
 
-def round_trips(client: SignerClient, body: dict, count: int) -> list[float]:
+def round_trips(client: SignerClient, bodies: list[dict]) -> list[float]:
     times = []
-    for _ in range(count):
+    for body in bodies:
         started = time.perf_counter()
         assert call_retrying(client, "sign_x509", body).ok
         times.append(time.perf_counter() - started)
@@ -297,12 +298,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = dev_init(Path(tmp) / "data")
-        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{tmp}/k.pem",
-                        "-out", f"{tmp}/r.csr", "-outform", "DER", "-subj", "/CN=x"], check=True,
-                       capture_output=True)
-        csr = Path(f"{tmp}/r.csr").read_bytes()
-        body = {"issuer": "root", "profile": "server", "csr": csr,
-                "subject": [["CN", "www.example.org"]], "sans": [["dns", "www.example.org"]]}
+        csrs = request_csrs()  # distinct keys and names, as real requests (profile_x509.request_csrs)
+        csr = csrs[0]
+        bodies = sign_bodies(csrs, "root", args.requests)
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
         spares = fill_repository(run_dir / "repository.sqlite", args.crl_entries, args.revoke)
@@ -316,10 +314,10 @@ def main() -> None:
             # The client timeout bounds the wait for a full CRL (a lost request is tried again).
             with SignerClient(relay.path_b, baudrate=args.baud, timeout=120) as client:
                 call_retrying(client, "health", {})
-                idle = round_trips(client, body, 6)[1:]  # the first loads the linter
+                idle = round_trips(client, sign_bodies(csrs, "root", 6, first=10**6))[1:]  # the first loads the linter
                 pids = signer_pids(signer)
                 cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-                signing = pipelined_signing(client, window, body, args.requests)
+                signing = pipelined_signing(client, window, bodies)
                 cpu_ms = {name: 1000 * (cpu_seconds(pid) - cpu_before[name]) / args.requests
                           for name, pid in pids.items()}
                 sign_window = (window.elapsed, window.to_client, window.to_signer, window.describe())

@@ -1,6 +1,6 @@
 """X.509 benchmark, in one run:
   - certificates per second end to end over an unthrottled pty (class3 = RSA-2048 issuer),
-    pipelined, with each --workers count of X509Signers (x509.workers), each run next to the
+    pipelined (distinct keys and names), with each --workers count of X509Signers (x509.workers), each run next to the
     raw RSA-2048 signatures per second on the same token measured right after it;
   - CRL build + HSM signature for 100k and 1M entries next to cryptography's own builder
     signing with an in-memory key (the reference: cryptography makes and encodes the
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,17 +24,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_spine import raw_hsm_rate  # noqa: E402
-from bench.profile_x509 import sign_body, warm_up, with_x509_workers  # noqa: E402
+from bench.profile_x509 import request_csrs, sign_bodies, warm_up, with_x509_workers  # noqa: E402
 from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client.library import SignerClient  # noqa: E402
 from core.crl.build import REASON_NAMES  # noqa: E402
 
 
-def certificates_per_second(client: SignerClient, csr: bytes, count: int) -> float:
-    body = sign_body(csr, "class3")
-    warm_up(client, body)
+def certificates_per_second(client: SignerClient, csrs: list[bytes], count: int) -> float:
+    warm_up(client, sign_bodies(csrs, "class3", 60, first=10**6))
+    bodies = sign_bodies(csrs, "class3", count)
     started = time.perf_counter()
-    ids = [client.send("sign_x509", body) for _ in range(count)]
+    ids = [client.send("sign_x509", body) for body in bodies]
     for request_id in ids:
         response = client.wait_for(request_id, timeout=300)
         assert response.ok, response.error
@@ -142,10 +141,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = dev_init(Path(tmp) / "data")
-        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{tmp}/k.pem",
-                        "-out", f"{tmp}/r.csr", "-outform", "DER", "-subj", "/CN=x"], check=True,
-                       capture_output=True)
-        csr = Path(f"{tmp}/r.csr").read_bytes()
+        csrs = request_csrs()  # distinct keys and names, as real requests (profile_x509.request_csrs)
         # Each signer run gets its own reference: the raw HSM rate measured right after it
         # (the signer stopped, the token free), so a change in the machine's load between
         # runs moves both figures.
@@ -157,7 +153,7 @@ def main() -> None:
                 signer = SignerProcess(with_x509_workers(signer_config(data, run_dir), workers), log_dir=run_dir)
                 try:
                     with SignerClient(signer.client_path, timeout=120) as client:
-                        cert_rate = certificates_per_second(client, csr, args.certs)
+                        cert_rate = certificates_per_second(client, csrs, args.certs)
                 finally:
                     signer.stop()
                 runs.append((workers, cert_rate, raw_hsm_rate(data, "class3-key")))

@@ -1,7 +1,7 @@
 """Where one `sign_x509` spends its CPU, per process (issue 18: profile first).
 
 Starts a dev signer, warms it up, then sends --certs pipelined `sign_x509` requests
-(RSA-2048 issuer, as bench_x509) and reads each process's CPU time (utime + stime from
+(RSA-2048 issuer, as bench_x509; distinct keys and names) and reads each process's CPU time (utime + stime from
 /proc/PID/stat) before and after: CPU milliseconds per certificate for every actor, the
 `signer run` process (the dev pty relay thread) and this client. With --py-spy NAME...,
 py-spy samples those actors meanwhile and the top functions (inclusive time) are printed.
@@ -46,14 +46,47 @@ def with_x509_workers(config_path: Path, workers: int | None) -> Path:
     return config_path
 
 
-def sign_body(csr: bytes, issuer: str) -> dict:
-    """bench_x509's request (class3: RSA-2048), or bench_slow_link's (root: RSA-4096)."""
+KEY_POOL = 300  # distinct request keys: more than the linter's cache holds (lint_cache.CAPACITY)
+
+
+def _csr_of_new_key(index: int) -> bytes:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return (x509.CertificateSigningRequestBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"bench-{index}")]))
+            .sign(key, hashes.SHA256()).public_bytes(Encoding.DER))
+
+
+def request_csrs(count: int = KEY_POOL) -> list[bytes]:
+    """DER CSRs of `count` distinct RSA-2048 keys (made on every CPU: ~40 ms a key). Real
+    requests never share a key or a name, so neither do the benchmarks' requests: a
+    certificate that repeated the last one's values would flatter every cache on the way
+    (the linter's decoded values, core/x509/lint_cache.py)."""
+    from multiprocessing import Pool
+
+    with Pool(os.cpu_count()) as pool:
+        return pool.map(_csr_of_new_key, range(count))
+
+
+def sign_body(csr: bytes, issuer: str, index: int = 0) -> dict:
+    """bench_x509's request (class3: RSA-2048), or bench_slow_link's (root: RSA-4096),
+    the `index`th: its own names."""
+    host = f"www{index}.example.org"
     if issuer == "root":
-        return {"issuer": "root", "profile": "server", "csr": csr, "subject": [["CN", "www.example.org"]],
-                "sans": [["dns", "www.example.org"]]}
+        return {"issuer": "root", "profile": "server", "csr": csr, "subject": [["CN", host]],
+                "sans": [["dns", host]]}
     return {"issuer": "class3", "profile": "server-org", "csr": csr,
-            "subject": [["CN", "www.example.org"], ["O", "Example"]],
-            "sans": [["dns", "www.example.org"]]}
+            "subject": [["CN", host], ["O", "Example"]], "sans": [["dns", host], ["dns", f"mail{index}.example.org"]]}
+
+
+def sign_bodies(csrs: list[bytes], issuer: str, count: int, first: int = 0) -> list[dict]:
+    """`count` requests with distinct names, the keys taken in turn from `csrs`."""
+    return [sign_body(csrs[i % len(csrs)], issuer, i) for i in range(first, first + count)]
 
 
 def top_functions(raw_path: Path, count: int = 25) -> list[tuple[str, float]]:
@@ -73,11 +106,12 @@ def top_functions(raw_path: Path, count: int = 25) -> list[tuple[str, float]]:
     return [(function, share) for function, share in shares if share < 90][:count]
 
 
-def warm_up(client: SignerClient, body: dict, rounds: int = 3, burst: int = 20) -> None:
+def warm_up(client: SignerClient, bodies: list[dict], rounds: int = 3, burst: int = 20) -> None:
     """Pipelined bursts, so every worker of the pool gets requests (one at a time would all
     go to the first: the Dispatcher picks the least busy) and pays its first-use costs."""
-    for _ in range(rounds):
-        for request_id in [client.send("sign_x509", body) for _ in range(burst)]:
+    for round_number in range(rounds):
+        burst_bodies = [bodies[(round_number * burst + i) % len(bodies)] for i in range(burst)]
+        for request_id in [client.send("sign_x509", body) for body in burst_bodies]:
             assert client.wait_for(request_id, timeout=300).ok
 
 
@@ -92,16 +126,15 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         data = dev_init(Path(tmp) / "data")
-        subprocess.run(["openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{tmp}/k.pem",
-                        "-out", f"{tmp}/r.csr", "-outform", "DER", "-subj", "/CN=x"], check=True,
-                       capture_output=True)
-        body = sign_body(Path(f"{tmp}/r.csr").read_bytes(), args.issuer)
+        csrs = request_csrs()
+        warm_bodies = sign_bodies(csrs, args.issuer, 60, first=10**6)
+        bodies = sign_bodies(csrs, args.issuer, args.certs)
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
         signer = SignerProcess(with_x509_workers(signer_config(data, run_dir), args.workers), log_dir=run_dir)
         try:
             with SignerClient(signer.client_path, timeout=300) as client:
-                warm_up(client, body)
+                warm_up(client, warm_bodies)
                 pids = signer_pids(signer)
                 pids["(this client)"] = os.getpid()
                 spies = []
@@ -114,7 +147,7 @@ def main() -> None:
                 time.sleep(1.0 if spies else 0)  # py-spy attaches
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                 started = time.perf_counter()
-                ids = [client.send("sign_x509", body) for _ in range(args.certs)]
+                ids = [client.send("sign_x509", body) for body in bodies]
                 for request_id in ids:
                     response = client.wait_for(request_id, timeout=300)
                     assert response.ok, response.error

@@ -195,6 +195,18 @@ def test_sign_x509_happy_path(signer, cas, csrs, subject_keys, issuer, key_type)
     assert_quiet(signer)
 
 
+def test_the_second_certificate_lints_with_the_first_ones_decoded_values(signer, cas, csrs):
+    """X509Signer's linter keeps nested values decoded (core/x509/lint_cache.py) and the
+    status figures say how often they were met again."""
+    issue(signer, cas["root"], sign_body(csrs["rsa"]))
+    first = signer.actor.figures()["lint_decoded_values"]
+    issue(signer, cas["root"], sign_body(csrs["ec"], subject={"CN": "other.example.org"},
+                                         sans=[["dns", "other.example.org"]]))
+    second = signer.actor.figures()["lint_decoded_values"]
+    assert first["hits"] == 0 and first["misses"] == first["held"] > 0
+    assert second["hits"] > 0 and second["misses"] > first["misses"]  # issuer's values hit, its names miss
+
+
 def test_csr_asking_for_ca_gets_exactly_the_profile_extensions(signer, cas, csrs):
     *_, certificate, _ = issue(signer, cas["root"], sign_body(csrs["ca"]))
     assert certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
