@@ -58,7 +58,8 @@ class SignerActor(ActorTypeDispatcher):
         self.config: Any = None
         self.addresses: dict[str, Any] = {}
         self.peers_down: frozenset[str] = frozenset()  # as the Supervisor last said
-        self.handled = 0
+        self.handled = 0  # messages handled, each item of a Batch counted
+        self.deliveries = 0  # messages Thespian delivered, a Batch counted once
         self.errors = 0
         self.last_error: str | None = None
         self.started_at = time.time()
@@ -77,6 +78,7 @@ class SignerActor(ActorTypeDispatcher):
         if self._outbox is not None:  # a Batch's item, or a message queued before Configure
             return self._receive_one(message, sender)
         self._outbox = []
+        self.deliveries += 1
         try:
             return self._receive_one(message, sender)
         finally:
@@ -146,7 +148,7 @@ class SignerActor(ActorTypeDispatcher):
 
     def receiveMsg_ActorStatusRequest(self, message: ActorStatusRequest, sender: Any) -> Any:
         record = {"name": self.actor_name, "pid": os.getpid(), "alive": True,
-                  "messages": self.handled, "errors": self.errors,
+                  "messages": self.handled, "deliveries": self.deliveries, "errors": self.errors,
                   "last_error": self.last_error,
                   "uptime_s": round(time.time() - self.started_at, 1)}
         if self.config is not None or not self.needs_configure:  # figures need configure()

@@ -37,6 +37,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime
 
 
+def context_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of the process so far: involuntary ones are
+    preemptions, each of which may cost the process its CPU caches."""
+    counts = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.endswith("ctxt_switches\n") or "ctxt_switches:" in line:
+                key, _, value = line.partition(":")
+                counts[key] = int(value)
+    return counts.get("voluntary_ctxt_switches", 0), counts.get("nonvoluntary_ctxt_switches", 0)
+
+
+def deliveries(signer: SignerProcess) -> dict[str, tuple[int, int]]:
+    """actor -> (Thespian deliveries, messages handled): a Batch is one delivery of many."""
+    return {record["name"]: (record.get("deliveries", 0), record.get("messages", 0)) for record in signer.status()}
+
+
 def with_x509_workers(config_path: Path, workers: int | None) -> Path:
     """The config with `x509.workers` set (None: left to its default)."""
     if workers is not None:
@@ -146,6 +163,8 @@ def main() -> None:
                          "-o", str(out)], stdout=subprocess.DEVNULL, stderr=open(f"{out}.log", "w"))))
                 time.sleep(1.0 if spies else 0)  # py-spy attaches
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                switches_before = {name: context_switches(pid) for name, pid in pids.items()}
+                deliveries_before = deliveries(signer)
                 started = time.perf_counter()
                 ids = [client.send("sign_x509", body) for body in bodies]
                 for request_id in ids:
@@ -153,6 +172,9 @@ def main() -> None:
                     assert response.ok, response.error
                 elapsed = time.perf_counter() - started
                 after = {name: cpu_seconds(pid) for name, pid in pids.items()}
+                deliveries_after = deliveries(signer)
+                switches = {name: tuple(a - b for a, b in zip(context_switches(pid), switches_before[name]))
+                            for name, pid in pids.items()}
                 profiles = {}
                 for name, out, spy in spies:
                     spy.send_signal(2)
@@ -166,7 +188,11 @@ def main() -> None:
     spent = {name: 1000 * (after[name] - before[name]) / args.certs for name in pids}
     for name, ms in sorted(spent.items(), key=lambda item: -item[1]):
         if ms > 0.005:
-            print(f"  {name:<24} {ms:6.2f} ms CPU per certificate")
+            voluntary, involuntary = switches[name]
+            delivered = [a - b for a, b in zip(deliveries_after.get(name, (0, 0)), deliveries_before.get(name, (0, 0)))]
+            print(f"  {name:<24} {ms:6.2f} ms CPU per certificate; per certificate: context switches"
+                  f" {voluntary / args.certs:4.2f} waits, {involuntary / args.certs:4.2f} preemptions;"
+                  f" {delivered[0] / args.certs:4.2f} deliveries, {delivered[1] / args.certs:4.2f} messages")
     print(f"  {'total':<24} {sum(spent.values()):6.2f} ms CPU per certificate "
           f"({os.cpu_count()} CPUs: floor {sum(spent.values()) / os.cpu_count():.2f} ms wall)")
     for name, profile in profiles.items():

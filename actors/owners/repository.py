@@ -37,6 +37,11 @@ from messages.sync import EventsCommitted
 QUICK_CHECK_INTERVAL_S = 300.0
 SEAL_TIMEOUT_S = 30.0  # a seal the Hsm actor has not answered by then is asked again
 SEAL_RETRY_S = 30.0  # after a failed seal (no audit key, HSM away): the next try
+# At most one seal asked per SEAL_PACE_S: under load the head moves with every message, and
+# a seal asked as soon as the last one came back (an HSM signature, two messages and a
+# commit each) cost ~0.4 seals per certificate at 200 certificates/s; a lone change is
+# still sealed at once (decisions/0002, docs/decisions/0010-fast-path.md round 3).
+SEAL_PACE_S = 0.1
 PUSH_LIMIT = 200  # newest events pushed to Sync with EventsCommitted; more: Sync's outbox
 
 
@@ -59,6 +64,8 @@ class Repository(SignerActor):
         self.held: list[tuple[Any, RepoReply[Any]]] = []  # replies waiting for the group's commit
         self.audit_changed = False  # an operation of this message appended audit entries
         self.sealing: int | None = None  # the tag of the seal in flight (its ask: self.pending)
+        self.seal_asked_at: float | None = None  # self.pending's clock when the last seal was asked
+        self.seal_paced = False  # a ("seal_pace", None) wakeup is armed
         self.seal_error: str | None = None
         self.seal_after_change()  # entries a previous run left unsealed
         # The first check starts now, not at the first health poll: otherwise a signer that
@@ -166,17 +173,24 @@ class Repository(SignerActor):
 
     def seal_after_change(self, head: dict[str, Any] | None = None) -> None:
         """Ask the Hsm actor to seal the head, unless a seal is in flight (its reply asks
-        for the next one) or the head is sealed already."""
-        if self.sealing is not None or "hsm" not in self.addresses:
+        for the next one), the head is sealed already, or the last seal was asked less than
+        SEAL_PACE_S ago (a wakeup asks then, for the head as it is by then)."""
+        if self.sealing is not None or self.seal_paced or "hsm" not in self.addresses:
             return
         head = head or self.store.audit_head()
         if head["seq"] <= (self.sealed["seq"] if self.sealed else 0):
+            return
+        wait = (self.seal_asked_at + SEAL_PACE_S - self.pending.clock()) if self.seal_asked_at is not None else 0.0
+        if wait > 0:
+            self.seal_paced = True
+            self.wakeupAfter(wait, payload=("seal_pace", None))
             return
         problem = self.store.audit_extends(self.sealed, head)
         if problem is not None:  # never seal a log rewritten under the signer
             self.seal_error = f"not sealed: {problem}"
             self.log.error("audit log %s", self.seal_error)
             return
+        self.seal_asked_at = self.pending.clock()
         self.sealing = self.send_ask(self.peer("hsm"), lambda tag: HsmSealRequest(tag, head["seq"], head["hash"]),
                                      head["seq"], SEAL_TIMEOUT_S, self.seal_timed_out)
 
@@ -212,7 +226,10 @@ class Repository(SignerActor):
         self.wakeupAfter(SEAL_RETRY_S, payload=("seal_retry", None))
 
     def receiveMsg_WakeupMessage(self, message: WakeupMessage, sender: Any) -> None:
-        if message.payload == ("seal_retry", None):
+        if message.payload == ("seal_pace", None):
+            self.seal_paced = False
+            self.seal_after_change()
+        elif message.payload == ("seal_retry", None):
             self.seal_after_change()
 
     def on_addresses_changed(self) -> Any:

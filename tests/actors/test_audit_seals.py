@@ -13,12 +13,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from thespian.actors import WakeupMessage
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from actors.handlers.health import audit_problems
-from actors.owners.repository import Repository as RepositoryActor
+from actors.owners.repository import SEAL_PACE_S, Repository as RepositoryActor
 from core.repository import audit
 from core.repository.store import Repository, RepositoryError, verify_sealed_audit_file
 from messages import HsmSealReply, HsmSealRequest, HsmSignReply, HsmSignRequest
@@ -217,16 +218,33 @@ def test_each_commit_is_sealed_on_the_hsm_one_seal_in_flight(tmp_path, hsm, audi
     assert sealed.error is None
     h.deliver(sealed, "HSM")
     assert store.last_audit_seal() == {"seq": 1, "hash": request.hash}
+    # The next seal is paced: asked SEAL_PACE_S after the last one, not at once (under load
+    # the head moves with every message), and it covers everything committed meanwhile.
+    assert h.take(HsmSealRequest) == []
+    (delay, payload), = [w for w in h.wakeups if w[1] == ("seal_pace", None)]
+    assert 0 < delay <= SEAL_PACE_S
+    complete(h, "3", 3)
+    assert h.take(HsmSealRequest) == []
+    h.pass_time(delay)
+    h.deliver(WakeupMessage(delay, payload), "repository")
     (_, coalesced), = h.take(HsmSealRequest)
-    assert coalesced.seq == 2
+    assert coalesced.seq == 3
     hsm.deliver(coalesced, "repository")
     h.deliver(hsm.take(HsmSealReply)[0][1], "HSM")
     assert h.take(HsmSealRequest) == []
 
+    # A change after a quiet spell is sealed at once.
+    h.pass_time(SEAL_PACE_S)
+    complete(h, "4", 4)
+    (_, lone), = h.take(HsmSealRequest)
+    assert lone.seq == 4
+    hsm.deliver(lone, "repository")
+    h.deliver(hsm.take(HsmSealReply)[0][1], "HSM")
+
     report = verify_sealed_audit_file(store.path, audit_public_key)
-    assert report.ok and (report.seals_checked, report.unsealed_entries) == (2, 0)
+    assert report.ok and (report.seals_checked, report.unsealed_entries) == (3, 0)
     h.deliver(RevokeCertificate(3, ISSUER, "1", 1, NOW, "rev-1"), "handler")
-    assert h.take(RepoReply)[0][1].audit_head["seq"] == 3
+    assert h.take(RepoReply)[0][1].audit_head["seq"] == 5
     h.deliver(RevokeCertificate(4, ISSUER, "1", 4, NOW, "rev-1b"), "handler")
     assert h.take(RepoReply)[0][1].audit_head is None  # already revoked: nothing changed
     h.actor.shutdown()
