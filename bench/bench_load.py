@@ -285,14 +285,16 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--data", help="an existing `signer dev-init` folder (default: a new one)")
+    parser.add_argument("--workers", type=int, default=None, help="x509.workers (default: the config's)")
     args = parser.parse_args()
+    from bench.profile_x509 import with_x509_workers  # here: profile_x509 imports this module
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2 ** 31)
     print(f"seed {seed}, {args.requests} requests, {args.in_flight} in flight", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(args.data) if args.data else dev_init(Path(tmp) / "data")
         run_dir = Path(tmp) / "run"
         run_dir.mkdir()
-        signer = SignerProcess(signer_config(data, run_dir), log_dir=run_dir)
+        signer = SignerProcess(with_x509_workers(signer_config(data, run_dir), args.workers), log_dir=run_dir)
         try:
             report = load_run(signer, args.requests, args.in_flight, seed)
         finally:

@@ -17,7 +17,7 @@ bytes is the bottleneck; its utilisation is the figure to judge (target >= 95 % 
 signing). The relay's byte counts are checked against signer-admin status (serial_link
 bytes_in/bytes_out) at the end.
 
-    .venv/bin/python bench/bench_slow_link.py [--baud 115200] [--requests 200]
+    .venv/bin/python bench/bench_slow_link.py [--baud 115200] [--requests 200] [--workers N]
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from cryptography import x509  # noqa: E402
 
 from core.repository.store import Repository  # noqa: E402
 from bench.bench_load import signer_pids  # noqa: E402
-from bench.profile_x509 import cpu_seconds, request_csrs, sign_bodies  # noqa: E402
+from bench.profile_x509 import cpu_seconds, request_csrs, sign_bodies, with_x509_workers  # noqa: E402
 from tests.support.helpers import SignerProcess, dev_init, signer_config  # noqa: E402
 from tools.client.library import SignerClient, SignerTimeout  # noqa: E402
 from tools.client.crl_fetch import fetch_crl_into  # noqa: E402
@@ -284,6 +284,7 @@ def main() -> None:
     parser.add_argument("--baud", type=int, default=115200)
     parser.add_argument("--pace-bytes", type=int, default=200_000)
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=None, help="x509.workers (default: the config's)")
     parser.add_argument("--crl-entries", type=int, default=3000)
     parser.add_argument("--revoke", type=int, default=10)
     args = parser.parse_args()
@@ -306,8 +307,8 @@ def main() -> None:
         spares = fill_repository(run_dir / "repository.sqlite", args.crl_entries, args.revoke)
         issuer_cert = x509.load_pem_x509_certificate((data / "ca" / f"{CRL_ISSUER}.pem").read_bytes())
         relay = PtyRelay(baud=args.baud, record=True).start()
-        config = signer_config(data, run_dir, serial__mode="device", serial__device=relay.path_a,
-                               serial__baudrate=args.baud)
+        config = with_x509_workers(signer_config(data, run_dir, serial__mode="device", serial__device=relay.path_a,
+                                                 serial__baudrate=args.baud), args.workers)
         signer = DeviceSignerProcess(config, log_dir=run_dir)
         window = Window(relay, args.baud)
         try:

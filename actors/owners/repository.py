@@ -236,6 +236,7 @@ class Repository(SignerActor):
         """A peer was re-created: a seal in flight to a restarted Hsm actor is lost."""
         if self.sealing is not None:
             self.pending.pop(self.sealing)
+            self.seal_asked_at = None  # that seal is lost: ask again now, not after the pace
         self.sealing = None
         self.seal_after_change()
         return self.after_message()

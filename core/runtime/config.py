@@ -130,14 +130,21 @@ def _shipped_profiles() -> str:
 SHIPPED_PROFILES = _shipped_profiles()
 
 
+def default_x509_workers(cpus: int | None) -> int:
+    """The CPUs less one (left to the other actors), but 2 on a 2-CPU machine: measured
+    there, pipelined sign_x509 15.1-15.5 % of the raw HSM rate with 2 workers, 13.6-13.9 %
+    with 1 (docs/decisions/0010-fast-path.md, round 3; before the seal pace and the lint
+    cache a second worker cost more than it gained). 1 on 1 CPU."""
+    cpus = cpus or 1
+    return cpus if cpus <= 2 else cpus - 1
+
+
 @dataclass(frozen=True)
 class X509Config:
     profiles: str = SHIPPED_PROFILES  # folder of profile YAML files (docs/profiles.md)
     lint: bool = True  # pkilint RFC 5280 lints on every certificate before it is signed
-    # X509Signer actors (processes) building and linting in parallel. One CPU is left to
-    # the other actors: on 2 CPUs a second worker cost more CPU per certificate (smaller
-    # batches, more processes) than it gained (docs/decisions/0010-fast-path.md).
-    workers: int = field(default_factory=lambda: max(1, (os.cpu_count() or 1) - 1))
+    # X509Signer actors (processes) building and linting in parallel: default_x509_workers.
+    workers: int = field(default_factory=lambda: default_x509_workers(os.cpu_count()))
 
 
 @dataclass(frozen=True)
