@@ -66,6 +66,7 @@ class Repository(SignerActor):
         self.sealing: int | None = None  # the tag of the seal in flight (its ask: self.pending)
         self.seal_asked_at: float | None = None  # self.pending's clock when the last seal was asked
         self.seal_paced = False  # a ("seal_pace", None) wakeup is armed
+        self.seal_hsm: Any = None  # the Hsm actor's address the seal in flight went to
         self.seal_error: str | None = None
         self.seal_after_change()  # entries a previous run left unsealed
         # The first check starts now, not at the first health poll: otherwise a signer that
@@ -191,6 +192,7 @@ class Repository(SignerActor):
             self.log.error("audit log %s", self.seal_error)
             return
         self.seal_asked_at = self.pending.clock()
+        self.seal_hsm = self.peer("hsm")
         self.sealing = self.send_ask(self.peer("hsm"), lambda tag: HsmSealRequest(tag, head["seq"], head["hash"]),
                                      head["seq"], SEAL_TIMEOUT_S, self.seal_timed_out)
 
@@ -234,10 +236,12 @@ class Repository(SignerActor):
 
     def on_addresses_changed(self) -> Any:
         """A peer was re-created: a seal in flight to a restarted Hsm actor is lost."""
-        if self.sealing is not None:
+        # Any child's restart sends a new address book; only a re-created Hsm actor lost
+        # the seal in flight (else its reply still comes: one seal in flight, as always).
+        if self.sealing is not None and self.addresses.get("hsm") != self.seal_hsm:
             self.pending.pop(self.sealing)
+            self.sealing = None
             self.seal_asked_at = None  # that seal is lost: ask again now, not after the pace
-        self.sealing = None
         self.seal_after_change()
         return self.after_message()
 

@@ -134,9 +134,9 @@ def default_x509_workers(cpus: int | None) -> int:
     """The CPUs less one (left to the other actors), but 2 on a 2-CPU machine: measured
     there, pipelined sign_x509 15.1-15.5 % of the raw HSM rate with 2 workers, 13.6-13.9 %
     with 1 (docs/decisions/0010-fast-path.md, round 3; before the seal pace and the lint
-    cache a second worker cost more than it gained). 1 on 1 CPU."""
+    cache a second worker cost more than it gained). 1 on 1 CPU; at most MAX_X509_WORKERS."""
     cpus = cpus or 1
-    return cpus if cpus <= 2 else cpus - 1
+    return min(MAX_X509_WORKERS, cpus if cpus <= 2 else cpus - 1)
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,12 @@ What stays pkilint's own: the node that holds the value is made for each documen
 validator runs on it, a value that fails to decode is never cached (it fails with
 pkilint's own error each time), and decoders of another kind (a subclass with its own
 `decode_value`, such as the subject public key's) are left alone. Sharing a decoded value
-between documents is safe because pkilint only reads decoded values (nothing in pkilint
-0.13 calls `setComponent*` or assigns into a value); tests/unit/test_lint_cache.py compares
-every ValidationResult with and without the cache.
+between documents is safe because what pkilint 0.13 keeps on one depends on its bytes alone:
+nothing calls `setComponent*` or assigns into a value, and the one attribute it sets
+(`SctListExtensionDecodingValidator`: `decoded`, the parsed SCT list, read back by
+`SctListElementCountValidator`) is computed from the same bytes that key the cache, and
+set again in each document before it is read. tests/unit/test_lint_cache.py compares every
+ValidationResult with and without the cache, SCT lists included.
 
 Bounded: CAPACITY values of at most MAX_BYTES bytes each, the least recently used dropped.
 """

@@ -137,6 +137,21 @@ def test_a_restarted_peer_drops_the_seal_in_flight(tmp_path):
     h.actor.shutdown()
 
 
+def test_another_peers_restart_keeps_the_seal_in_flight(tmp_path):
+    """Any child's restart sends every actor a new address book: a seal asked of the same,
+    living Hsm actor is still answered, so no second one is asked."""
+    h = repository_actor(tmp_path)
+    h.deliver(ReserveSerial(1, ISSUER, "1", "req-1", "server", "CN=x", NOW, NOW), "handler")
+    h.deliver(CompleteCertificate(2, ISSUER, "1", b"DER", "req-1", "sign_x509", "d", {}), "handler")
+    (_, first), = h.take(HsmSealRequest)
+    from messages import Configure
+    h.deliver(Configure("repository", h.actor.config, {"hsm": "HSM", "x509_signer": "X2"}, first=False),
+              "supervisor")
+    assert h.take(HsmSealRequest) == []
+    assert list(h.actor.pending.items()) == [(first.tag, first.seq)]
+    h.actor.shutdown()
+
+
 def test_the_supervisor_reports_children_that_never_configured():
     h = ActorHarness(Supervisor)
     config = SimpleNamespace(sync=None, x509=SimpleNamespace(workers=1), node_id="n",

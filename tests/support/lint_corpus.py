@@ -67,6 +67,24 @@ def profile_certificates() -> list[tuple[str, bytes]]:
     return found
 
 
+SCT_LIST_OID = ObjectIdentifier("1.3.6.1.4.1.11129.2.4.2")
+
+
+def sct(log_id: bytes = bytes(range(32)), timestamp_ms: int = 1_700_000_000_000) -> bytes:
+    """One SignedCertificateTimestamp as RFC 6962 3.2 encodes it (TLS syntax): v1, log id,
+    timestamp, no extensions, an ECDSA/SHA-256 signature of dummy bytes."""
+    signature = bytes(8)
+    return (b"\x00" + log_id + timestamp_ms.to_bytes(8, "big") + b"\x00\x00"
+            + b"\x04\x03" + len(signature).to_bytes(2, "big") + signature)
+
+
+def sct_list(*scts: bytes, length_off_by: int = 0) -> x509.UnrecognizedExtension:
+    """The SCT list extension: an OCTET STRING holding the TLS-encoded list."""
+    body = b"".join(len(item).to_bytes(2, "big") + item for item in scts)
+    tls = (len(body) + length_off_by).to_bytes(2, "big") + body
+    return x509.UnrecognizedExtension(SCT_LIST_OID, b"\x04" + bytes([len(tls)]) + tls)
+
+
 def odd_certificates() -> list[tuple[str, bytes]]:
     """Certificates that break RFC 5280 in many ways, for many findings and node types."""
     def base(subject: x509.Name = name((NameOID.COMMON_NAME, "odd.example.org")), serial: int = 12345,
@@ -111,6 +129,11 @@ def odd_certificates() -> list[tuple[str, bytes]]:
         "huge validity, long serial": base(serial=(1 << 159) - 1, days=40000),
         "OCSP no check, SKI of another key": base().add_extension(x509.OCSPNoCheck(), True).add_extension(
             x509.SubjectKeyIdentifier.from_public_key(RSA_KEY.public_key()), True),
+        # pkilint keeps what it decodes of an SCT list on the decoded value itself
+        # (setattr(node.pdu, "decoded", ...)): the one per-document state on a decoded value
+        "SCT list with one SCT": base().add_extension(sct_list(sct()), False),
+        "SCT list, empty": base().add_extension(sct_list(), False),
+        "SCT list, bad length": base().add_extension(sct_list(sct(), length_off_by=1), False),
     }
     found = [(label, builder.sign(EC_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
              for label, builder in odd.items()]

@@ -70,7 +70,7 @@ def test_mistakes_name_the_key(tmp_path, base, mutate, message):
 
 
 def test_x509_workers_default_to_one_cpu_less_than_the_machine_has_but_two_on_two(tmp_path, base, monkeypatch):
-    for cpus, workers in ((None, 1), (1, 1), (2, 2), (3, 2), (8, 7)):
+    for cpus, workers in ((None, 1), (1, 1), (2, 2), (3, 2), (8, 7), (17, 16), (32, 16)):
         monkeypatch.setattr(os, "cpu_count", lambda: cpus)
         assert load_config(write(tmp_path, base)).x509.workers == workers
     base["x509"]["workers"] = 3
