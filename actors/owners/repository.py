@@ -291,6 +291,9 @@ class Repository(SignerActor):
             self.send(sender, RepoReply(message.tag, error=error_dict(exc)))
 
     def shutdown(self) -> None:
+        validator = getattr(self, "validator", None)
+        if validator is not None:
+            validator.close()  # its signature worker processes end now, not at EOF
         if getattr(self, "store", None) is not None:
             self.store.close()
 

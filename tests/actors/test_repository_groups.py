@@ -93,3 +93,16 @@ def test_a_transaction_lost_mid_batch_fails_what_it_held_and_the_rest_commits_an
     assert replies(h) == [(1, "repository_error"), (2, "repository_error"), (3, None)]
     assert stored_serials(h) == ["1c"]
     h.actor.shutdown()
+
+
+def test_shutdown_ends_the_peer_validators_signature_workers(tmp_path):
+    """The worker processes that verify a peer's signatures end with the Repository, not
+    only when they later read EOF."""
+    from core.sync.peer_validation import PeerValidator
+    h = repository(tmp_path)
+    h.actor.validator = PeerValidator({}, {}, None, workers=1)
+    h.actor.validator.workers._start()
+    processes = [worker.process for worker in h.actor.validator.workers.workers]
+    assert processes and all(process.poll() is None for process in processes)
+    h.actor.shutdown()
+    assert all(process.poll() is not None for process in processes)
