@@ -34,10 +34,12 @@ import traceback
 from types import SimpleNamespace
 from typing import Any, Callable
 
+import msgpack
+
 from core.wire.framing import (DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameError, decode_frame, encode_frame,
                           max_encoded_length)
-from core.wire.protocol import (ERROR_CODES, MAX_ID_LENGTH, PROTOCOL_VERSION, RequestError, SignerError,
-                           decode_request, pack, unpack, valid_request_id)
+from core.wire.protocol import (ERROR_CODES, MAX_ID_LENGTH, PROTOCOL_VERSION, Extension, RequestError,
+                           SignerError, decode_request, pack, unpack, valid_request_id)
 
 FRAME_CODES = {"bad_cobs", "bad_crc", "frame_too_short", "frame_too_large"}
 MAX_FAILURES_PER_TARGET = 5
@@ -232,6 +234,25 @@ def fuzz_decoder(rng: random.Random) -> None:
 
 # --- target: envelope validation -------------------------------------------------------------------
 
+def _depth_and_extension(value: Any) -> tuple[int, bool]:
+    """How deep maps and arrays nest (the envelope map is level 1), and whether a msgpack
+    ext value or timestamp is anywhere (map keys included): steps 4 and 5, walked depth
+    first with a stack of its own, unlike the signer's level-by-level walk."""
+    deepest, has_extension = 0, False
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (Extension, msgpack.Timestamp)):
+            has_extension = True
+        elif isinstance(item, dict):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for pair in item.items() for child in pair)
+        elif isinstance(item, list):
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in item)
+    return deepest, has_extension
+
+
 def reference_validation(payload: bytes, known: frozenset[str]) -> tuple[str, Any]:
     """The validation order of docs/protocol.md section 2: ("ok", None) or (code, id)."""
     try:
@@ -245,6 +266,11 @@ def reference_validation(payload: bytes, known: frozenset[str]) -> tuple[str, An
             (isinstance(request_id, int) and 0 <= request_id < 2**63)
             or (isinstance(request_id, str) and 1 <= len(request_id) <= MAX_ID_LENGTH)):
         return "bad_envelope", None
+    depth, has_extension = _depth_and_extension(obj)
+    if depth > 32:
+        return "bad_request", request_id
+    if has_extension:
+        return "bad_request", request_id
     version = obj.get("v")
     if type(version) is not int or version != 1:
         return "unsupported_version", request_id
