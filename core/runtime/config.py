@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 
+# A certification's event is ~2.4 times the key: at 2 MiB ~4.8 MB, within the nats-server
+# max_payload the project configures (core/sync/nats_auth.py, MAX_PAYLOAD: 8 MB).
+MAX_OPENPGP_KEY_BYTES = 2 * 1024 * 1024
 MAX_X509_WORKERS = 16  # each is a process of ~55 MiB (pkilint loaded)
 
 
@@ -306,8 +309,9 @@ def validate(config: SignerConfig) -> None:
             raise ConfigError("openpgp.signature_type: expected 16 to 19 (0x10 to 0x13)")
         if not 0 < pgp.default_days <= pgp.max_days <= 3660:
             raise ConfigError("openpgp.default_days, max_days: expected 1 <= default_days <= max_days <= 3660")
-        if pgp.max_key_bytes < 1024:
-            raise ConfigError("openpgp.max_key_bytes: expected at least 1024")
+        if not 1024 <= pgp.max_key_bytes <= MAX_OPENPGP_KEY_BYTES:
+            raise ConfigError(f"openpgp.max_key_bytes: expected 1024 to {MAX_OPENPGP_KEY_BYTES} (2 MiB: a"
+                              " certification is replicated as one NATS message, at most 8 MB)")
         if pgp.max_uids < 1:
             raise ConfigError("openpgp.max_uids: expected at least 1")
         if shutil.which(pgp.gpg) is None:

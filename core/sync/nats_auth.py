@@ -101,6 +101,14 @@ def reader_permissions(owner_node_id: str, reader_node_id: str) -> dict[str, lis
             "subscribe": [f"{inbox_prefix(reader_node_id)}.>"]}
 
 
+# Each event is one NATS message. nats-server refuses messages above its max_payload (1 MB
+# unless set), and the publisher cannot split one: an OpenPGP certification of a key with a
+# large photo id is an event of ~2.4 times the key (the signed key, and the answer with it
+# armoured): ~4.8 MB at openpgp.max_key_bytes' bound of 2 MiB. A larger event stopped
+# replication at that event, everything after it waiting (tests/e2e/test_sync.py).
+MAX_PAYLOAD = "8MB"
+
+
 def server_config(node_id: str, owner_hash: str, readers: dict[str, str], *, host: str,
                   port: int, store_dir: str) -> str:
     """A nats-server configuration for signer `node_id`'s own server: JetStream in
@@ -109,7 +117,8 @@ def server_config(node_id: str, owner_hash: str, readers: dict[str, str], *, hos
     users = [(node_id, owner_hash, owner_permissions(node_id))]
     users += [(reader, hashed, reader_permissions(node_id, reader)) for reader, hashed in readers.items()]
     lines = [f"# nats-server for signer {node_id} (made by core/sync/nats_auth.py; docs/sync.md)",
-             f'listen: "{host}:{port}"', "jetstream {", f'  store_dir: "{store_dir}"', "}",
+             f'listen: "{host}:{port}"', f"max_payload: {MAX_PAYLOAD}",
+             "jetstream {", f'  store_dir: "{store_dir}"', "}",
              "authorization {", "  users = ["]
     for user, hashed, permissions in users:
         lines += [f'    {{user: "{user}", password: "{hashed}", permissions: {{',

@@ -298,3 +298,39 @@ def test_forged_events_in_the_peers_stream_are_quarantined_and_the_rest_applies(
     reasons = {row["event_id"]: row["reason"] for row in __import__("json").loads(listing.stdout)}
     assert set(reasons) == {"forged-1", "forged-2", "forged-3"}
     assert "no signature" in reasons["forged-1"] and "does not verify" in reasons["forged-2"]
+
+
+def key_with_a_photo(folder: Path, photo_bytes: int) -> str:
+    """An armoured key made by gpg: Ed25519, one uid and a photo id (a user attribute
+    packet) of about `photo_bytes`, as a member's key with a large photo is."""
+    home = folder / "gnupg"
+    home.mkdir(mode=0o700)
+    env = dict(os.environ, GNUPGHOME=str(home))
+    gpg = ["gpg", "--batch", "--yes", "--pinentry-mode", "loopback", "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", "Big Photo <big@example.org>", "ed25519", "default", "1y"],
+                   env=env, check=True, capture_output=True)
+    photo = folder / "photo.jpg"
+    photo.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+                      + os.urandom(photo_bytes) + b"\xff\xd9")
+    subprocess.run([*gpg, "--command-fd", "0", "--edit-key", "big@example.org"], env=env, check=True,
+                   capture_output=True, input=f"addphoto\n{photo}\ny\nsave\n".encode())
+    exported = subprocess.run(["gpg", "--armor", "--export", "big@example.org"], env=env, check=True,
+                              capture_output=True, text=True).stdout
+    subprocess.run(["gpgconf", "--homedir", str(home), "--kill", "all"], capture_output=True, check=False)
+    assert len(exported) > 4 * photo_bytes // 3
+    return exported
+
+
+def test_an_event_larger_than_a_nats_message_limit_replicates(pair, csr, tmp_path):
+    """A certification of a key with a 600 KB photo id is an event of about 1.5 MB (the
+    signed key, and the answer with it armoured), above nats-server's default message
+    limit (1 MB): it must reach the peer, and so must what comes after it."""
+    key = key_with_a_photo(tmp_path, 600_000)
+    with pair["a"].client() as client:
+        certified = client.call("sign_openpgp", {"key": key, "uids": ["Big Photo <big@example.org>"]})
+        assert certified.ok, certified.error
+        issue(client, csr)
+    converge(pair["a"], pair["b"])
+    with sqlite3.connect(pair["b"].repo_path) as db:
+        (stored,), = db.execute("SELECT length(signed_key) FROM openpgp_signatures").fetchall()
+    assert stored > 600_000
