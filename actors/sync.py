@@ -32,6 +32,10 @@ from messages.sync import EventsCommitted, QuarantineCount, SyncStatusReply, Syn
 LAST_PUBLISHED = "last_published_seq"
 LAST_APPLIED = "last_applied_peer_seq"
 PUBLISH_DEADLINE_S = 60.0
+# Events waiting this long with none acked meanwhile (the local server reachable) is a
+# health problem: publishing is stuck on something that retrying does not cure, such as an
+# event above the server's max_payload, and every later event waits behind it.
+PUBLISH_STUCK_S = 120.0
 APPLY_DEADLINE_S = 60.0
 # Every other repository ask (the stored positions, the quarantine count, saving a
 # position) is forgotten after this, so a lost reply cannot block its retry for ever.
@@ -92,6 +96,8 @@ class Sync(SignerActor):
         self.discarding = False
         self.failed = False  # a publish failed with nothing acked: wait for the next tick
         self.unsaved: dict[str, str] = {}  # positions to store in sync_state at the next tick
+        # When events began to wait with none acked since (time.monotonic); None: none waits.
+        self.waiting_since: float | None = None
         self.pushed = False  # an EventsCommitted came since the last tick
         # Ids of the events handed to the bridge lately, oldest first (an ordered set).
         self.handed: dict[str, None] = {}
@@ -124,6 +130,7 @@ class Sync(SignerActor):
             self.queue, self.held_upto, self.in_flight = [], None, []
             self.sync_error = f"publish: no progress within {PUBLISH_DEADLINE_S:g} s; retrying"
         self.failed = False
+        self.note_waiting()
         self.save_positions()
         if not self.publishing and not self.queue and not self.pushed:
             # The fallback, when nothing was pushed for a whole interval (a read while pushes
@@ -303,6 +310,8 @@ class Sync(SignerActor):
             self.last_published = report["last_seq"]
             self.last_publish_at = time.time()
             self.unsaved[LAST_PUBLISHED] = str(report["last_seq"])
+            self.waiting_since = None  # progress: what still waits, waits from now
+            self.note_waiting()
         if report["error"]:
             self.sync_error = f"publish: {report['error']}"
             # What was not acked is read again from the outbox once the batches in flight
@@ -325,25 +334,44 @@ class Sync(SignerActor):
         if error:
             self.sync_error = f"apply: {error['message']}"
 
+    def unpublished(self) -> int | None:
+        if self.last_published is None:
+            return None
+        return max(self.last_event_seq - self.last_published, 0)
+
+    def note_waiting(self) -> None:
+        """Start (or end) the clock of events waiting to be published (PUBLISH_STUCK_S). While
+        the local server is unreachable that is the problem health names; the clock starts
+        once it is back."""
+        if not self.unpublished() or not self.remote.get("local_connected"):
+            self.waiting_since = None
+        elif self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+
     # -- status --------------------------------------------------------------------------------
     def receiveMsg_SyncStatusRequest(self, message: SyncStatusRequest, sender: Any) -> Any:
         self.send(sender, SyncStatusReply(message.tag, self.status()))
         return self.after_message()
 
     def status(self) -> dict[str, Any]:
-        unpublished = (self.last_event_seq - self.last_published) if self.last_published is not None else None
+        unpublished = self.unpublished()
         status = {"local_connected": bool(self.remote.get("local_connected")),
                   "peer_connected": bool(self.remote.get("peer_connected")) if self.sync.peer_url else None,
-                  "unpublished_events": max(unpublished, 0) if unpublished is not None else None,
+                  "unpublished_events": unpublished,
                   "last_published_seq": self.last_published,
                   "peer_events_applied": self.applied, "last_applied_peer_seq": self.last_applied_seq,
                   "peer_lag": self.remote.get("peer_pending"), "last_sync_error": self.sync_error,
                   "peer_error": self.remote.get("peer_error"), "local_error": self.remote.get("local_error")}
         status["quarantined"] = self.quarantined
-        # Healthy sync: the local stream is reachable and no peer event was refused; the
-        # peer being away is normal (it catches up later) and only reported.
+        # Healthy sync: the local stream is reachable, what waits gets published, and no
+        # peer event was refused; the peer being away is normal (it catches up later) and
+        # only reported.
+        waited = time.monotonic() - self.waiting_since if self.waiting_since is not None else 0.0
         if not status["local_connected"]:
             status["problem"] = "the local NATS server is not reachable"
+        elif waited > PUBLISH_STUCK_S:
+            status["problem"] = (f"publishing stuck: {unpublished} event(s) waiting, none acked for"
+                                 f" {waited:.0f} s (last error: {self.sync_error})")
         elif self.quarantined:
             status["problem"] = (f"{self.quarantined} peer event(s) refused and quarantined:"
                                  " signer-admin quarantine")

@@ -9,7 +9,8 @@ from typing import Any
 
 from thespian.actors import WakeupMessage
 
-from actors.sync import MAX_IN_FLIGHT, QUEUE_LIMIT, Sync
+from actors import sync as sync_module
+from actors.sync import MAX_IN_FLIGHT, PUBLISH_STUCK_S, QUEUE_LIMIT, Sync
 from messages.repository import AppliedEvents, ApplyEvents, Outbox, OutboxEvents, RepoReply, SetSyncState
 from messages.sync import EventsCommitted
 from tests.support.actor_harness import ActorHarness
@@ -50,6 +51,7 @@ def sync_actor(last_published: int = 10) -> ActorHarness:
     actor.node_id, actor.bridge, actor.sync_error = "n1", PublishingBridge(), None
     actor.last_published, actor.local_ready, actor.publishing = last_published, True, False
     actor.applied, actor.last_applied_seq, actor.quarantined = 0, None, 0
+    actor.remote = {"local_connected": True}
     actor.last_event_seq, actor.publish_started, actor.last_publish_at = last_published, None, None
     actor.init_outbox()
     actor.held_upto = last_published  # as after an outbox read that found nothing new
@@ -223,3 +225,34 @@ def test_a_batch_starting_with_echoes_sends_only_the_rest_and_settles_once():
     h.deliver(RepoReply(apply.tag, AppliedEvents(1, 0, 0, {"code": "unknown_serial", "message": "later"})), "REPO")
     assert h.actor.bridge.settled == [(["t1", "t2"], ["t3"])]
     assert (h.actor.applied, h.actor.last_applied_seq) == (2, 102)
+
+
+def test_events_that_wait_with_none_acked_for_two_minutes_are_a_health_problem(monkeypatch):
+    """Publishing stuck on what retrying does not cure (an event above the server's
+    max_payload): health says so after PUBLISH_STUCK_S; an ack ends it."""
+    clock = [1000.0]
+    monkeypatch.setattr(sync_module.time, "monotonic", lambda: clock[0])
+    h = sync_actor()
+    h.deliver(EventsCommitted(12, events(11, 12), after_seq=10))
+    report(h, 1, None, "MaxPayloadError: nats: maximum payload exceeded")
+    tick(h)
+    clock[0] += PUBLISH_STUCK_S - 1
+    tick(h)
+    assert h.actor.status()["ok"]
+    h.actor.remote["local_connected"] = False  # the server away: that is the problem named
+    clock[0] += 2
+    assert h.actor.status()["problem"] == "the local NATS server is not reachable"
+    tick(h)
+    h.actor.remote["local_connected"] = True  # back: the clock starts again
+    tick(h)
+    clock[0] += PUBLISH_STUCK_S - 1
+    assert h.actor.status()["ok"]
+    clock[0] += 2
+    status = h.actor.status()
+    assert not status["ok"] and status["problem"].startswith(
+        f"publishing stuck: 2 event(s) waiting, none acked for {PUBLISH_STUCK_S + 1:.0f} s (last error: publish: ")
+    for _, read in h.take(Outbox):
+        h.deliver(RepoReply(read.tag, OutboxEvents(events(11, 12), 12)))
+    for batch, last_seq in list(h.actor.in_flight):  # acked now, reported in order
+        report(h, batch, last_seq)
+    assert h.actor.status()["ok"] and h.actor.status()["unpublished_events"] == 0
