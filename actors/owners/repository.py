@@ -193,7 +193,7 @@ class Repository(SignerActor):
             return
         self.seal_asked_at = self.pending.clock()
         self.seal_hsm = self.peer("hsm")
-        self.sealing = self.send_ask(self.peer("hsm"), lambda tag: HsmSealRequest(tag, head["seq"], head["hash"]),
+        self.sealing = self.send_ask(self.seal_hsm, lambda tag: HsmSealRequest(tag, head["seq"], head["hash"]),
                                      head["seq"], SEAL_TIMEOUT_S, self.seal_timed_out)
 
     def seal_timed_out(self, tag: int, seq: int) -> None:

@@ -310,8 +310,9 @@ def validate(config: SignerConfig) -> None:
         if not 0 < pgp.default_days <= pgp.max_days <= 3660:
             raise ConfigError("openpgp.default_days, max_days: expected 1 <= default_days <= max_days <= 3660")
         if not 1024 <= pgp.max_key_bytes <= MAX_OPENPGP_KEY_BYTES:
+            from core.sync.nats_auth import MAX_PAYLOAD
             raise ConfigError(f"openpgp.max_key_bytes: expected 1024 to {MAX_OPENPGP_KEY_BYTES} (2 MiB: a"
-                              " certification is replicated as one NATS message, at most 8 MB)")
+                              f" certification is replicated as one NATS message, at most {MAX_PAYLOAD})")
         if pgp.max_uids < 1:
             raise ConfigError("openpgp.max_uids: expected at least 1")
         if shutil.which(pgp.gpg) is None:

@@ -88,13 +88,12 @@ def _cached_decode_value(decoder: Any, values: DecodedValues) -> Any:
     return decode_value
 
 
-def cache_decoded_values(container: Any, values: DecodedValues) -> int:
+def cache_decoded_values(container: Any, values: DecodedValues) -> None:
     """Give every plain ValueDecoder under `container` the cache (on these objects only:
-    pkilint's classes are not changed). Returns how many decoders got it."""
+    pkilint's classes are not changed)."""
     from pkilint import document
     from pkilint.validation import DecodingValidator, ValidatorContainer
 
-    given = 0
     pending = [container]
     while pending:
         current = pending.pop()
@@ -109,5 +108,3 @@ def cache_decoded_values(container: Any, values: DecodedValues) -> int:
                 continue
             # An instance attribute: called as decoder.decode_value(...) without self.
             decoder.decode_value = _cached_decode_value(decoder, values)
-            given += 1
-    return given

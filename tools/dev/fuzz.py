@@ -38,8 +38,8 @@ import msgpack
 
 from core.wire.framing import (DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameError, decode_frame, encode_frame,
                           max_encoded_length)
-from core.wire.protocol import (ERROR_CODES, MAX_ID_LENGTH, PROTOCOL_VERSION, Extension, RequestError,
-                           SignerError, decode_request, pack, unpack, valid_request_id)
+from core.wire.protocol import (ERROR_CODES, MAX_ID_LENGTH, MAX_NESTING_DEPTH, PROTOCOL_VERSION, Extension,
+                           RequestError, SignerError, decode_request, pack, unpack, valid_request_id)
 
 FRAME_CODES = {"bad_cobs", "bad_crc", "frame_too_short", "frame_too_large"}
 MAX_FAILURES_PER_TARGET = 5
@@ -267,9 +267,7 @@ def reference_validation(payload: bytes, known: frozenset[str]) -> tuple[str, An
             or (isinstance(request_id, str) and 1 <= len(request_id) <= MAX_ID_LENGTH)):
         return "bad_envelope", None
     depth, has_extension = _depth_and_extension(obj)
-    if depth > 32:
-        return "bad_request", request_id
-    if has_extension:
+    if depth > MAX_NESTING_DEPTH or has_extension:  # steps 4 and 5: the same answer
         return "bad_request", request_id
     version = obj.get("v")
     if type(version) is not int or version != 1:
